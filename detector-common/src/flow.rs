@@ -1,0 +1,561 @@
+//! Per-flow state and the per-packet update, shared by the kernel programs and the replayer.
+//!
+//! [`process_packet`] is the one definition of "what a packet does to the flow table": the XDP
+//! and TC programs call it with map-backed tables and `bpf_ktime_get_ns`, the replayer with a
+//! `HashMap` and capture timestamps. All updates are counters, minima/maxima and sums, so the
+//! kernel never divides at packet time; ratios and means are derived in user space.
+
+use crate::packet::{
+    self, PacketBytes, Parsed, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN,
+    TCP_RST, TCP_SYN,
+};
+
+/// Number of leading packets whose size, direction and gap are kept.
+pub const FIRST_PACKETS: usize = 8;
+/// Upper bounds of the packet-length histogram buckets (IP length); the last bucket also takes
+/// anything longer than 1024 (jumbo frames, GRO aggregates).
+pub const HIST_BOUNDS: [u32; 5] = [128, 256, 512, 1024, 1514];
+pub const HIST_BUCKETS: usize = HIST_BOUNDS.len();
+
+/// Index of the initiator→responder direction in per-direction arrays.
+pub const FWD: usize = 0;
+/// Index of the responder→initiator direction.
+pub const REV: usize = 1;
+
+/// Canonical, direction-independent flow key: the endpoint that sorts first by (address, port)
+/// is `lo`. IPv4 addresses occupy the first 4 bytes of the 16-byte fields, the rest is zero.
+/// 8-byte alignment lets the BPF program compare and swap addresses as two u64 words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// Transport protocol (IPPROTO_*), after IPv6 extension headers.
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Outermost 802.1Q/802.1ad VLAN id, 0 when untagged.
+    pub vlan: u16,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    fn words(&self) -> [u64; 4] {
+        // SAFETY: FlowKey is align(8) and the two addresses fill its first 32 bytes.
+        unsafe { *(self as *const Self as *const [u64; 4]) }
+    }
+    #[inline(always)]
+    fn set_words(&mut self, w: [u64; 4]) {
+        // SAFETY: as in `words`; any bit pattern is a valid address.
+        unsafe { *(self as *mut Self as *mut [u64; 4]) = w }
+    }
+    /// Puts the endpoint that sorts first by (address, port) into `lo`, given a key filled as
+    /// lo = source, hi = destination. Returns true when the source stayed `lo`.
+    #[inline(always)]
+    pub fn canonicalize(&mut self) -> bool {
+        let w = self.words();
+        // Big-endian words compare like the address bytes.
+        let (a0, a1, b0, b1) = (u64::from_be(w[0]), u64::from_be(w[1]), u64::from_be(w[2]), u64::from_be(w[3]));
+        let src_first = if a0 != b0 {
+            a0 < b0
+        } else if a1 != b1 {
+            a1 < b1
+        } else {
+            self.port_lo <= self.port_hi
+        };
+        if !src_first {
+            self.set_words([w[2], w[3], w[0], w[1]]);
+            core::mem::swap(&mut self.port_lo, &mut self.port_hi);
+        }
+        src_first
+    }
+}
+
+/// Bits of [`FlowState::status`].
+pub mod status {
+    /// The initiator is the key's `hi` endpoint (else `lo`).
+    pub const INITIATOR_HI: u8 = 0x01;
+    pub const FIN_FWD: u8 = 0x02;
+    pub const FIN_REV: u8 = 0x04;
+    pub const RST: u8 = 0x08;
+    /// `tcp_seq_next[FWD]` holds a value.
+    pub const SEQ_FWD: u8 = 0x10;
+    /// `tcp_seq_next[REV]` holds a value.
+    pub const SEQ_REV: u8 = 0x20;
+}
+
+/// Everything kept per flow. Per-direction arrays are indexed by [`FWD`] and [`REV`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Clock of the side that observed it: CLOCK_MONOTONIC in the kernel, capture time (Unix
+    /// epoch) in the replayer. The agent converts to wall-clock time on output.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// When the last record for this flow was emitted (0 = never).
+    pub last_export_ns: u64,
+    pub packets: [u64; 2],
+    /// IP bytes (header + payload) per direction.
+    pub bytes: [u64; 2],
+    /// Transport payload bytes per direction.
+    pub payload_bytes: [u64; 2],
+    /// Packet count at the last emitted record: a flow with more is "dirty".
+    pub exported_packets: u64,
+    /// Smallest and largest gap between consecutive packets (either direction), ns.
+    pub iat_min_ns: u64,
+    pub iat_max_ns: u64,
+    /// Sum of squared gaps in µs², saturating: with the duration gives the gap variance.
+    pub iat_sumsq_us: u64,
+    /// TCP retransmissions per direction (a segment that does not advance the sequence).
+    pub retransmits: [u32; 2],
+    /// Next expected TCP sequence number per direction (highest seq + len seen).
+    pub tcp_seq_next: [u32; 2],
+    /// Packet-length histogram, buckets bounded by [`HIST_BOUNDS`].
+    pub len_hist: [u32; HIST_BUCKETS],
+    /// Gaps before each of the first packets, µs (the first is 0), saturating.
+    pub first_gaps_us: [u32; FIRST_PACKETS],
+    /// IP lengths of the first packets.
+    pub first_sizes: [u16; FIRST_PACKETS],
+    pub min_len: u16,
+    pub max_len: u16,
+    /// Largest TCP window field per direction (unscaled).
+    pub max_window: [u16; 2],
+    /// OR of TCP flags per direction.
+    pub tcp_flags: [u8; 2],
+    /// Bit i set: packet i of the first packets went responder→initiator.
+    pub first_dirs: u8,
+    /// [`status`] bits.
+    pub status: u8,
+    /// ICMP/ICMPv6 type and code of the first packet.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 2],
+}
+
+impl FlowState {
+    /// Packets in both directions.
+    #[inline(always)]
+    pub fn total_packets(&self) -> u64 {
+        self.packets[FWD] + self.packets[REV]
+    }
+    /// True when the initiator is the key's `hi` endpoint.
+    #[inline(always)]
+    pub fn initiator_is_hi(&self) -> bool {
+        self.status & status::INITIATOR_HI != 0
+    }
+}
+
+/// Why a flow record was emitted.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The flow reached [`FlowConfig::early_packets`] packets: lets the agent act mid-flow.
+    Early = 1,
+    /// Both sides sent FIN.
+    Fin = 2,
+    /// A RST was seen.
+    Rst = 3,
+    /// The flow has run for another active timeout since its last record.
+    ActiveTimeout = 4,
+    /// No packet for the idle timeout: the flow is over (final record).
+    IdleTimeout = 5,
+    /// Emitted because the table was flushed (agent stop, end of capture): final record.
+    Flush = 6,
+    /// A new TCP connection reused the key of a closed one: final record of the old one.
+    Reused = 7,
+}
+
+impl Reason {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Early,
+            2 => Self::Fin,
+            3 => Self::Rst,
+            4 => Self::ActiveTimeout,
+            5 => Self::IdleTimeout,
+            6 => Self::Flush,
+            7 => Self::Reused,
+            _ => return None,
+        })
+    }
+    /// Stable name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Early => "early",
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+            Self::ActiveTimeout => "active_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Flush => "flush",
+            Self::Reused => "reused",
+        }
+    }
+    /// A final record is the last one for this flow: its entry is gone or replaced.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::IdleTimeout | Self::Flush | Self::Reused)
+    }
+}
+
+/// Flow-table settings, written by user space into the `CONFIG` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// A record is emitted again after the flow has been active this long since the last one.
+    pub active_timeout_ns: u64,
+    /// A flow without packets for this long is over.
+    pub idle_timeout_ns: u64,
+    /// Emit an early record when the flow reaches this many packets (0 = never).
+    pub early_packets: u32,
+    pub _pad: u32,
+}
+
+impl FlowConfig {
+    pub const DEFAULT: Self = Self {
+        active_timeout_ns: 60_000_000_000,
+        idle_timeout_ns: 30_000_000_000,
+        early_packets: FIRST_PACKETS as u32,
+        _pad: 0,
+    };
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A flow record as it crosses the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub key: FlowKey,
+    /// [`Reason`] as u8.
+    pub reason: u8,
+    pub _pad: [u8; 7],
+    pub state: FlowState,
+}
+
+/// Indexes of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Packets seen by the programs (all, before any decision).
+    pub const PACKETS: u32 = 0;
+    /// Malformed or truncated packets (passed, no flow update).
+    pub const MALFORMED: u32 = 1;
+    /// Non-IP packets (passed, no flow update).
+    pub const NOT_IP: u32 = 2;
+    /// Packets dropped by the blocklist.
+    pub const BLOCKED: u32 = 3;
+    /// Flow records lost because the ring buffer had no room.
+    pub const RINGBUF_FULL: u32 = 4;
+    /// Flows created.
+    pub const FLOWS_CREATED: u32 = 5;
+    /// Flow records emitted.
+    pub const RECORDS: u32 = 6;
+    /// Flow-table inserts that failed.
+    pub const TABLE_FULL: u32 = 7;
+    /// Process events lost because their ring buffer had no room.
+    pub const PROC_RINGBUF_FULL: u32 = 8;
+    pub const COUNT: u32 = 9;
+    /// Names in index order, as they appear in logs and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets",
+        "malformed",
+        "not_ip",
+        "blocked",
+        "ringbuf_full",
+        "flows_created",
+        "records",
+        "table_full",
+        "proc_ringbuf_full",
+    ];
+}
+
+/// The flow table: an LRU hash map in the kernel, a `HashMap` in the replayer.
+pub trait FlowTable {
+    /// The state for `key`, if present.
+    fn get(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
+    /// Inserts a zeroed state for `key` and returns it; None when the table refused.
+    fn insert_zeroed(&mut self, key: &FlowKey) -> Option<&mut FlowState>;
+}
+
+/// Where records, counters and blocklist answers go.
+pub trait FlowEnv {
+    /// Emits a record; returns false if it was lost (ring buffer full).
+    fn emit(&mut self, key: &FlowKey, state: &FlowState, reason: Reason) -> bool;
+    /// Adds one to a [`stat`] counter.
+    fn count(&mut self, stat: u32);
+    /// True when the blocklist drops this packet.
+    fn blocked(&mut self, parsed: &Parsed, now_ns: u64) -> bool;
+}
+
+/// What to do with the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// Parses one packet, applies the blocklist, and updates the flow table: the whole per-packet
+/// path of the XDP program, the TC egress program and the replayer.
+#[inline(always)]
+pub fn process_packet<P: PacketBytes, T: FlowTable, E: FlowEnv>(
+    pkt: &P,
+    now_ns: u64,
+    cfg: &FlowConfig,
+    table: &mut T,
+    env: &mut E,
+) -> Verdict {
+    env.count(stat::PACKETS);
+    let p = match packet::parse(pkt) {
+        Ok(p) => p,
+        Err(Skip::NotIp) => {
+            env.count(stat::NOT_IP);
+            return Verdict::Pass;
+        }
+        Err(Skip::Malformed) => {
+            env.count(stat::MALFORMED);
+            return Verdict::Pass;
+        }
+    };
+    if env.blocked(&p, now_ns) {
+        env.count(stat::BLOCKED);
+        return Verdict::Drop;
+    }
+    let state = match table.get(&p.key) {
+        Some(state) => {
+            if ends_before(state, &p, now_ns, cfg) {
+                // The old flow is over: its final record goes out, then the slot starts afresh.
+                let reason = if is_new_connection(state, &p) {
+                    Reason::Reused
+                } else {
+                    Reason::IdleTimeout
+                };
+                emit(env, &p.key, state, reason, now_ns);
+                // In place: a struct assignment could stage a zeroed copy on the BPF stack.
+                // SAFETY: `state` is a valid, exclusive reference to plain data.
+                unsafe { core::ptr::write_bytes(state as *mut FlowState, 0, 1) };
+                start(state, &p, now_ns);
+                env.count(stat::FLOWS_CREATED);
+            }
+            state
+        }
+        None => match table.insert_zeroed(&p.key) {
+            Some(state) => {
+                start(state, &p, now_ns);
+                env.count(stat::FLOWS_CREATED);
+                state
+            }
+            None => {
+                env.count(stat::TABLE_FULL);
+                return Verdict::Pass;
+            }
+        },
+    };
+    if let Some(reason) = update(state, &p, now_ns, cfg) {
+        emit(env, &p.key, state, reason, now_ns);
+    }
+    Verdict::Pass
+}
+
+#[inline(always)]
+fn emit<E: FlowEnv>(env: &mut E, key: &FlowKey, state: &mut FlowState, reason: Reason, now: u64) {
+    state.last_export_ns = now;
+    state.exported_packets = state.total_packets();
+    if env.emit(key, state, reason) {
+        env.count(stat::RECORDS);
+    } else {
+        env.count(stat::RINGBUF_FULL);
+    }
+}
+
+/// A new TCP connection (SYN without ACK) on the key of one that already closed.
+#[inline(always)]
+fn is_new_connection(state: &FlowState, p: &Parsed) -> bool {
+    p.key.proto == IPPROTO_TCP
+        && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && state.status & (status::RST | status::FIN_FWD | status::FIN_REV) != 0
+}
+
+/// True when the existing flow must end before this packet is counted.
+#[inline(always)]
+fn ends_before(state: &FlowState, p: &Parsed, now: u64, cfg: &FlowConfig) -> bool {
+    now.saturating_sub(state.last_seen_ns) > cfg.idle_timeout_ns || is_new_connection(state, p)
+}
+
+/// Initialises a zeroed state for the flow's first packet.
+#[inline(always)]
+fn start(state: &mut FlowState, p: &Parsed, now: u64) {
+    state.first_seen_ns = now;
+    state.last_seen_ns = now;
+    state.min_len = u16::MAX;
+    // The sender of the first packet initiated the flow, unless that packet is a SYN-ACK: then
+    // the capture or the program started mid-handshake and the receiver initiated.
+    let syn_ack = p.key.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    let initiator_lo = p.from_lo != syn_ack;
+    if !initiator_lo {
+        state.status |= status::INITIATOR_HI;
+    }
+    if p.key.proto == IPPROTO_ICMP || p.key.proto == IPPROTO_ICMPV6 {
+        state.icmp_type = p.icmp_type;
+        state.icmp_code = p.icmp_code;
+    }
+}
+
+/// Direction of this packet within the flow.
+#[inline(always)]
+pub fn direction(state: &FlowState, p: &Parsed) -> usize {
+    if p.from_lo != state.initiator_is_hi() {
+        FWD
+    } else {
+        REV
+    }
+}
+
+/// Counts one packet into the flow and says whether a record is due.
+#[inline(always)]
+pub fn update(state: &mut FlowState, p: &Parsed, now: u64, cfg: &FlowConfig) -> Option<Reason> {
+    let dir = direction(state, p);
+    let seen = state.total_packets();
+    // Capture timestamps can go backwards; gaps never do.
+    let gap_ns = if seen == 0 {
+        0
+    } else {
+        now.saturating_sub(state.last_seen_ns)
+    };
+    let gap_us = gap_ns / 1000;
+    if seen > 0 {
+        if seen == 1 || gap_ns < state.iat_min_ns {
+            state.iat_min_ns = gap_ns;
+        }
+        if gap_ns > state.iat_max_ns {
+            state.iat_max_ns = gap_ns;
+        }
+        let sq = if gap_us > u32::MAX as u64 {
+            u64::MAX
+        } else {
+            gap_us * gap_us
+        };
+        state.iat_sumsq_us = state.iat_sumsq_us.saturating_add(sq);
+    }
+    let len = p.l3_len;
+    let len16 = if len > u16::MAX as u32 {
+        u16::MAX
+    } else {
+        len as u16
+    };
+    if seen < FIRST_PACKETS as u64 {
+        let i = seen as usize;
+        if i < FIRST_PACKETS {
+            state.first_sizes[i] = len16;
+            state.first_gaps_us[i] = if gap_us > u32::MAX as u64 {
+                u32::MAX
+            } else {
+                gap_us as u32
+            };
+            if dir == REV {
+                state.first_dirs |= 1 << i;
+            }
+        }
+    }
+    state.packets[dir] += 1;
+    state.bytes[dir] += len as u64;
+    state.payload_bytes[dir] += p.payload_len as u64;
+    if len16 < state.min_len {
+        state.min_len = len16;
+    }
+    if len16 > state.max_len {
+        state.max_len = len16;
+    }
+    let bucket = if len <= HIST_BOUNDS[0] {
+        0
+    } else if len <= HIST_BOUNDS[1] {
+        1
+    } else if len <= HIST_BOUNDS[2] {
+        2
+    } else if len <= HIST_BOUNDS[3] {
+        3
+    } else {
+        4
+    };
+    state.len_hist[bucket] += 1;
+    if now > state.last_seen_ns {
+        state.last_seen_ns = now;
+    }
+
+    let mut reason = None;
+    if p.key.proto == IPPROTO_TCP && !p.later_fragment {
+        let flags = p.tcp_flags;
+        state.tcp_flags[dir] |= flags;
+        if p.tcp_window > state.max_window[dir] {
+            state.max_window[dir] = p.tcp_window;
+        }
+        // A segment occupies its payload plus one sequence number for SYN and for FIN.
+        let occupied = p.payload_len
+            + (flags & TCP_SYN != 0) as u32
+            + (flags & TCP_FIN != 0) as u32;
+        if occupied > 0 {
+            let end = p.tcp_seq.wrapping_add(occupied);
+            let have = if dir == FWD {
+                status::SEQ_FWD
+            } else {
+                status::SEQ_REV
+            };
+            if state.status & have != 0 && (end.wrapping_sub(state.tcp_seq_next[dir]) as i32) <= 0
+            {
+                state.retransmits[dir] += 1;
+            } else {
+                state.tcp_seq_next[dir] = end;
+                state.status |= have;
+            }
+        }
+        // Records go out when the connection closes, once: a retransmitted FIN or a RST
+        // flood on one key must not flood the ring buffer.
+        let before = state.status;
+        if flags & TCP_FIN != 0 {
+            state.status |= if dir == FWD {
+                status::FIN_FWD
+            } else {
+                status::FIN_REV
+            };
+        }
+        if flags & TCP_RST != 0 {
+            state.status |= status::RST;
+        }
+        let both_fin = status::FIN_FWD | status::FIN_REV;
+        if state.status & status::RST != 0 && before & status::RST == 0 {
+            reason = Some(Reason::Rst);
+        } else if state.status & both_fin == both_fin && before & both_fin != both_fin {
+            reason = Some(Reason::Fin);
+        }
+    }
+    if reason.is_none() {
+        let total = seen + 1;
+        if cfg.early_packets != 0 && total == cfg.early_packets as u64 {
+            reason = Some(Reason::Early);
+        } else if now.saturating_sub(if state.last_export_ns == 0 {
+            state.first_seen_ns
+        } else {
+            state.last_export_ns
+        }) >= cfg.active_timeout_ns
+        {
+            reason = Some(Reason::ActiveTimeout);
+        }
+    }
+    reason
+}
+
+/// True when a flow last updated at `state.last_seen_ns` is over at `now` and should get its
+/// final record (used by the agent's sweeper and the replayer, which see time pass without
+/// packets).
+#[inline(always)]
+pub fn idle_expired(state: &FlowState, now: u64, cfg: &FlowConfig) -> bool {
+    now.saturating_sub(state.last_seen_ns) > cfg.idle_timeout_ns
+}
+
+/// True when the flow has packets that no record has reported yet.
+#[inline(always)]
+pub fn dirty(state: &FlowState) -> bool {
+    state.total_packets() != state.exported_packets
+}

@@ -1,0 +1,13 @@
+//! Types and logic shared by the eBPF programs and the user-space agent.
+//!
+//! `no_std` and plain `#[repr(C)]` data, so one definition serves the kernel and user space.
+//! The `user` feature adds `aya::Pod` impls and conversions (in `user.rs`).
+#![cfg_attr(not(feature = "user"), no_std)]
+
+pub mod block;
+pub mod flow;
+pub mod packet;
+pub mod proc;
+
+#[cfg(feature = "user")]
+pub mod user;

@@ -1,0 +1,161 @@
+//! Flow extraction: XDP on ingress and a TC classifier on egress run the shared
+//! `detector_common::flow::process_packet` against the same flow table, so a host sees both
+//! directions of its flows. Only the XDP side enforces the blocklist.
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use detector_common::{
+    block::{BlockEntry, BlockKey},
+    flow::{process_packet, FlowConfig, FlowEnv, FlowKey, FlowRecord, FlowState, FlowTable, Reason, Verdict},
+    packet::{PacketBytes, Parsed},
+};
+
+use crate::stats::count;
+
+/// Per-flow state; least recently used flows are evicted when full. Size set by the agent.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+/// Flow records for the agent. Size set by the agent.
+#[map]
+static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+/// Timeouts and early-record threshold, written by the agent. All-zero means "not set yet".
+#[map]
+static CONFIG: Array<FlowConfig> = Array::with_max_entries(1, 0);
+/// Sources and flows to drop, with an expiry.
+#[map]
+static BLOCKLIST: HashMap<BlockKey, BlockEntry> = HashMap::with_max_entries(65536, 0);
+/// One all-zero flow state: the value inserted for a new flow, so it never sits on the stack.
+#[map]
+static ZERO_STATE: Array<FlowState> = Array::with_max_entries(1, 0);
+
+struct Table;
+
+impl FlowTable for Table {
+    #[inline(always)]
+    fn get(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        // SAFETY: map values live as long as the program run; no other reference exists here.
+        FLOWS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    }
+    #[inline(always)]
+    fn insert_zeroed(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        let zero = unsafe { &*ZERO_STATE.get_ptr(0)? };
+        // BPF_NOEXIST: another CPU may have created it meanwhile; then use theirs.
+        let _ = FLOWS.insert(key, zero, 1);
+        self.get(key)
+    }
+}
+
+/// Records go to the ring buffer; `enforce` is true where the blocklist applies (ingress).
+struct Env {
+    enforce: bool,
+}
+
+impl FlowEnv for Env {
+    #[inline(always)]
+    fn emit(&mut self, key: &FlowKey, state: &FlowState, reason: Reason) -> bool {
+        match FLOW_EVENTS.reserve::<FlowRecord>(0) {
+            Some(mut entry) => {
+                let rec = entry.as_mut_ptr();
+                // SAFETY: `rec` points at a reserved, writable FlowRecord-sized slot.
+                unsafe {
+                    (*rec).key = *key;
+                    (*rec).reason = reason as u8;
+                    (*rec)._pad = [0; 7];
+                    // An explicit copy: a struct assignment would stage the state on the stack.
+                    core::ptr::copy_nonoverlapping(state, &mut (*rec).state, 1);
+                }
+                entry.submit(0);
+                true
+            }
+            None => false,
+        }
+    }
+    #[inline(always)]
+    fn count(&mut self, stat: u32) {
+        count(stat);
+    }
+    #[inline(always)]
+    fn blocked(&mut self, p: &Parsed, now_ns: u64) -> bool {
+        self.enforce && (hit(&BlockKey::source_of(p), now_ns) || hit(&BlockKey::flow(&p.key), now_ns))
+    }
+}
+
+#[inline(always)]
+fn hit(key: &BlockKey, now_ns: u64) -> bool {
+    match BLOCKLIST.get_ptr_mut(key) {
+        Some(e) => unsafe {
+            if (*e).active(now_ns) {
+                (*e).hits += 1;
+                true
+            } else {
+                false
+            }
+        },
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn config() -> FlowConfig {
+    match CONFIG.get(0) {
+        Some(c) if c.idle_timeout_ns != 0 => *c,
+        _ => FlowConfig::DEFAULT,
+    }
+}
+
+struct XdpPacket<'a>(&'a XdpContext);
+
+impl PacketBytes for XdpPacket<'_> {
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+    #[inline(always)]
+    fn load(&self, offset: usize, buf: &mut [u8]) -> bool {
+        // SAFETY: the helper bounds-checks against the packet and writes buf.len() bytes.
+        unsafe {
+            bpf_xdp_load_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), buf.len() as u32) == 0
+        }
+    }
+}
+
+struct SkbPacket<'a>(&'a TcContext);
+
+impl PacketBytes for SkbPacket<'_> {
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.0.len() as usize
+    }
+    #[inline(always)]
+    fn load(&self, offset: usize, buf: &mut [u8]) -> bool {
+        // SAFETY: the helper bounds-checks against the skb and writes buf.len() bytes.
+        unsafe {
+            bpf_skb_load_bytes(self.0.skb.skb.cast(), offset as u32, buf.as_mut_ptr().cast(), buf.len() as u32) == 0
+        }
+    }
+}
+
+/// Ingress: flow update and blocklist. Never returns anything but PASS or DROP.
+#[xdp]
+pub fn detector_xdp(ctx: XdpContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cfg = config();
+    match process_packet(&XdpPacket(&ctx), now, &cfg, &mut Table, &mut Env { enforce: true }) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// Egress: flow update only; hands the packet on to whatever else is attached.
+#[classifier]
+pub fn detector_tc_egress(ctx: TcContext) -> i32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cfg = config();
+    let _ = process_packet(&SkbPacket(&ctx), now, &cfg, &mut Table, &mut Env { enforce: false });
+    TC_ACT_UNSPEC
+}

@@ -6,8 +6,12 @@ use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
     let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
-    let ebpf_dir = Path::new(&manifest).join("../detector-ebpf").canonicalize()?;
-    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let ebpf_dir = Path::new(&manifest)
+        .join("../detector-ebpf")
+        .canonicalize()?;
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     // The shared crate is compiled into the object too.
     println!("cargo:rerun-if-changed={ebpf_dir}/../detector-common/src");
     if let Ok(linker) = which_bpf_linker() {

@@ -13,6 +13,8 @@ pub const BLOCK_FLOW: u32 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     pub kind: u32,
+    /// Explicit, always zero: hash-map keys are compared byte for byte, padding included.
+    pub _pad: u32,
     pub flow: FlowKey,
 }
 
@@ -22,6 +24,7 @@ impl BlockKey {
     pub fn source(family: u8, addr: &[u8; 16]) -> Self {
         Self {
             kind: BLOCK_SOURCE,
+            _pad: 0,
             flow: FlowKey {
                 addr_lo: *addr,
                 family,
@@ -34,6 +37,7 @@ impl BlockKey {
     pub fn flow(key: &FlowKey) -> Self {
         Self {
             kind: BLOCK_FLOW,
+            _pad: 0,
             flow: *key,
         }
     }

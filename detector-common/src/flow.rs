@@ -5,6 +5,9 @@
 //! `HashMap` and capture timestamps. All updates are counters, minima/maxima and sums, so the
 //! kernel never divides at packet time; ratios and means are derived in user space.
 
+#[cfg(any(test, feature = "user"))]
+pub mod user;
+
 use crate::packet::{
     self, PacketBytes, Parsed, Skip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN,
     TCP_RST, TCP_SYN,
@@ -57,7 +60,12 @@ impl FlowKey {
     pub fn canonicalize(&mut self) -> bool {
         let w = self.words();
         // Big-endian words compare like the address bytes.
-        let (a0, a1, b0, b1) = (u64::from_be(w[0]), u64::from_be(w[1]), u64::from_be(w[2]), u64::from_be(w[3]));
+        let (a0, a1, b0, b1) = (
+            u64::from_be(w[0]),
+            u64::from_be(w[1]),
+            u64::from_be(w[2]),
+            u64::from_be(w[3]),
+        );
         let src_first = if a0 != b0 {
             a0 < b0
         } else if a1 != b1 {
@@ -131,7 +139,7 @@ pub struct FlowState {
     /// ICMP/ICMPv6 type and code of the first packet.
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 impl FlowState {
@@ -392,7 +400,8 @@ fn start(state: &mut FlowState, p: &Parsed, now: u64) {
     state.min_len = u16::MAX;
     // The sender of the first packet initiated the flow, unless that packet is a SYN-ACK: then
     // the capture or the program started mid-handshake and the receiver initiated.
-    let syn_ack = p.key.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    let syn_ack =
+        p.key.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
     let initiator_lo = p.from_lo != syn_ack;
     if !initiator_lo {
         state.status |= status::INITIATOR_HI;
@@ -492,9 +501,8 @@ pub fn update(state: &mut FlowState, p: &Parsed, now: u64, cfg: &FlowConfig) -> 
             state.max_window[dir] = p.tcp_window;
         }
         // A segment occupies its payload plus one sequence number for SYN and for FIN.
-        let occupied = p.payload_len
-            + (flags & TCP_SYN != 0) as u32
-            + (flags & TCP_FIN != 0) as u32;
+        let occupied =
+            p.payload_len + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
         if occupied > 0 {
             let end = p.tcp_seq.wrapping_add(occupied);
             let have = if dir == FWD {
@@ -502,8 +510,7 @@ pub fn update(state: &mut FlowState, p: &Parsed, now: u64, cfg: &FlowConfig) -> 
             } else {
                 status::SEQ_REV
             };
-            if state.status & have != 0 && (end.wrapping_sub(state.tcp_seq_next[dir]) as i32) <= 0
-            {
+            if state.status & have != 0 && (end.wrapping_sub(state.tcp_seq_next[dir]) as i32) <= 0 {
                 state.retransmits[dir] += 1;
             } else {
                 state.tcp_seq_next[dir] = end;
@@ -558,4 +565,334 @@ pub fn idle_expired(state: &FlowState, now: u64, cfg: &FlowConfig) -> bool {
 #[inline(always)]
 pub fn dirty(state: &FlowState) -> bool {
     state.total_packets() != state.exported_packets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{user::*, *};
+    use crate::{
+        block::{BlockEntry, BlockKey},
+        packet::{
+            parse, Captured, Skip, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP,
+            TCP_PSH,
+        },
+        testpkt::*,
+    };
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+    const MS: u64 = 1_000_000;
+
+    fn run(frames: &[(u64, Vec<u8>)]) -> (MemTable, MemEnv) {
+        let mut table = MemTable::default();
+        let mut env = MemEnv::default();
+        for (t, f) in frames {
+            process_packet(
+                &Captured::whole(f),
+                *t,
+                &FlowConfig::DEFAULT,
+                &mut table,
+                &mut env,
+            );
+        }
+        (table, env)
+    }
+
+    fn only_flow(t: &MemTable) -> (FlowKey, FlowState) {
+        assert_eq!(
+            t.flows.len(),
+            1,
+            "{:?}",
+            t.flows.keys().collect::<std::vec::Vec<_>>()
+        );
+        let (k, s) = t.flows.iter().next().unwrap();
+        (*k, *s)
+    }
+
+    #[test]
+    fn tcp_handshake_and_data_form_one_bidirectional_flow() {
+        let frames = [
+            (1000 * MS, tcp4(A, 40000, B, 80, TCP_SYN, 100, 0)),
+            (1001 * MS, tcp4(B, 80, A, 40000, TCP_SYN | TCP_ACK, 500, 0)),
+            (1002 * MS, tcp4(A, 40000, B, 80, TCP_ACK, 101, 0)),
+            (
+                1003 * MS,
+                tcp4(A, 40000, B, 80, TCP_ACK | TCP_PSH, 101, 300),
+            ),
+            (
+                1005 * MS,
+                tcp4(B, 80, A, 40000, TCP_ACK | TCP_PSH, 501, 1000),
+            ),
+        ];
+        let (t, env) = run(&frames);
+        let (k, s) = only_flow(&t);
+        assert_eq!(k.addr_lo, v4key(A));
+        assert_eq!((k.port_lo, k.port_hi, k.proto, k.family), (40000, 80, 6, 4));
+        assert!(!s.initiator_is_hi());
+        assert_eq!(s.packets, [3, 2]);
+        assert_eq!(s.bytes, [40 + 40 + 340, 40 + 1040]);
+        assert_eq!(s.payload_bytes, [300, 1000]);
+        assert_eq!(
+            s.tcp_flags,
+            [TCP_SYN | TCP_ACK | TCP_PSH, TCP_SYN | TCP_ACK | TCP_PSH]
+        );
+        assert_eq!((s.min_len, s.max_len), (40, 1040));
+        assert_eq!(s.len_hist, [3, 0, 1, 0, 1]);
+        assert_eq!(s.first_sizes[..5], [40, 40, 40, 340, 1040]);
+        assert_eq!(s.first_dirs, 0b10010);
+        assert_eq!(s.first_gaps_us[..5], [0, 1000, 1000, 1000, 2000]);
+        assert_eq!((s.iat_min_ns, s.iat_max_ns), (MS, 2 * MS));
+        assert_eq!(s.iat_sumsq_us, 3 * 1000 * 1000 + 2000 * 2000);
+        assert_eq!(s.max_window, [29200, 29200]);
+        assert_eq!(s.retransmits, [0, 0]);
+        assert_eq!((s.first_seen_ns, s.last_seen_ns), (1000 * MS, 1005 * MS));
+        assert!(env.records.is_empty(), "no record before 8 packets");
+        assert_eq!(env.stats[stat::FLOWS_CREATED as usize], 1);
+    }
+
+    #[test]
+    fn syn_ack_first_makes_the_receiver_the_initiator() {
+        let (t, _) = run(&[(MS, tcp4(B, 80, A, 40000, TCP_SYN | TCP_ACK, 500, 0))]);
+        let (_, s) = only_flow(&t);
+        // B (hi) sent it, so A (lo) initiated; the packet counts as responder→initiator.
+        assert!(!s.initiator_is_hi());
+        assert_eq!(s.packets, [0, 1]);
+    }
+
+    #[test]
+    fn early_record_after_eight_packets_and_fin_record_once() {
+        let mut frames = std::vec::Vec::new();
+        for i in 0..8u64 {
+            frames.push((i * MS, tcp4(A, 1, B, 2, TCP_ACK, 1 + i as u32 * 10, 10)));
+        }
+        frames.push((9 * MS, tcp4(A, 1, B, 2, TCP_FIN | TCP_ACK, 81, 0)));
+        frames.push((10 * MS, tcp4(B, 2, A, 1, TCP_FIN | TCP_ACK, 5, 0)));
+        frames.push((11 * MS, tcp4(B, 2, A, 1, TCP_FIN | TCP_ACK, 5, 0)));
+        let (_, env) = run(&frames);
+        let reasons: std::vec::Vec<Reason> = env.records.iter().map(|r| r.2).collect();
+        assert_eq!(reasons, [Reason::Early, Reason::Fin]);
+        assert_eq!(env.records[0].1.total_packets(), 8);
+        assert_eq!(env.records[1].1.total_packets(), 10);
+    }
+
+    #[test]
+    fn retransmitted_segment_is_counted() {
+        let frames = [
+            (MS, tcp4(A, 1, B, 2, TCP_ACK, 1000, 100)),
+            (2 * MS, tcp4(A, 1, B, 2, TCP_ACK, 1100, 100)),
+            (3 * MS, tcp4(A, 1, B, 2, TCP_ACK, 1000, 100)),
+            (4 * MS, tcp4(A, 1, B, 2, TCP_ACK, 1200, 0)),
+        ];
+        let (t, _) = run(&frames);
+        assert_eq!(only_flow(&t).1.retransmits, [1, 0]);
+    }
+
+    #[test]
+    fn rst_emits_and_a_new_syn_on_a_closed_key_starts_a_new_flow() {
+        let frames = [
+            (MS, tcp4(A, 1, B, 2, TCP_SYN, 1, 0)),
+            (2 * MS, tcp4(B, 2, A, 1, TCP_RST | TCP_ACK, 0, 0)),
+            (3 * MS, tcp4(A, 1, B, 2, TCP_SYN, 7, 0)),
+        ];
+        let (t, env) = run(&frames);
+        let reasons: std::vec::Vec<Reason> = env.records.iter().map(|r| r.2).collect();
+        assert_eq!(reasons, [Reason::Rst, Reason::Reused]);
+        let (_, s) = only_flow(&t);
+        assert_eq!(s.packets, [1, 0]);
+        assert_eq!(s.first_seen_ns, 3 * MS);
+    }
+
+    #[test]
+    fn idle_gap_ends_the_flow_and_expire_flushes() {
+        let cfg = FlowConfig::DEFAULT;
+        let frames = [
+            (MS, udp4(A, 5, B, 53, 20)),
+            (MS + cfg.idle_timeout_ns + 1, udp4(A, 5, B, 53, 20)),
+        ];
+        let (mut t, mut env) = run(&frames);
+        assert_eq!(env.records.len(), 1);
+        assert_eq!(env.records[0].2, Reason::IdleTimeout);
+        assert_eq!(
+            t.expire(MS + cfg.idle_timeout_ns + 2, &cfg, false, &mut env),
+            0
+        );
+        assert_eq!(t.expire(0, &cfg, true, &mut env), 1);
+        assert_eq!(env.records.last().unwrap().2, Reason::Flush);
+        assert!(t.flows.is_empty());
+    }
+
+    #[test]
+    fn active_timeout_re_emits_a_long_flow() {
+        let cfg = FlowConfig {
+            active_timeout_ns: 10 * MS,
+            ..FlowConfig::DEFAULT
+        };
+        let mut t = MemTable::default();
+        let mut env = MemEnv::default();
+        for i in 0..5u64 {
+            let f = udp4(A, 5, B, 53, 20);
+            process_packet(&Captured::whole(&f), i * 6 * MS, &cfg, &mut t, &mut env);
+        }
+        let reasons: std::vec::Vec<Reason> = env.records.iter().map(|r| r.2).collect();
+        assert_eq!(reasons, [Reason::ActiveTimeout, Reason::ActiveTimeout]);
+    }
+
+    #[test]
+    fn icmp_echo_request_and_reply_share_a_flow() {
+        let (t, _) = run(&[
+            (MS, icmp4(A, B, 8, 77, 1, 56)),
+            (2 * MS, icmp4(B, A, 0, 77, 1, 56)),
+        ]);
+        let (k, s) = only_flow(&t);
+        assert_eq!((k.port_lo, k.port_hi, k.proto), (77, 77, 1));
+        assert_eq!(s.packets, [1, 1]);
+        assert_eq!((s.icmp_type, s.icmp_code), (8, 0));
+        assert_eq!(s.bytes, [84, 84]);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped() {
+        let s6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let d6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let ext = [
+            (0u8, vec![1, 4, 0, 0, 0, 0]),
+            (60u8, vec![1, 4, 0, 0, 0, 0]),
+            (43u8, vec![0, 0, 0, 0, 0, 0]),
+        ];
+        let f = udp6(s6, 1234, d6, 53, &ext, 10);
+        let p = parse(&Captured::whole(&f)).unwrap();
+        assert_eq!(p.key.proto, IPPROTO_UDP);
+        assert_eq!((p.key.port_lo, p.key.port_hi), (1234, 53));
+        assert_eq!(p.l3_len, 40 + 24 + 18);
+        assert_eq!(p.payload_len, 10);
+        assert_eq!(p.key.family, 6);
+    }
+
+    #[test]
+    fn ipv6_fragment_header_later_fragment_has_no_ports() {
+        let s6 = [0xfd; 16];
+        let d6 = [0xfe; 16];
+        // Fragment header: next=UDP, reserved, offset 8 (in 8-byte units, so 0x0040), id.
+        let mut l3 = ipv6(s6, d6, IPPROTO_UDP, &[], &[0u8; 16]);
+        l3[6] = 44;
+        let frag = [IPPROTO_UDP, 0, 0x00, 0x40, 0, 0, 0, 1];
+        l3.splice(40..40, frag);
+        let plen = (l3.len() - 40) as u16;
+        l3[4..6].copy_from_slice(&plen.to_be_bytes());
+        let f = eth(ETH_P_IPV6, &[], &l3);
+        let p = parse(&Captured::whole(&f)).unwrap();
+        assert!(p.later_fragment);
+        assert_eq!((p.key.port_lo, p.key.port_hi), (0, 0));
+    }
+
+    #[test]
+    fn vlan_tags_are_skipped_and_the_outer_id_kept() {
+        let p = parse(&Captured::whole(&tcp4_vlan(42, A, 1, B, 2, TCP_SYN))).unwrap();
+        assert_eq!(p.key.vlan, 42);
+        let qinq = eth(
+            ETH_P_IPV4,
+            &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 7)],
+            &ipv4(A, B, 17, &[], &udp(1, 2, &[0; 4])),
+        );
+        let p = parse(&Captured::whole(&qinq)).unwrap();
+        assert_eq!((p.key.vlan, p.key.proto), (100, 17));
+        let three = eth(
+            ETH_P_IPV4,
+            &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)],
+            &ipv4(A, B, 17, &[], &udp(1, 2, &[])),
+        );
+        assert_eq!(parse(&Captured::whole(&three)), Err(Skip::NotIp));
+    }
+
+    #[test]
+    fn ipv4_options_are_skipped() {
+        let opts = [1, 1, 1, 0]; // NOP NOP NOP EOL
+        let f = eth(ETH_P_IPV4, &[], &ipv4(A, B, 17, &opts, &udp(7, 9, &[0; 3])));
+        let p = parse(&Captured::whole(&f)).unwrap();
+        assert_eq!(
+            (p.key.port_lo, p.key.port_hi, p.l3_len, p.payload_len),
+            (7, 9, 35, 3)
+        );
+    }
+
+    #[test]
+    fn malformed_packets_are_rejected() {
+        let good = udp4(A, 1, B, 2, 10);
+        let whole = |f: &[u8]| parse(&Captured::whole(f));
+        // Truncated IPv4 header.
+        assert_eq!(whole(&good[..20]), Err(Skip::Malformed));
+        // IHL below 5.
+        let mut bad = good.clone();
+        bad[14] = 0x44;
+        assert_eq!(whole(&bad), Err(Skip::Malformed));
+        // Total length beyond the frame.
+        let mut bad = good.clone();
+        bad[16..18].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(whole(&bad), Err(Skip::Malformed));
+        // TCP data offset below 5.
+        let mut bad = tcp4(A, 1, B, 2, TCP_SYN, 0, 0);
+        bad[14 + 20 + 12] = 0x40;
+        assert_eq!(whole(&bad), Err(Skip::Malformed));
+        // Wrong IP version.
+        let mut bad = good.clone();
+        bad[14] = 0x65;
+        assert_eq!(whole(&bad), Err(Skip::Malformed));
+        // Shorter than an Ethernet header.
+        assert_eq!(whole(&good[..10]), Err(Skip::Malformed));
+        // ARP is not IP.
+        assert_eq!(whole(&eth(0x0806, &[], &[0u8; 28])), Err(Skip::NotIp));
+    }
+
+    #[test]
+    fn snap_cut_capture_counts_the_wire_length() {
+        let f = udp4(A, 1, B, 2, 1000);
+        let p = parse(&Captured {
+            data: &f[..64],
+            wire_len: f.len(),
+        })
+        .unwrap();
+        assert_eq!(p.l3_len, 1028);
+        assert_eq!(p.payload_len, 1000);
+    }
+
+    #[test]
+    fn blocklist_drops_source_and_flow_and_respects_expiry() {
+        let mut table = MemTable::default();
+        let mut env = MemEnv::default();
+        let cfg = FlowConfig::DEFAULT;
+        env.blocklist.insert(
+            BlockKey::source(4, &v4key(A)),
+            BlockEntry {
+                expires_ns: 100,
+                hits: 0,
+            },
+        );
+        let from_a = udp4(A, 1, B, 2, 0);
+        let from_b = udp4(B, 2, A, 1, 0);
+        assert_eq!(
+            process_packet(&Captured::whole(&from_a), 50, &cfg, &mut table, &mut env),
+            Verdict::Drop
+        );
+        assert_eq!(
+            process_packet(&Captured::whole(&from_b), 50, &cfg, &mut table, &mut env),
+            Verdict::Pass
+        );
+        assert_eq!(
+            process_packet(&Captured::whole(&from_a), 150, &cfg, &mut table, &mut env),
+            Verdict::Pass
+        );
+        let key = parse(&Captured::whole(&from_a)).unwrap().key;
+        env.blocklist.insert(
+            BlockKey::flow(&key),
+            BlockEntry {
+                expires_ns: 0,
+                hits: 0,
+            },
+        );
+        assert_eq!(
+            process_packet(&Captured::whole(&from_b), 200, &cfg, &mut table, &mut env),
+            Verdict::Drop
+        );
+        assert_eq!(env.stats[stat::BLOCKED as usize], 2);
+    }
 }

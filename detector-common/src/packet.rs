@@ -184,7 +184,9 @@ pub fn parse<P: PacketBytes>(pkt: &P) -> Result<Parsed, Skip> {
         proto = b[9];
         // Addresses are loaded straight into the key: copying them byte by byte through
         // registers costs the BPF program hundreds of bytes of stack in spills.
-        if !pkt.load(off + 12, &mut p.key.addr_lo[..4]) || !pkt.load(off + 16, &mut p.key.addr_hi[..4]) {
+        if !pkt.load(off + 12, &mut p.key.addr_lo[..4])
+            || !pkt.load(off + 16, &mut p.key.addr_hi[..4])
+        {
             return Err(Skip::Malformed);
         }
         p.key.family = 4;
@@ -307,4 +309,3 @@ pub fn parse<P: PacketBytes>(pkt: &P) -> Result<Parsed, Skip> {
     p.from_lo = p.key.canonicalize();
     Ok(p)
 }
-

@@ -4,14 +4,19 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use detector_common::{
     block::{BlockEntry, BlockKey},
-    flow::{process_packet, FlowConfig, FlowEnv, FlowKey, FlowRecord, FlowState, FlowTable, Reason, Verdict},
+    flow::{
+        process_packet, FlowConfig, FlowEnv, FlowKey, FlowRecord, FlowState, FlowTable, Reason,
+        Verdict,
+    },
     packet::{PacketBytes, Parsed},
 };
 
@@ -81,7 +86,8 @@ impl FlowEnv for Env {
     }
     #[inline(always)]
     fn blocked(&mut self, p: &Parsed, now_ns: u64) -> bool {
-        self.enforce && (hit(&BlockKey::source_of(p), now_ns) || hit(&BlockKey::flow(&p.key), now_ns))
+        self.enforce
+            && (hit(&BlockKey::source_of(p), now_ns) || hit(&BlockKey::flow(&p.key), now_ns))
     }
 }
 
@@ -113,13 +119,20 @@ struct XdpPacket<'a>(&'a XdpContext);
 impl PacketBytes for XdpPacket<'_> {
     #[inline(always)]
     fn wire_len(&self) -> usize {
-        self.0.data_end() - self.0.data()
+        // All fragments of a multi-buffer frame (jumbo frames, big veth packets), not just the
+        // linear part: bpf_xdp_load_bytes reads across fragments too.
+        unsafe { bpf_xdp_get_buff_len(self.0.ctx) as usize }
     }
     #[inline(always)]
     fn load(&self, offset: usize, buf: &mut [u8]) -> bool {
         // SAFETY: the helper bounds-checks against the packet and writes buf.len() bytes.
         unsafe {
-            bpf_xdp_load_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), buf.len() as u32) == 0
+            bpf_xdp_load_bytes(
+                self.0.ctx,
+                offset as u32,
+                buf.as_mut_ptr().cast(),
+                buf.len() as u32,
+            ) == 0
         }
     }
 }
@@ -135,17 +148,29 @@ impl PacketBytes for SkbPacket<'_> {
     fn load(&self, offset: usize, buf: &mut [u8]) -> bool {
         // SAFETY: the helper bounds-checks against the skb and writes buf.len() bytes.
         unsafe {
-            bpf_skb_load_bytes(self.0.skb.skb.cast(), offset as u32, buf.as_mut_ptr().cast(), buf.len() as u32) == 0
+            bpf_skb_load_bytes(
+                self.0.skb.skb.cast(),
+                offset as u32,
+                buf.as_mut_ptr().cast(),
+                buf.len() as u32,
+            ) == 0
         }
     }
 }
 
-/// Ingress: flow update and blocklist. Never returns anything but PASS or DROP.
-#[xdp]
+/// Ingress: flow update and blocklist. Never returns anything but PASS or DROP. Frags-aware,
+/// so it also attaches where the MTU exceeds a page.
+#[xdp(frags)]
 pub fn detector_xdp(ctx: XdpContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let cfg = config();
-    match process_packet(&XdpPacket(&ctx), now, &cfg, &mut Table, &mut Env { enforce: true }) {
+    match process_packet(
+        &XdpPacket(&ctx),
+        now,
+        &cfg,
+        &mut Table,
+        &mut Env { enforce: true },
+    ) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -156,6 +181,12 @@ pub fn detector_xdp(ctx: XdpContext) -> u32 {
 pub fn detector_tc_egress(ctx: TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let cfg = config();
-    let _ = process_packet(&SkbPacket(&ctx), now, &cfg, &mut Table, &mut Env { enforce: false });
+    let _ = process_packet(
+        &SkbPacket(&ctx),
+        now,
+        &cfg,
+        &mut Table,
+        &mut Env { enforce: false },
+    );
     TC_ACT_UNSPEC
 }

@@ -133,7 +133,8 @@ fn finish(ctx: &TracePointContext, kind: u8) -> u32 {
     // ret at 16.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
     let mut sa = [0u8; 28];
-    let have_addr = addr != 0 && unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut sa) }.is_ok();
+    let have_addr =
+        addr != 0 && unsafe { bpf_probe_read_user_buf(addr as *const u8, &mut sa) }.is_ok();
     let family = u16::from_ne_bytes([sa[0], sa[1]]);
     if kind == kind::CONNECT && !(have_addr && (family == AF_INET || family == AF_INET6)) {
         // connect() on unix and netlink sockets is not network activity.

@@ -1,12 +1,7 @@
 //! `detector run`: load and attach the programs, stream flow and process records as JSON lines,
 //! expire idle flows, and detach cleanly on SIGINT/SIGTERM.
 
-use std::{
-    collections::HashSet,
-    net::IpAddr,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, bail, Context};
 use aya::{
@@ -330,7 +325,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     if !links.iter().any(|l| matches!(l, Link::Xdp { .. })) {
-        bail!("XDP could not be attached to any of {}", interfaces.join(", "));
+        bail!(
+            "XDP could not be attached to any of {}",
+            interfaces.join(", ")
+        );
     }
     let (tp_links, tp_failures) = ebpf::attach_tracepoints(&mut ebpf, &tracefs_path);
     for link in tp_links {
@@ -353,7 +351,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let stats: PerCpuArray<MapData, u64> = take(&mut ebpf, maps::STATS)?;
     let mut sockets: HashMap<MapData, SockKey, SockOwner> = take(&mut ebpf, maps::SOCKETS)?;
     let seeded = crate::sockets::seed(&mut sockets);
-    info!(seeded, "learned the owners of existing TCP sockets from /proc");
+    info!(
+        seeded,
+        "learned the owners of existing TCP sockets from /proc"
+    );
 
     let mut sink = Sink {
         out,
@@ -419,7 +420,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     drain_flows(flow_rb.get_mut(), &mut sink)?;
     drain_procs(proc_rb.get_mut(), &mut sink)?;
-    let flushed = sweep(&mut flows, &mut sink, &opts.flow, clock::monotonic_ns(), true)?;
+    let flushed = sweep(
+        &mut flows,
+        &mut sink,
+        &opts.flow,
+        clock::monotonic_ns(),
+        true,
+    )?;
     let c = read_stats(&stats)?;
     sink.out.write(&StatsJson::new(&c, sink.written))?;
     sink.out.flush()?;

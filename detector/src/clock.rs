@@ -60,10 +60,14 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "ns" => 1e-9,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {s:?} (use ns, us, ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {s:?} (use ns, us, ms, s, m, h)"
+            ))
+        }
     };
     let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))

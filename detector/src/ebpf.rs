@@ -89,7 +89,9 @@ pub fn load(path: Option<&Path>, sizes: &Sizes) -> anyhow::Result<Ebpf> {
                 .load(&bytes)
                 .with_context(|| format!("cannot load eBPF object {}", p.display()))
         }
-        None => loader.load(OBJECT).context("cannot load the embedded eBPF object"),
+        None => loader
+            .load(OBJECT)
+            .context("cannot load the embedded eBPF object"),
     }
 }
 
@@ -99,16 +101,28 @@ pub fn write_config(ebpf: &mut Ebpf, cfg: &FlowConfig) -> anyhow::Result<()> {
         .map_mut(maps::CONFIG)
         .ok_or_else(|| anyhow!("the eBPF object has no {} map", maps::CONFIG))?;
     let mut config: Array<&mut MapData, FlowConfig> = Array::try_from(map)?;
-    config.set(0, cfg, 0).context("cannot write the flow configuration")?;
+    config
+        .set(0, cfg, 0)
+        .context("cannot write the flow configuration")?;
     Ok(())
 }
 
 /// What was attached where, for the start-up report and the clean detach.
 #[derive(Debug)]
 pub enum Link {
-    Xdp { iface: String, id: XdpLinkId },
-    TcEgress { iface: String, id: SchedClassifierLinkId },
-    TracePoint { program: &'static str, target: String, id: TracePointLinkId },
+    Xdp {
+        iface: String,
+        id: XdpLinkId,
+    },
+    TcEgress {
+        iface: String,
+        id: SchedClassifierLinkId,
+    },
+    TracePoint {
+        program: &'static str,
+        target: String,
+        id: TracePointLinkId,
+    },
 }
 
 impl fmt::Display for Link {
@@ -116,7 +130,9 @@ impl fmt::Display for Link {
         match self {
             Link::Xdp { iface, .. } => write!(f, "XDP ingress on {iface}"),
             Link::TcEgress { iface, .. } => write!(f, "TC egress on {iface}"),
-            Link::TracePoint { program, target, .. } => write!(f, "{program} on tracepoint {target}"),
+            Link::TracePoint {
+                program, target, ..
+            } => write!(f, "{program} on tracepoint {target}"),
         }
     }
 }
@@ -296,8 +312,12 @@ pub fn attach_tracepoints(
 pub fn detach(ebpf: &mut Ebpf, link: Link) -> anyhow::Result<()> {
     match link {
         Link::Xdp { id, .. } => program_mut::<Xdp>(ebpf, XDP_PROGRAM)?.detach(id)?,
-        Link::TcEgress { id, .. } => program_mut::<SchedClassifier>(ebpf, TC_EGRESS_PROGRAM)?.detach(id)?,
-        Link::TracePoint { program, id, .. } => program_mut::<TracePoint>(ebpf, program)?.detach(id)?,
+        Link::TcEgress { id, .. } => {
+            program_mut::<SchedClassifier>(ebpf, TC_EGRESS_PROGRAM)?.detach(id)?
+        }
+        Link::TracePoint { program, id, .. } => {
+            program_mut::<TracePoint>(ebpf, program)?.detach(id)?
+        }
     }
     Ok(())
 }

@@ -19,7 +19,8 @@ pub fn names() -> Vec<String> {
 
 /// Interface index of `name`, or an error that lists the interfaces that do exist.
 pub fn index(name: &str) -> anyhow::Result<u32> {
-    let c = CString::new(name).with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
+    let c = CString::new(name)
+        .with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
     // SAFETY: `c` is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {

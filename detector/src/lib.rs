@@ -3,9 +3,13 @@
 
 pub mod agent;
 pub mod clock;
+pub mod dataset;
 pub mod ebpf;
+pub mod features;
 pub mod iface;
 pub mod output;
+pub mod pcap;
 pub mod record;
+pub mod replay;
 pub mod sockets;
 pub mod tracefs;

@@ -57,4 +57,3 @@ impl JsonLines {
             .with_context(|| format!("cannot write to {}", self.target))
     }
 }
-

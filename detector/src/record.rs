@@ -1,13 +1,16 @@
 //! JSON lines written by the agent and the replayer. Field names are stable: README.md
 //! documents them, and consumers (the model, operators' pipelines) depend on them.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use detector_common::{
-    flow::{FlowKey, FlowRecord, FlowState, Reason, FIRST_PACKETS, FWD, REV},
+    flow::{status, FlowKey, FlowRecord, FlowState, Reason, FIRST_PACKETS, FWD, REV},
     proc::{kind, ProcEvent},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::TimeBase;
 
@@ -35,7 +38,7 @@ pub fn proto_name(proto: u8) -> &'static str {
 }
 
 /// The process that owns one end of a flow.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessRef {
     pub pid: u32,
     pub uid: u32,
@@ -44,11 +47,11 @@ pub struct ProcessRef {
 
 /// One flow record. `src` is the initiator, `dst` the responder; `_fwd` counters are
 /// initiator→responder, `_rev` the other way.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FlowJson {
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub reason: &'static str,
+    pub kind: Cow<'static, str>,
+    pub reason: Cow<'static, str>,
     /// True when this is the flow's last record.
     #[serde(rename = "final")]
     pub is_final: bool,
@@ -57,7 +60,7 @@ pub struct FlowJson {
     pub duration_ns: u64,
     pub family: u8,
     pub proto: u8,
-    pub proto_name: &'static str,
+    pub proto_name: Cow<'static, str>,
     pub vlan: u16,
     pub src_addr: IpAddr,
     pub src_port: u16,
@@ -90,6 +93,17 @@ pub struct FlowJson {
     pub process: Option<ProcessRef>,
 }
 
+fn key_addr(a: &IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&v4.octets());
+            k
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 impl FlowJson {
     /// Builds the output form of a record; `time` converts its timestamps to Unix time.
     pub fn new(key: &FlowKey, s: &FlowState, reason: Reason, time: TimeBase) -> Self {
@@ -100,15 +114,15 @@ impl FlowJson {
         };
         let n = (s.total_packets() as usize).min(FIRST_PACKETS);
         Self {
-            kind: "flow",
-            reason: reason.as_str(),
+            kind: Cow::Borrowed("flow"),
+            reason: Cow::Borrowed(reason.as_str()),
             is_final: reason.is_final(),
             first_seen_ns: time.to_unix_ns(s.first_seen_ns),
             last_seen_ns: time.to_unix_ns(s.last_seen_ns),
             duration_ns: s.last_seen_ns.saturating_sub(s.first_seen_ns),
             family: key.family,
             proto: key.proto,
-            proto_name: proto_name(key.proto),
+            proto_name: Cow::Borrowed(proto_name(key.proto)),
             vlan: key.vlan,
             src_addr: addr(key.family, src),
             src_port: sport,
@@ -141,9 +155,71 @@ impl FlowJson {
         }
     }
 
+    /// The kernel form back from a JSON record (recordings → datasets), timestamps in Unix
+    /// time. Everything the features use survives the round trip; the TCP sequence tracking
+    /// and export bookkeeping do not.
+    pub fn to_state(&self) -> (FlowKey, FlowState) {
+        let src = (key_addr(&self.src_addr), self.src_port);
+        let dst = (key_addr(&self.dst_addr), self.dst_port);
+        let initiator_lo = src <= dst;
+        let (lo, hi) = if initiator_lo { (src, dst) } else { (dst, src) };
+        let key = FlowKey {
+            addr_lo: lo.0,
+            addr_hi: hi.0,
+            port_lo: lo.1,
+            port_hi: hi.1,
+            proto: self.proto,
+            family: self.family,
+            vlan: self.vlan,
+        };
+        let n = self.first_sizes.len().min(FIRST_PACKETS);
+        let mut s = FlowState {
+            first_seen_ns: self.first_seen_ns,
+            last_seen_ns: self.first_seen_ns.saturating_add(self.duration_ns),
+            packets: [self.packets_fwd, self.packets_rev],
+            bytes: [self.bytes_fwd, self.bytes_rev],
+            payload_bytes: [self.payload_bytes_fwd, self.payload_bytes_rev],
+            iat_min_ns: self.iat_min_ns,
+            iat_max_ns: self.iat_max_ns,
+            iat_sumsq_us: self.iat_sumsq_us,
+            retransmits: [self.retransmits_fwd, self.retransmits_rev],
+            len_hist: self.len_hist,
+            min_len: if self.packets_fwd + self.packets_rev == 0 {
+                u16::MAX
+            } else {
+                self.min_len
+            },
+            max_len: self.max_len,
+            max_window: [self.max_window_fwd, self.max_window_rev],
+            tcp_flags: [self.tcp_flags_fwd, self.tcp_flags_rev],
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            status: if initiator_lo {
+                0
+            } else {
+                status::INITIATOR_HI
+            },
+            ..FlowState::default()
+        };
+        s.exported_packets = s.total_packets();
+        for i in 0..n {
+            s.first_sizes[i] = self.first_sizes[i];
+            s.first_gaps_us[i] = self.first_gaps_us.get(i).copied().unwrap_or(0);
+            if self.first_dirs.get(i).copied().unwrap_or(0) == 1 {
+                s.first_dirs |= 1 << i;
+            }
+        }
+        (key, s)
+    }
+
     /// Builds the output form of a ring-buffer record; None for an unknown reason code.
     pub fn from_record(rec: &FlowRecord, time: TimeBase) -> Option<Self> {
-        Some(Self::new(&rec.key, &rec.state, Reason::from_u8(rec.reason)?, time))
+        Some(Self::new(
+            &rec.key,
+            &rec.state,
+            Reason::from_u8(rec.reason)?,
+            time,
+        ))
     }
 }
 

@@ -64,9 +64,17 @@ pub fn check_layout(
     name: &str,
     expected: &[(&str, usize, usize)],
 ) -> anyhow::Result<()> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
-    let text = fs::read_to_string(&path)
-        .with_context(|| format!("tracepoint {category}/{name} is not available ({})", path.display()))?;
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "tracepoint {category}/{name} is not available ({})",
+            path.display()
+        )
+    })?;
     let fields = parse_format(&text);
     for &(field, offset, size) in expected {
         match fields.iter().find(|f| f.name == field) {
@@ -97,8 +105,22 @@ mod tests {
     fn parses_fields_with_arrays_and_data_loc() {
         let f = parse_format(EXEC);
         assert_eq!(f.len(), 4);
-        assert_eq!(f[1], Field { name: "filename".into(), offset: 8, size: 4 });
-        assert_eq!(f[3], Field { name: "saddr".into(), offset: 32, size: 4 });
+        assert_eq!(
+            f[1],
+            Field {
+                name: "filename".into(),
+                offset: 8,
+                size: 4
+            }
+        );
+        assert_eq!(
+            f[3],
+            Field {
+                name: "saddr".into(),
+                offset: 32,
+                size: 4
+            }
+        );
     }
 
     #[test]
@@ -110,7 +132,8 @@ mod tests {
         assert!(check_layout(&dir, "sched", "sched_process_exec", &[("pid", 12, 4)]).is_ok());
         let err = check_layout(&dir, "sched", "sched_process_exec", &[("pid", 16, 4)]).unwrap_err();
         assert!(err.to_string().contains("offset 12"), "{err}");
-        let err = check_layout(&dir, "sched", "sched_process_exec", &[("old_pid", 16, 4)]).unwrap_err();
+        let err =
+            check_layout(&dir, "sched", "sched_process_exec", &[("old_pid", 16, 4)]).unwrap_err();
         assert!(err.to_string().contains("no field old_pid"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }

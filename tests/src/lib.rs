@@ -1,0 +1,407 @@
+//! Helpers for the integration tests: root checks, network namespaces that clean up after
+//! themselves, the agent as a child process, and the real eBPF object under BPF_PROG_TEST_RUN.
+//!
+//! Every network built here is sealed: namespaces joined by veth pairs, no route out, no NAT.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use detector::ebpf::{self, maps, Sizes};
+use detector_common::flow::{stat, FlowConfig, FlowKey, FlowRecord, FlowState};
+
+/// Fails the test unless it runs as root: these tests load eBPF and create namespaces.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests need root (eBPF, network namespaces): run `cargo xtask test` as root"
+    );
+}
+
+/// The shared corpus directory: $DETECTOR_SHARED_DIR, ../shared beside the checkout, or
+/// /work/shared.
+pub fn shared_dir() -> PathBuf {
+    let candidates = [
+        std::env::var_os("DETECTOR_SHARED_DIR").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")),
+        Some(PathBuf::from("/work/shared")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("corpus").is_dir())
+        .expect("shared corpus not found: set DETECTOR_SHARED_DIR to the folder holding corpus/")
+}
+
+/// The files of one corpus folder (`pcap/edge`, ...), sorted.
+pub fn corpus_files(sub: &str) -> Vec<PathBuf> {
+    let dir = shared_dir().join("corpus").join(sub);
+    let mut v: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "{} is empty", dir.display());
+    v
+}
+
+/// The agent binary built by `cargo xtask test` ($DETECTOR_BIN, else target/debug/detector).
+pub fn detector_bin() -> PathBuf {
+    let p = std::env::var_os("DETECTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/detector"));
+    assert!(
+        p.is_file(),
+        "{} does not exist: run the tests with `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command line (split on spaces) and returns stdout; panics with stderr on failure.
+pub fn sh(line: &str) -> String {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {line}: {e}"));
+    assert!(
+        out.status.success(),
+        "{line} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (interface names are limited to 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A network namespace, deleted (with its interfaces) when dropped, also when a test fails.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        sh(&format!("ip netns add {name}"));
+        sh(&format!("ip -n {name} link set lo up"));
+        Self { name }
+    }
+
+    /// Runs a command line inside the namespace; panics on failure.
+    pub fn sh(&self, line: &str) -> String {
+        sh(&format!("ip netns exec {} {line}", self.name))
+    }
+
+    /// Path of the namespace handle, for setns/nsenter.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (sockets it opens live there).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        thread_name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = self.path();
+        std::thread::Builder::new()
+            .name(thread_name.to_string())
+            .spawn(move || {
+                let ns = fs::File::open(&path).expect("open netns");
+                // SAFETY: setns on this thread only; the fd is valid.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns failed: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .expect("spawn thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair with IPv4 (10.x.y.1/.2) and IPv6 (fd00::1/2)
+/// addresses, offloads off so that every packet on the wire is one packet to the programs.
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_if: String,
+    pub b_if: String,
+    pub a_ip: [u8; 4],
+    pub b_ip: [u8; 4],
+    pub a_ip6: [u8; 16],
+    pub b_ip6: [u8; 16],
+}
+
+impl Pair {
+    pub fn new() -> Self {
+        let a = Netns::new("dta");
+        let b = Netns::new("dtb");
+        let a_if = unique("va");
+        let b_if = unique("vb");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (x, y) = (((std::process::id() % 200) + 20) as u8, (n % 250) as u8);
+        let a_ip = [10, x, y, 1];
+        let b_ip = [10, x, y, 2];
+        let mut a_ip6 = [0u8; 16];
+        a_ip6[0] = 0xfd;
+        a_ip6[1] = x;
+        a_ip6[2] = y;
+        let mut b_ip6 = a_ip6;
+        a_ip6[15] = 1;
+        b_ip6[15] = 2;
+        sh(&format!(
+            "ip link add {a_if} netns {} type veth peer name {b_if} netns {}",
+            a.name, b.name
+        ));
+        for (ns, ifname, ip, ip6) in [(&a, &a_if, a_ip, a_ip6), (&b, &b_if, b_ip, b_ip6)] {
+            let ip = std::net::Ipv4Addr::from(ip);
+            let ip6 = std::net::Ipv6Addr::from(ip6);
+            sh(&format!("ip -n {} addr add {ip}/24 dev {ifname}", ns.name));
+            sh(&format!(
+                "ip -n {} addr add {ip6}/64 dev {ifname} nodad",
+                ns.name
+            ));
+            ns.sh(&format!("ethtool -K {ifname} tso off gso off gro off"));
+            sh(&format!("ip -n {} link set {ifname} up", ns.name));
+        }
+        Self {
+            a,
+            b,
+            a_if,
+            b_if,
+            a_ip,
+            b_ip,
+            a_ip6,
+            b_ip6,
+        }
+    }
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The agent running in a namespace, its JSON lines going to a file.
+pub struct Agent {
+    child: Option<Child>,
+    pub out: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `detector run` inside `ns` (nsenter keeps the host's /sys, so tracefs stays
+    /// visible) with extra arguments, and waits until it streams.
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(unique("detector-agent-"));
+        fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.jsonl");
+        let log = dir.join("agent.log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(detector_bin())
+            .arg("run")
+            .args(args)
+            .arg("--output")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the agent");
+        let mut agent = Self {
+            child: Some(child),
+            out,
+            log,
+        };
+        agent.wait_for_log(
+            "streaming flow and process records",
+            Duration::from_secs(30),
+        );
+        agent
+    }
+
+    /// Waits until the agent's log contains `needle`; panics with the log on timeout or exit.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains(needle) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited ({status}) before {needle:?}:\n{log}");
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with SIGINT (it flushes open flows) and returns its JSON lines.
+    pub fn stop(mut self) -> Vec<serde_json::Value> {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!(
+                    "agent did not stop within 20 s:\n{}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "agent exited with {status}:\n{log}");
+        assert!(!log.contains("panicked"), "agent panicked:\n{log}");
+        read_jsonl(&self.out)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parses a JSON-lines file; panics on a line that is not JSON.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    BufReader::new(f)
+        .lines()
+        .map(|l| {
+            let l = l.unwrap();
+            serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The last (final) record of each flow in agent output, keyed by
+/// (proto, src addr, src port, dst addr, dst port) as strings.
+pub fn final_flows(
+    lines: &[serde_json::Value],
+) -> StdHashMap<(u64, String, u64, String, u64), serde_json::Value> {
+    let mut out = StdHashMap::new();
+    for l in lines.iter().filter(|l| l["type"] == "flow") {
+        let k = (
+            l["proto"].as_u64().unwrap(),
+            l["src_addr"].as_str().unwrap().to_string(),
+            l["src_port"].as_u64().unwrap(),
+            l["dst_addr"].as_str().unwrap().to_string(),
+            l["dst_port"].as_u64().unwrap(),
+        );
+        out.insert(k, l.clone());
+    }
+    out
+}
+
+/// The real eBPF object, loaded for BPF_PROG_TEST_RUN (not attached anywhere).
+pub struct Loaded {
+    pub ebpf: Ebpf,
+}
+
+impl Loaded {
+    /// Loads the embedded object with the given sizes and flow config.
+    pub fn new(sizes: &Sizes, cfg: &FlowConfig) -> Self {
+        require_root();
+        let mut ebpf = ebpf::load(None, sizes).expect("load the eBPF object");
+        ebpf::write_config(&mut ebpf, cfg).expect("write config");
+        ebpf::load_flow_programs(&mut ebpf).expect("load programs");
+        Self { ebpf }
+    }
+
+    /// Default sizes and config.
+    pub fn default_config() -> Self {
+        Self::new(&Sizes::default(), &FlowConfig::DEFAULT)
+    }
+
+    /// Runs the XDP program once on `frame`; returns the XDP action.
+    pub fn run(&mut self, frame: &[u8]) -> u32 {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(ebpf::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
+    }
+
+    /// Every entry of the flow table.
+    pub fn flows(&self) -> StdHashMap<FlowKey, FlowState> {
+        let map: HashMap<&MapData, FlowKey, FlowState> =
+            HashMap::try_from(self.ebpf.map(maps::FLOWS).unwrap()).unwrap();
+        map.iter().map(|r| r.unwrap()).collect()
+    }
+
+    /// The per-CPU counters, summed.
+    pub fn stats(&self) -> [u64; stat::COUNT as usize] {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::STATS).unwrap()).unwrap();
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = map.get(&(i as u32), 0).unwrap().iter().sum();
+        }
+        out
+    }
+
+    /// Drains the flow ring buffer.
+    pub fn records(&mut self) -> Vec<FlowRecord> {
+        let mut rb: RingBuf<&mut MapData> =
+            RingBuf::try_from(self.ebpf.map_mut(maps::FLOW_EVENTS).unwrap()).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = rb.next() {
+            out.push(detector_common::user::read_item::<FlowRecord>(&item).expect("record size"));
+        }
+        out
+    }
+}

@@ -1,0 +1,86 @@
+//! The flow table in user space: what the replayer (and unit tests) run `process_packet`
+//! against, in place of the kernel's LRU map and ring buffer.
+
+use std::{collections::HashMap, vec::Vec};
+
+use crate::{
+    block::{BlockEntry, BlockKey},
+    flow::{self, stat, FlowConfig, FlowEnv, FlowKey, FlowState, FlowTable, Reason},
+    packet::Parsed,
+};
+
+/// A `HashMap` flow table. Unbounded: a capture is finite, and idle flows are expired by
+/// capture time with [`MemTable::expire`].
+#[derive(Default)]
+pub struct MemTable {
+    pub flows: HashMap<FlowKey, FlowState>,
+}
+
+impl FlowTable for MemTable {
+    fn get(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        self.flows.get_mut(key)
+    }
+    fn insert_zeroed(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        Some(self.flows.entry(*key).or_default())
+    }
+}
+
+impl MemTable {
+    /// Removes the flows idle at `now` (all of them when `all`), emitting a final record for
+    /// each that has unreported packets. Returns how many were removed.
+    pub fn expire<E: FlowEnv>(
+        &mut self,
+        now: u64,
+        cfg: &FlowConfig,
+        all: bool,
+        env: &mut E,
+    ) -> usize {
+        let reason = if all {
+            Reason::Flush
+        } else {
+            Reason::IdleTimeout
+        };
+        let mut gone: Vec<(FlowKey, FlowState)> = self
+            .flows
+            .iter()
+            .filter(|(_, s)| all || flow::idle_expired(s, now, cfg))
+            .map(|(k, s)| (*k, *s))
+            .collect();
+        // Deterministic output order: by first packet, then key.
+        gone.sort_by_key(|(k, s)| (s.first_seen_ns, *k));
+        for (key, mut state) in gone.iter().copied() {
+            self.flows.remove(&key);
+            if flow::dirty(&state) {
+                state.last_export_ns = now;
+                state.exported_packets = state.total_packets();
+                if env.emit(&key, &state, reason) {
+                    env.count(stat::RECORDS);
+                }
+            }
+        }
+        gone.len()
+    }
+}
+
+/// Collects emitted records and counters in memory, with an optional blocklist.
+#[derive(Default)]
+pub struct MemEnv {
+    pub records: Vec<(FlowKey, FlowState, Reason)>,
+    pub stats: [u64; stat::COUNT as usize],
+    pub blocklist: HashMap<BlockKey, BlockEntry>,
+}
+
+impl FlowEnv for MemEnv {
+    fn emit(&mut self, key: &FlowKey, state: &FlowState, reason: Reason) -> bool {
+        self.records.push((*key, *state, reason));
+        true
+    }
+    fn count(&mut self, stat: u32) {
+        self.stats[stat as usize] += 1;
+    }
+    fn blocked(&mut self, p: &Parsed, now_ns: u64) -> bool {
+        [BlockKey::source_of(p), BlockKey::flow(&p.key)]
+            .iter()
+            .any(|k| self.blocklist.get(k).is_some_and(|e| e.active(now_ns)))
+    }
+}

@@ -1,0 +1,277 @@
+//! `detector dataset …`: import public flow datasets into the project's dataset format and
+//! print statistics of dataset files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{
+    import::{import_file, Format, ImportOptions, OnError, DEFAULT_SESSION_ROWS},
+    stats, Dataset,
+};
+
+/// Dataset subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DatasetCommand {
+    /// Import public flow-dataset files into one dataset file.
+    ///
+    /// Reads NSL-KDD / KDD Cup 99 text files, CICFlowMeter CSVs (CICIDS2017 layout, raw or
+    /// cleaned), NF-v2 NetFlow CSVs and UNSW-NB15 CSVs (`.zst`-compressed inputs too), streaming
+    /// row by row. Identifiers (addresses, source ports, absolute times, TTLs) are never
+    /// features. All files must give the same feature set. Prints a summary per file: rows
+    /// read, kept and skipped, cells sanitised (Infinity → ±1e12, NaN and empty → 0), rows per
+    /// family and warnings. See docs/dataset-format.md.
+    Import {
+        /// Input files (one format; detected from each file's first line unless --format).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Input format, instead of detecting it.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Dataset file to write (replaced atomically).
+        #[arg(long, short, value_name = "PATH")]
+        out: PathBuf,
+        /// Bad rows (wrong field count, unparsable number, contradictory label): skip and count
+        /// them, or stop at the first.
+        #[arg(long, value_enum, default_value = "skip")]
+        on_error: OnError,
+        /// Add the rows to the existing --out file instead of replacing it (same feature set).
+        #[arg(long)]
+        append: bool,
+        /// Rows per pseudo-session for sources without addresses (NSL-KDD, cleaned CICIDS2017,
+        /// UNSW-NB15 training/testing sets).
+        #[arg(long, default_value_t = DEFAULT_SESSION_ROWS as u64, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        session_rows: u64,
+    },
+    /// Print rows per family, attack and session, and per-feature ranges of dataset files.
+    Stats {
+        /// Dataset files written by `dataset import` (or by the agent's recorder).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a dataset subcommand.
+pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
+    match cmd {
+        DatasetCommand::Import {
+            files,
+            format,
+            out,
+            on_error,
+            append,
+            session_rows,
+        } => {
+            let opts = ImportOptions {
+                format,
+                on_error,
+                session_rows: usize::try_from(session_rows).unwrap_or(usize::MAX),
+            };
+            let ds = import_all(&files, &opts, append.then_some(out.as_path()))?;
+            ds.write(&out)?;
+            println!(
+                "wrote {}: feature set {}, {} rows, {} features, sha256 {}",
+                out.display(),
+                ds.source,
+                ds.rows(),
+                ds.n_features(),
+                ds.digest()
+            );
+            Ok(())
+        }
+        DatasetCommand::Stats { files, json } => {
+            let mut all = Vec::with_capacity(files.len());
+            for f in &files {
+                let ds = Dataset::read(f)?;
+                all.push(stats::compute(&ds, Some(&f.display().to_string())));
+            }
+            if json {
+                let value = serde_json::json!({
+                    "files": all,
+                    "per_source": stats::per_source(&all)
+                        .into_iter()
+                        .map(|(source, (files, rows))| {
+                            serde_json::json!({"source": source, "files": files, "rows": rows})
+                        })
+                        .collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                for s in &all {
+                    println!("{s}");
+                }
+                if all.len() > 1 {
+                    println!("{:<20} {:>6} {:>12}", "feature set", "files", "rows");
+                    for (source, (files, rows)) in stats::per_source(&all) {
+                        println!("{source:<20} {files:>6} {rows:>12}");
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Imports `files` into one dataset, starting from the dataset at `existing` when given (and
+/// present); prints each file's summary.
+pub fn import_all(
+    files: &[PathBuf],
+    opts: &ImportOptions,
+    existing: Option<&Path>,
+) -> anyhow::Result<Dataset> {
+    let mut acc: Option<Dataset> = match existing {
+        Some(p) if p.exists() => Some(
+            Dataset::read(p).with_context(|| format!("--append: cannot read {}", p.display()))?,
+        ),
+        _ => None,
+    };
+    for f in files {
+        let (ds, summary) = import_file(f, opts)?;
+        print!("{summary}");
+        match &mut acc {
+            None => acc = Some(ds),
+            Some(a) => a
+                .append(&ds)
+                .with_context(|| format!("cannot combine {} with the earlier rows", f.display()))?,
+        }
+    }
+    acc.ok_or_else(|| anyhow::anyhow!("no input files"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::test_util::{corpus, fixture, temp_dir};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: DatasetCommand,
+    }
+
+    const KDD_ROW: &str = "0,tcp,http,SF,181,5450,0,0,0,0,0,1,0,0,0,0,0,0,0,0,0,0,8,8,0.00,\
+        0.00,0.00,0.00,1.00,0.00,0.00,9,9,1.00,0.00,0.11,0.00,0.00,0.00,0.00,0.00";
+
+    fn parse(args: &[&std::ffi::OsStr]) -> DatasetCommand {
+        let mut all = vec![std::ffi::OsStr::new("x")];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().cmd
+    }
+
+    #[test]
+    fn import_then_append_then_stats() {
+        let dir = temp_dir("cli");
+        let out = dir.join("kdd.dds");
+        let kdd = fixture(
+            &dir,
+            "kdd.txt",
+            &format!("{KDD_ROW},normal,21\n{KDD_ROW},neptune,20\n{KDD_ROW},neptune,20\n"),
+        );
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        run(parse(&[
+            os("import"),
+            kdd.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+        ]))
+        .unwrap();
+        assert_eq!(Dataset::read(&out).unwrap().rows(), 3);
+
+        run(parse(&[
+            os("import"),
+            kdd.as_os_str(),
+            os("--append"),
+            os("--on-error"),
+            os("fail"),
+            os("--format"),
+            os("nsl-kdd"),
+            os("--out"),
+            out.as_os_str(),
+        ]))
+        .unwrap();
+        let ds = Dataset::read(&out).unwrap();
+        assert_eq!(ds.rows(), 6);
+        // Same file twice: same pseudo-session names, so the sessions are shared.
+        assert_eq!(ds.session[1], ds.session[4]);
+
+        // Without --append the file is replaced.
+        run(parse(&[
+            os("import"),
+            kdd.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+        ]))
+        .unwrap();
+        assert_eq!(Dataset::read(&out).unwrap().rows(), 3);
+
+        let cic = corpus("cicids2017-subset--cleaned_dataset.csv");
+        let err = run(parse(&[
+            os("import"),
+            cic.as_os_str(),
+            os("--append"),
+            os("-o"),
+            out.as_os_str(),
+        ]))
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("cannot append a `cicflowmeter` dataset to a `nsl-kdd` dataset"),
+            "{err}"
+        );
+        let err = run(parse(&[
+            os("import"),
+            cic.as_os_str(),
+            os("--on-error"),
+            os("fail"),
+            os("-o"),
+            out.as_os_str(),
+        ]))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains(":66: column 12"), "{err:#}");
+        assert_eq!(
+            Dataset::read(&out).unwrap().rows(),
+            3,
+            "a failed import wrote"
+        );
+
+        run(parse(&[
+            os("stats"),
+            os("--json"),
+            out.as_os_str(),
+            out.as_os_str(),
+        ]))
+        .unwrap();
+        run(parse(&[os("stats"), out.as_os_str()])).unwrap();
+        let err = run(parse(&[os("stats"), kdd.as_os_str()])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("kdd.txt: not a detector dataset"),
+            "{err:#}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        assert!(Cli::try_parse_from(["x", "import", "-o", "a"]).is_err());
+        assert!(Cli::try_parse_from(["x", "import", "f", "-o", "a", "--format", "csv"]).is_err());
+        assert!(
+            Cli::try_parse_from(["x", "import", "f", "-o", "a", "--session-rows", "0"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["x", "stats"]).is_err());
+        let cli = Cli::try_parse_from(["x", "import", "f", "-o", "a", "--format", "kdd"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            DatasetCommand::Import {
+                format: Some(Format::NslKdd),
+                on_error: OnError::Skip,
+                session_rows: 100,
+                ..
+            }
+        ));
+    }
+}

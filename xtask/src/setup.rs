@@ -1,0 +1,226 @@
+//! `cargo xtask setup`: installs what is missing, idempotently, and says exactly what to run by
+//! hand when it cannot (not root, not Debian, no network).
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context};
+
+/// Debian packages bpf-linker is built against (../shared/TOOLCHAIN.md).
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+/// Debian packages the integration tests drive.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "netcat-openbsd",
+    "ethtool",
+    "tcpdump",
+    "tcpreplay",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// Runs every setup step.
+pub fn all(test_tools: bool) -> anyhow::Result<()> {
+    rust_components()?;
+    let mut packages: Vec<&str> = LLVM_PACKAGES.to_vec();
+    if test_tools {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    debian_packages(&packages)?;
+    bpf_linker()?;
+    tracefs()?;
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a command, inheriting output; Ok(false) when it ran and failed.
+fn try_run(cmd: &mut Command) -> anyhow::Result<bool> {
+    let line = format!("{cmd:?}");
+    eprintln!("setup: {line}");
+    Ok(cmd
+        .status()
+        .with_context(|| format!("cannot start {line}"))?
+        .success())
+}
+
+fn quiet_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The nightly rust-src component (eBPF builds use -Z build-std=core) and stable's
+/// clippy/rustfmt (the lint step of `cargo xtask test`).
+fn rust_components() -> anyhow::Result<()> {
+    let installed = |toolchain: &str| -> String {
+        Command::new("rustup")
+            .args(["component", "list", "--installed", "--toolchain", toolchain])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    if !quiet_ok(Command::new("rustup").arg("--version")) {
+        bail!("rustup is not installed: install it from https://rustup.rs, then `rustup toolchain install nightly --component rust-src`");
+    }
+    if !quiet_ok(Command::new("rustc").args(["+nightly", "--version"])) {
+        let hint = "rustup toolchain install nightly --profile minimal --component rust-src";
+        if !try_run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))? {
+            bail!("the nightly toolchain is missing and could not be installed: run `{hint}`");
+        }
+    }
+    if !installed("nightly")
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        let hint = "rustup component add rust-src --toolchain nightly";
+        if !try_run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))? {
+            bail!("could not add rust-src to nightly: run `{hint}`");
+        }
+    }
+    let stable = installed("stable");
+    for c in ["clippy", "rustfmt"] {
+        if !stable.lines().any(|l| l.starts_with(c))
+            && !try_run(Command::new("rustup").args([
+                "component",
+                "add",
+                c,
+                "--toolchain",
+                "stable",
+            ]))?
+        {
+            bail!("could not add {c}: run `rustup component add {c} --toolchain stable`");
+        }
+    }
+    Ok(())
+}
+
+fn package_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the missing Debian packages with apt-get.
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let hint = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!(
+            "not a Debian system: install the equivalents of {} with your package manager (Debian: `{hint}`)",
+            missing.join(", ")
+        );
+    }
+    if !is_root() {
+        bail!(
+            "missing packages {}: run as root `{hint}`",
+            missing.join(", ")
+        );
+    }
+    let apt = || {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    // A fresh machine may have no package lists yet.
+    if !try_run(apt().args(["update", "-q"]))? {
+        bail!("apt-get update failed (no network?): run `{hint}` once the package mirror is reachable");
+    }
+    if !try_run(
+        apt()
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )? {
+        bail!("apt-get install failed: run `{hint}`");
+    }
+    Ok(())
+}
+
+/// bpf-linker, built against LLVM 22.
+fn bpf_linker() -> anyhow::Result<()> {
+    if quiet_ok(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    let hint = format!(
+        "PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22"
+    );
+    if !Path::new(LLVM_BIN).join("llvm-config").exists() {
+        bail!("LLVM 22 is not installed at {LLVM_BIN}: install llvm-22-dev, then run `{hint}`");
+    }
+    let install = |locked: bool| -> anyhow::Result<bool> {
+        let mut c = Command::new("cargo");
+        c.env("PATH", &path).args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ]);
+        if locked {
+            c.arg("--locked");
+        }
+        try_run(&mut c)
+    };
+    // --locked reproduces the release's own lockfile; without it as a fallback.
+    if !(install(true)? || install(false)?) {
+        bail!("building bpf-linker failed: run `{hint}`");
+    }
+    if !quiet_ok(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+/// Mounts tracefs where aya and the agent look for it.
+fn tracefs() -> anyhow::Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(());
+    }
+    let hint = "mount -t tracefs nodev /sys/kernel/tracing";
+    if !is_root() {
+        bail!("tracefs is not mounted: run as root `{hint}`");
+    }
+    if !try_run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))? {
+        bail!("mounting tracefs failed: run `{hint}`");
+    }
+    Ok(())
+}

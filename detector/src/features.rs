@@ -158,6 +158,45 @@ pub fn flow_features(key: &FlowKey, s: &FlowState, out: &mut [f32]) {
     }
 }
 
+/// How one flow is labelled when it becomes a dataset row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLabel {
+    /// 0 benign, 1 attack.
+    pub label: u8,
+    /// Coarse family (see `dataset::families`): "benign", "scan", "dos", ...
+    pub family: String,
+    /// Finer name: the scenario variant or the source's own label.
+    pub attack: String,
+    /// Session the flow belongs to (one tool run, one source).
+    pub session: String,
+}
+
+/// An empty dataset of this feature set.
+pub fn new_dataset() -> crate::dataset::Dataset {
+    crate::dataset::Dataset::new(FEATURE_SET, names())
+}
+
+/// Appends one flow (usually its final record) as a row; its first packet's time becomes the
+/// row's timestamp (Unix ns: `state` must come from a replay or a converted JSON record).
+pub fn push_flow(
+    ds: &mut crate::dataset::Dataset,
+    key: &FlowKey,
+    state: &FlowState,
+    label: &FlowLabel,
+) -> anyhow::Result<()> {
+    let mut v = [0f32; COUNT];
+    flow_features(key, state, &mut v);
+    ds.try_push(
+        &v,
+        label.label,
+        &label.family,
+        &label.attack,
+        &label.session,
+        Some(state.first_seen_ns),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

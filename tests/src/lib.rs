@@ -338,6 +338,57 @@ pub fn final_flows(
     out
 }
 
+/// The state fields that do not depend on the clock or on when records were exported.
+pub fn untimed(s: &FlowState) -> FlowState {
+    FlowState {
+        first_seen_ns: 0,
+        last_seen_ns: 0,
+        last_export_ns: 0,
+        exported_packets: 0,
+        iat_min_ns: 0,
+        iat_max_ns: 0,
+        iat_sumsq_us: 0,
+        first_gaps_us: [0; 8],
+        ..*s
+    }
+}
+
+/// Writes `src` (pcap or pcapng) as a classic nanosecond pcap whose packets are padded with
+/// zeros to their on-the-wire length, so that a sender puts on the wire frames as long as the
+/// original ones. Returns (packets, first and last timestamp in ns).
+pub fn write_padded_pcap(src: &Path, dst: &Path) -> (u64, u64, u64) {
+    use std::io::Write;
+    let mut r = detector::pcap::Reader::open(src).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = std::io::BufWriter::new(fs::File::create(dst).unwrap());
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
+    hdr.extend_from_slice(&2u16.to_le_bytes());
+    hdr.extend_from_slice(&4u16.to_le_bytes());
+    hdr.extend_from_slice(&[0u8; 8]);
+    hdr.extend_from_slice(&262_144u32.to_le_bytes());
+    hdr.extend_from_slice(&1u32.to_le_bytes());
+    w.write_all(&hdr).unwrap();
+    let (mut n, mut first, mut last) = (0u64, 0u64, 0u64);
+    while let Some(p) = r.next_packet().unwrap_or_else(|e| panic!("{e}")) {
+        let len = p.wire_len.max(p.data.len());
+        let mut rec = Vec::with_capacity(16 + len);
+        rec.extend_from_slice(&((p.ts_ns / 1_000_000_000) as u32).to_le_bytes());
+        rec.extend_from_slice(&((p.ts_ns % 1_000_000_000) as u32).to_le_bytes());
+        rec.extend_from_slice(&(len as u32).to_le_bytes());
+        rec.extend_from_slice(&(len as u32).to_le_bytes());
+        rec.extend_from_slice(p.data);
+        rec.resize(16 + len, 0);
+        w.write_all(&rec).unwrap();
+        if n == 0 {
+            first = p.ts_ns;
+        }
+        last = p.ts_ns;
+        n += 1;
+    }
+    w.flush().unwrap();
+    (n, first, last)
+}
+
 /// The real eBPF object, loaded for BPF_PROG_TEST_RUN (not attached anywhere).
 pub struct Loaded {
     pub ebpf: Ebpf,
@@ -374,6 +425,25 @@ impl Loaded {
         })
         .expect("BPF_PROG_TEST_RUN")
         .return_value
+    }
+
+    /// Attaches the XDP program to `iface` inside `ns` (from a thread that entered it).
+    pub fn attach_xdp_in(&mut self, ns: &Netns, iface: &str) {
+        let path = ns.path();
+        let obj = &mut self.ebpf;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let f = fs::File::open(&path).expect("open netns");
+                // SAFETY: setns on this scoped thread only; the fd is valid.
+                let rc =
+                    unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                ebpf::attach_xdp(obj, iface, aya::programs::XdpMode::Default)
+                    .unwrap_or_else(|e| panic!("{e:#}"));
+            })
+            .join()
+            .unwrap();
+        });
     }
 
     /// Every entry of the flow table.

@@ -17,7 +17,7 @@ use detector_common::{
     },
     testpkt::*,
 };
-use integration_tests::{corpus_files, Loaded};
+use integration_tests::{corpus_files, untimed, Loaded};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -31,20 +31,6 @@ fn key_of(frame: &[u8]) -> FlowKey {
     parse(&Captured::whole(frame))
         .expect("test frame parses")
         .key
-}
-
-/// The state fields that do not depend on the clock.
-fn untimed(s: &FlowState) -> FlowState {
-    FlowState {
-        first_seen_ns: 0,
-        last_seen_ns: 0,
-        last_export_ns: 0,
-        iat_min_ns: 0,
-        iat_max_ns: 0,
-        iat_sumsq_us: 0,
-        first_gaps_us: [0; 8],
-        ..*s
-    }
 }
 
 fn crafted() -> Vec<Vec<u8>> {

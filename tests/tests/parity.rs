@@ -1,0 +1,214 @@
+//! Kernel and user space compute the same flows: every benign and attack capture of the corpus
+//! is sent with tcpreplay into a veth whose peer runs the real XDP program, and replayed with
+//! `detector replay`'s code; the records and the final flow table must agree.
+//!
+//! Counters, flags, histograms, lengths, first-packet sizes and directions must be equal.
+//! Time-derived values (duration, gaps) are compared after scaling by the replay speed-up, with
+//! the tolerance below; they are not compared for captures that must be sped up more than
+//! `MAX_TIMED_SPEEDUP` times (tcpreplay then sends as fast as it can).
+
+use std::{collections::HashMap, path::Path, process::Command};
+
+use detector::{ebpf::Sizes, replay};
+use detector_common::flow::{FlowConfig, FlowKey, FlowState, Reason};
+use integration_tests::{
+    corpus_files, require_root, unique, untimed, write_padded_pcap, Loaded, Netns,
+};
+
+/// Each capture is replayed in at most about this long (speed-up = duration / this).
+const TARGET_REPLAY_S: f64 = 4.0;
+/// Above this speed-up, timing is not reproducible and time-derived values are not compared.
+const MAX_TIMED_SPEEDUP: f64 = 50.0;
+/// Timing tolerance, in kernel (replay) time: an absolute part for scheduling jitter of the
+/// sender, plus a relative part for tcpreplay's pacing error on long gaps.
+const TOL_ABS_NS: f64 = 30e6;
+const TOL_REL: f64 = 0.10;
+
+/// Timeouts that never fire, so both sides end every flow only by count-based rules and the
+/// final flush: the kernel's clock runs at replay speed, the replayer's at capture speed.
+fn config() -> FlowConfig {
+    FlowConfig {
+        active_timeout_ns: u64::MAX / 4,
+        idle_timeout_ns: u64::MAX / 4,
+        ..FlowConfig::DEFAULT
+    }
+}
+
+struct Wire {
+    a: Netns,
+    b: Netns,
+    a_if: String,
+    b_if: String,
+}
+
+/// Two namespaces and a veth pair, IPv6 off (no neighbour discovery noise), MTU large enough
+/// for the corpus's biggest (TSO-captured) frames.
+fn wire() -> Wire {
+    let a = Netns::new("dtpa");
+    let b = Netns::new("dtpb");
+    let a_if = unique("pa");
+    let b_if = unique("pb");
+    for ns in [&a, &b] {
+        ns.sh("sysctl -q -w net.ipv6.conf.all.disable_ipv6=1");
+        ns.sh("sysctl -q -w net.ipv6.conf.default.disable_ipv6=1");
+    }
+    integration_tests::sh(&format!(
+        "ip link add {a_if} netns {} mtu 65000 type veth peer name {b_if} netns {} mtu 65000",
+        a.name, b.name
+    ));
+    a.sh(&format!("ip link set {a_if} up"));
+    b.sh(&format!("ip link set {b_if} up"));
+    Wire { a, b, a_if, b_if }
+}
+
+#[derive(Default)]
+struct Report {
+    checked: usize,
+    max_dev_ns: f64,
+}
+
+fn check_file(file: &Path, report: &mut Report) {
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    let cfg = config();
+
+    // What user space computes from the original file.
+    let mut user_records: Vec<(FlowKey, Reason, FlowState)> = Vec::new();
+    let summary = replay::replay_file(file, &cfg, |k, s, r| {
+        user_records.push((*k, r, *s));
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    assert!(
+        summary.truncated.is_none(),
+        "{name}: {:?}",
+        summary.truncated
+    );
+
+    // What the kernel computes from the same packets on a wire.
+    let w = wire();
+    let mut prog = Loaded::new(&Sizes::default(), &cfg);
+    prog.attach_xdp_in(&w.b, &w.b_if);
+    let padded = std::env::temp_dir().join(format!("{}.pcap", unique("dt-parity")));
+    let (count, first, last) = write_padded_pcap(file, &padded);
+    let duration_s = (last.saturating_sub(first)) as f64 / 1e9;
+    let speedup = (duration_s / TARGET_REPLAY_S).max(1.0);
+    let timed = speedup <= MAX_TIMED_SPEEDUP;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &w.a.name, "tcpreplay", "-q", "-i", &w.a_if]);
+    if timed {
+        cmd.arg(format!("--multiplier={speedup:.3}"));
+    } else {
+        cmd.arg("--topspeed");
+    }
+    let out = cmd.arg(&padded).output().expect("run tcpreplay");
+    let _ = std::fs::remove_file(&padded);
+    assert!(
+        out.status.success(),
+        "{name}: tcpreplay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("Actual: {count} packets")),
+        "{name}: tcpreplay did not send all {count} packets:\n{stdout}"
+    );
+
+    let stats = prog.stats();
+    assert_eq!(
+        stats[0], summary.packets,
+        "{name}: packets seen by the kernel vs the capture"
+    );
+    let mut kernel_records: Vec<(FlowKey, u8, FlowState)> = prog
+        .records()
+        .into_iter()
+        .map(|r| (r.key, r.reason, untimed(&r.state)))
+        .collect();
+    let mut user_interim: Vec<(FlowKey, u8, FlowState)> = user_records
+        .iter()
+        .filter(|(_, r, _)| *r != Reason::Flush)
+        .map(|(k, r, s)| (*k, *r as u8, untimed(s)))
+        .collect();
+    // Same multiset of records (CPUs may interleave the order of unrelated flows).
+    let order = |v: &mut Vec<(FlowKey, u8, FlowState)>| {
+        v.sort_by_key(|(k, r, s)| (*k, *r, s.total_packets()))
+    };
+    order(&mut kernel_records);
+    order(&mut user_interim);
+    assert_eq!(
+        kernel_records.len(),
+        user_interim.len(),
+        "{name}: record count"
+    );
+    for (k, u) in kernel_records.iter().zip(&user_interim) {
+        assert_eq!(k, u, "{name}: record differs");
+    }
+
+    // The final table: one entry per flow, equal to the state in the replay's last record for
+    // that key (its flush record, or the last interim one when nothing happened since).
+    let kernel_table = prog.flows();
+    let user_final: HashMap<FlowKey, FlowState> =
+        user_records.iter().map(|(k, _, s)| (*k, *s)).collect();
+    assert_eq!(
+        kernel_table.len(),
+        user_final.len(),
+        "{name}: flows in the table"
+    );
+    for (key, u) in &user_final {
+        let k = kernel_table
+            .get(key)
+            .unwrap_or_else(|| panic!("{name}: flow {key:?} missing in the kernel"));
+        assert_eq!(untimed(k), untimed(u), "{name}: flow {key:?}");
+        if timed {
+            let mut pairs = vec![(
+                "duration",
+                (k.last_seen_ns - k.first_seen_ns) as f64,
+                (u.last_seen_ns - u.first_seen_ns) as f64 / speedup,
+            )];
+            let n = (u.total_packets() as usize).min(8);
+            for i in 1..n {
+                pairs.push((
+                    "first gap",
+                    k.first_gaps_us[i] as f64 * 1e3,
+                    u.first_gaps_us[i] as f64 * 1e3 / speedup,
+                ));
+            }
+            for (what, kv, uv) in pairs {
+                let dev = (kv - uv).abs();
+                report.max_dev_ns = report.max_dev_ns.max(dev);
+                assert!(
+                    dev <= TOL_ABS_NS + TOL_REL * uv,
+                    "{name}: {what} {kv:.0} ns in the kernel vs {uv:.0} ns expected at {speedup:.2}× (flow {key:?})"
+                );
+            }
+        }
+    }
+    report.checked += 1;
+    eprintln!(
+        "{name}: {} packets, {} flows, {} interim records equal; timing {}",
+        summary.packets,
+        user_final.len(),
+        kernel_records.len(),
+        if timed {
+            format!("compared at {speedup:.2}×")
+        } else {
+            "not compared (too long a span)".into()
+        }
+    );
+}
+
+#[test]
+fn kernel_and_replay_agree_on_every_benign_and_attack_capture() {
+    require_root();
+    let mut report = Report::default();
+    for file in corpus_files("pcap/benign")
+        .into_iter()
+        .chain(corpus_files("pcap/attack"))
+    {
+        check_file(&file, &mut report);
+    }
+    eprintln!(
+        "largest timing deviation: {:.1} ms",
+        report.max_dev_ns / 1e6
+    );
+    assert_eq!(report.checked, 23);
+}

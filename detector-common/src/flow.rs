@@ -561,12 +561,6 @@ pub fn idle_expired(state: &FlowState, now: u64, cfg: &FlowConfig) -> bool {
     now.saturating_sub(state.last_seen_ns) > cfg.idle_timeout_ns
 }
 
-/// True when the flow has packets that no record has reported yet.
-#[inline(always)]
-pub fn dirty(state: &FlowState) -> bool {
-    state.total_packets() != state.exported_packets
-}
-
 #[cfg(test)]
 mod tests {
     use super::{user::*, *};

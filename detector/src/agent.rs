@@ -271,9 +271,9 @@ pub fn sweep(
         Reason::IdleTimeout
     };
     for (key, state) in &expired {
-        if flow::dirty(state) {
-            sink.flow(key, state, reason)?;
-        }
+        // Every flow ends with exactly one final record, even when nothing changed since its
+        // last one (e.g. a `rst` record): consumers keep one row per flow from it.
+        sink.flow(key, state, reason)?;
         // A packet may have refreshed the entry since we read it; it then starts a new flow
         // on its next packet. Losing that one packet's count is the price of not locking.
         let _ = flows.remove(key);

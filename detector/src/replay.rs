@@ -16,8 +16,13 @@ use detector_common::{
 
 use crate::pcap::{self, PcapError};
 
-/// How often (in capture time) idle flows are looked for.
-const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+/// How often, in capture time, idle flows are looked for: a quarter of the idle timeout, at
+/// least a second. A flow's final record can come up to that much later than its expiry, which
+/// changes no counter (a packet after the timeout ends the flow in `process_packet` anyway);
+/// scanning every flow every second made replay of a large flood quadratic.
+fn sweep_every(cfg: &FlowConfig) -> u64 {
+    (cfg.idle_timeout_ns / 4).max(1_000_000_000)
+}
 
 /// What one capture gave.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,7 +63,7 @@ pub fn replay_file(
                 summary.truncated = Some(format!("{e}; the flows read so far are kept"));
                 break;
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot replay {}", path.display())),
+            Err(e) => return Err(e.into()),
         };
         if packet.link_type != pcap::LINKTYPE_ETHERNET {
             bail!(
@@ -76,7 +81,7 @@ pub fn replay_file(
         process_packet(&pkt, now, cfg, &mut table, &mut env);
         if now >= next_sweep {
             table.expire(now, cfg, false, &mut env);
-            next_sweep = now.saturating_add(SWEEP_EVERY_NS);
+            next_sweep = now.saturating_add(sweep_every(cfg));
         }
         for (k, s, r) in env.records.drain(..) {
             on_record(&k, &s, r)?;

@@ -173,6 +173,9 @@ pub enum Reason {
     Flush = 6,
     /// A new TCP connection reused the key of a closed one: final record of the old one.
     Reused = 7,
+    /// The flow's first packet (when [`FlowConfig::new_records`] is on): lets the agent see
+    /// scans and spoofed floods, whose flows never grow, without waiting for their timeout.
+    New = 8,
 }
 
 impl Reason {
@@ -185,6 +188,7 @@ impl Reason {
             5 => Self::IdleTimeout,
             6 => Self::Flush,
             7 => Self::Reused,
+            8 => Self::New,
             _ => return None,
         })
     }
@@ -198,6 +202,7 @@ impl Reason {
             Self::IdleTimeout => "idle_timeout",
             Self::Flush => "flush",
             Self::Reused => "reused",
+            Self::New => "new",
         }
     }
     /// A final record is the last one for this flow: its entry is gone or replaced.
@@ -216,7 +221,8 @@ pub struct FlowConfig {
     pub idle_timeout_ns: u64,
     /// Emit an early record when the flow reaches this many packets (0 = never).
     pub early_packets: u32,
-    pub _pad: u32,
+    /// Non-zero: emit a `new` record on each flow's first packet.
+    pub new_records: u32,
 }
 
 impl FlowConfig {
@@ -224,7 +230,7 @@ impl FlowConfig {
         active_timeout_ns: 60_000_000_000,
         idle_timeout_ns: 30_000_000_000,
         early_packets: FIRST_PACKETS as u32,
-        _pad: 0,
+        new_records: 1,
     };
 }
 
@@ -539,7 +545,9 @@ pub fn update(state: &mut FlowState, p: &Parsed, now: u64, cfg: &FlowConfig) -> 
     }
     if reason.is_none() {
         let total = seen + 1;
-        if cfg.early_packets != 0 && total == cfg.early_packets as u64 {
+        if seen == 0 && cfg.new_records != 0 {
+            reason = Some(Reason::New);
+        } else if cfg.early_packets != 0 && total == cfg.early_packets as u64 {
             reason = Some(Reason::Early);
         } else if now.saturating_sub(if state.last_export_ns == 0 {
             state.first_seen_ns
@@ -575,21 +583,26 @@ mod tests {
 
     const A: [u8; 4] = [10, 0, 0, 1];
     const B: [u8; 4] = [10, 0, 0, 2];
+    const C: [u8; 4] = [10, 0, 0, 3];
     const MS: u64 = 1_000_000;
 
-    fn run(frames: &[(u64, Vec<u8>)]) -> (MemTable, MemEnv) {
+    /// The default configuration without `new` records, which most tests are not about.
+    const QUIET: FlowConfig = FlowConfig {
+        new_records: 0,
+        ..FlowConfig::DEFAULT
+    };
+
+    fn run_with(cfg: &FlowConfig, frames: &[(u64, Vec<u8>)]) -> (MemTable, MemEnv) {
         let mut table = MemTable::default();
         let mut env = MemEnv::default();
         for (t, f) in frames {
-            process_packet(
-                &Captured::whole(f),
-                *t,
-                &FlowConfig::DEFAULT,
-                &mut table,
-                &mut env,
-            );
+            process_packet(&Captured::whole(f), *t, cfg, &mut table, &mut env);
         }
         (table, env)
+    }
+
+    fn run(frames: &[(u64, Vec<u8>)]) -> (MemTable, MemEnv) {
+        run_with(&QUIET, frames)
     }
 
     fn only_flow(t: &MemTable) -> (FlowKey, FlowState) {
@@ -670,6 +683,27 @@ mod tests {
     }
 
     #[test]
+    fn new_records_mark_each_flows_first_packet() {
+        let frames = [
+            (MS, udp4(A, 5, B, 53, 20)),
+            (2 * MS, udp4(B, 53, A, 5, 20)),
+            (3 * MS, tcp4(A, 1, B, 2, TCP_SYN, 1, 0)),
+            (4 * MS, tcp4(C, 1, B, 2, TCP_RST, 1, 0)),
+        ];
+        let (_, env) = run_with(&FlowConfig::DEFAULT, &frames);
+        let reasons: std::vec::Vec<(Reason, u64)> = env
+            .records
+            .iter()
+            .map(|r| (r.2, r.1.total_packets()))
+            .collect();
+        // A first packet that is also a RST says so (the RST record tells of the new flow too).
+        assert_eq!(
+            reasons,
+            [(Reason::New, 1), (Reason::New, 1), (Reason::Rst, 1)]
+        );
+    }
+
+    #[test]
     fn retransmitted_segment_is_counted() {
         let frames = [
             (MS, tcp4(A, 1, B, 2, TCP_ACK, 1000, 100)),
@@ -698,7 +732,7 @@ mod tests {
 
     #[test]
     fn idle_gap_ends_the_flow_and_expire_flushes() {
-        let cfg = FlowConfig::DEFAULT;
+        let cfg = QUIET;
         let frames = [
             (MS, udp4(A, 5, B, 53, 20)),
             (MS + cfg.idle_timeout_ns + 1, udp4(A, 5, B, 53, 20)),
@@ -719,7 +753,7 @@ mod tests {
     fn active_timeout_re_emits_a_long_flow() {
         let cfg = FlowConfig {
             active_timeout_ns: 10 * MS,
-            ..FlowConfig::DEFAULT
+            ..QUIET
         };
         let mut t = MemTable::default();
         let mut env = MemEnv::default();

@@ -16,6 +16,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext,
 };
+use aya_log_ebpf::warn;
 use detector_common::{
     flow::stat,
     proc::{kind, ProcEvent, SockKey, SockOwner},
@@ -117,7 +118,14 @@ fn remember(ctx: &TracePointContext) -> u32 {
     // uservaddr / upeer_sockaddr at 24.
     if let Ok(addr) = unsafe { ctx.read_at::<u64>(24) } {
         let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = PENDING.insert(&tid, &addr, 0);
+        if PENDING.insert(&tid, &addr, 0).is_err() {
+            // Thousands of threads blocked in connect/accept at once: this call's event is
+            // lost. Rare enough to log (through aya-log, to the agent's log).
+            warn!(
+                ctx,
+                "connect/accept tracking table full: an event of tid {} is lost", tid
+            );
+        }
     }
     0
 }

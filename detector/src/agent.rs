@@ -307,6 +307,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut ebpf = ebpf::load(opts.object.as_deref(), &opts.sizes)?;
     ebpf::write_config(&mut ebpf, &opts.flow)?;
+    // Log lines from the eBPF programs (aya-log), forwarded into our log. Must stay alive:
+    // dropping it closes its map.
+    let mut ebpf_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+        // SAFETY: the logger owns its fd for as long as the AsyncFd lives.
+        Ok(logger) => {
+            Some(unsafe { AsyncFd::register(logger) }.context("cannot poll the eBPF log")?)
+        }
+        Err(e) => {
+            warn!("eBPF log messages will not be shown: {e}");
+            None
+        }
+    };
     ebpf::load_flow_programs(&mut ebpf)?;
 
     let mut links: Vec<Link> = Vec::new();
@@ -404,6 +416,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
                 sink.out.write(&StatsJson::new(&c, sink.written))?;
                 sink.out.flush()?;
+            }
+            guard = async { ebpf_log.as_mut().unwrap().readable_mut().await }, if ebpf_log.is_some() => {
+                let mut guard = guard.context("eBPF log poll failed")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }

@@ -67,6 +67,10 @@ struct FlowArgs {
     /// Emit an early record when a flow reaches this many packets (0 = never).
     #[arg(long, default_value_t = 8)]
     early_packets: u32,
+    /// Emit a `new` record on each flow's first packet (scans and spoofed floods are flows
+    /// that never grow: without it they are seen only at their idle timeout).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    new_records: bool,
 }
 
 impl FlowArgs {
@@ -75,7 +79,7 @@ impl FlowArgs {
             active_timeout_ns: self.active_timeout.as_nanos().clamp(1, u64::MAX as u128) as u64,
             idle_timeout_ns: self.idle_timeout.as_nanos().clamp(1, u64::MAX as u128) as u64,
             early_packets: self.early_packets,
-            _pad: 0,
+            new_records: self.new_records as u32,
         }
     }
 }

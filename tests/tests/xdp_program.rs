@@ -291,13 +291,15 @@ fn early_fin_and_rst_records_reach_the_ring_buffer() {
     assert_eq!(
         got,
         [
+            (Reason::New as u8, 1),
             (Reason::Early as u8, 8),
             (Reason::Fin as u8, 10),
+            (Reason::New as u8, 1),
             (Reason::Rst as u8, 2)
         ]
     );
     assert_eq!(recs[0].key, key_of(&tcp4(A, 5000, B, 80, TCP_ACK, 0, 0)));
-    assert_eq!(prog.stats()[stat::RECORDS as usize], 3);
+    assert_eq!(prog.stats()[stat::RECORDS as usize], 5);
 }
 
 #[test]

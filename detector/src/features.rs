@@ -158,6 +158,52 @@ pub fn flow_features(key: &FlowKey, s: &FlowState, out: &mut [f32]) {
     }
 }
 
+/// Name of the live feature set: the flow's features followed by its context
+/// ([`crate::context::NAMES`]). This is what the agent scores.
+pub const LIVE_FEATURE_SET: &str = "detector-flowctx-v1";
+/// Number of live features.
+pub const LIVE_COUNT: usize = COUNT + crate::context::COUNT;
+
+/// Live feature names, in vector order.
+pub fn live_names() -> Vec<String> {
+    let mut v = names();
+    v.extend(crate::context::NAMES.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Turns a stream of flow records (in arrival order) into live feature vectors: one code path
+/// for the agent, `replay --detect` and datasets built from recordings.
+#[derive(Default)]
+pub struct Featurizer {
+    ctx: crate::context::ContextTracker,
+}
+
+impl Featurizer {
+    pub fn new(cfg: crate::context::ContextConfig) -> Self {
+        Self {
+            ctx: crate::context::ContextTracker::new(cfg),
+        }
+    }
+
+    /// Features of one record ([`LIVE_COUNT`] values); updates the context windows.
+    pub fn features(
+        &mut self,
+        key: &FlowKey,
+        state: &FlowState,
+        reason: detector_common::flow::Reason,
+        out: &mut [f32],
+    ) {
+        let (flow, ctx) = out.split_at_mut(COUNT);
+        flow_features(key, state, flow);
+        self.ctx.observe(key, state, reason, ctx);
+    }
+
+    /// Sources and services the context tracks now.
+    pub fn tracked(&self) -> (usize, usize) {
+        self.ctx.tracked()
+    }
+}
+
 /// How one flow is labelled when it becomes a dataset row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowLabel {

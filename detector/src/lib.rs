@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod clock;
+pub mod context;
 pub mod dataset;
 pub mod ebpf;
 pub mod features;

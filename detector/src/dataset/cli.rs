@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{
+    flows,
     import::{import_file, Format, ImportOptions, OnError, DEFAULT_SESSION_ROWS},
     stats, Dataset,
 };
@@ -44,6 +45,35 @@ pub enum DatasetCommand {
               value_parser = clap::value_parser!(u64).range(1..))]
         session_rows: u64,
     },
+    /// Build a dataset of the live feature set from the project's own flow records: agent
+    /// output (`detector run`), `detector replay` output, or lab recordings (`.jsonl.zst`).
+    ///
+    /// Records are read in order and each one's context (per-source windows) is computed as the
+    /// agent computes it live. Lab records carry their label in a "lab" object; other records
+    /// take --label/--family/--session.
+    FromFlows {
+        /// JSON-lines files (`.zst`-compressed too), in time order.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Dataset file to write (replaced atomically).
+        #[arg(long, short, value_name = "PATH")]
+        out: PathBuf,
+        /// all: a row per record, as the agent scores them; final: a row per flow.
+        #[arg(long, value_enum, default_value = "all")]
+        rows: flows::Rows,
+        /// Label of records without a "lab" object.
+        #[arg(long, value_parser = ["benign", "attack"])]
+        label: Option<String>,
+        /// Family of records without a "lab" object (default: benign, or other-attack).
+        #[arg(long)]
+        family: Option<String>,
+        /// Session name of records without a "lab" object (default: the file name).
+        #[arg(long)]
+        session: Option<String>,
+        /// Keep lab records no session explains (neighbour discovery, housekeeping) as benign.
+        #[arg(long)]
+        keep_unattributed: bool,
+    },
     /// Print rows per family, attack and session, and per-feature ranges of dataset files.
     Stats {
         /// Dataset files written by `dataset import` (or by the agent's recorder).
@@ -79,6 +109,48 @@ pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
                 ds.source,
                 ds.rows(),
                 ds.n_features(),
+                ds.digest()
+            );
+            Ok(())
+        }
+        DatasetCommand::FromFlows {
+            files,
+            out,
+            rows,
+            label,
+            family,
+            session,
+            keep_unattributed,
+        } => {
+            let default_label = label.map(|l| {
+                let attack = l == "attack";
+                flows::DefaultLabel {
+                    attack,
+                    family: family
+                        .unwrap_or_else(|| if attack { "other-attack" } else { "benign" }.into()),
+                    session: session.unwrap_or_else(|| {
+                        files[0]
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    }),
+                }
+            });
+            let opts = flows::FlowsOptions {
+                rows,
+                default_label,
+                keep_unattributed,
+            };
+            let (ds, sum) = flows::from_files(&files, &opts)?;
+            ds.write(&out)?;
+            println!(
+                "wrote {}: feature set {}, {} rows from {} flow records ({} unattributed skipped, {} other lines), sha256 {}",
+                out.display(),
+                ds.source,
+                sum.rows,
+                sum.records,
+                sum.skipped_unattributed,
+                sum.other_lines,
                 ds.digest()
             );
             Ok(())

@@ -5,6 +5,7 @@
 pub mod cicflowmeter;
 pub mod cli;
 pub mod families;
+pub mod flows;
 pub mod import;
 pub mod kdd;
 pub mod nfv2;

@@ -1,0 +1,425 @@
+//! Per-source and per-service context over sliding windows: what a single flow cannot show.
+//! Scans, floods and brute force are many small flows; each flow record is joined with what its
+//! initiator (and the service it reached) did in the last `window`.
+//!
+//! The tracker is fed every flow record in arrival order — live from the ring buffer, offline
+//! from a replay or a recording — so both compute the same context. Memory is bounded: at most
+//! `max_sources` sources and services are tracked (the least recently seen are forgotten) and
+//! each window keeps at most `max_events` flows.
+
+use std::collections::{HashMap, VecDeque};
+
+use detector_common::{
+    flow::{FlowKey, FlowState, Reason, FWD, REV},
+    packet::{TCP_ACK, TCP_RST, TCP_SYN},
+};
+
+/// Context feature names, in vector order.
+pub const NAMES: [&str; 7] = [
+    "src_new_flows_per_s",
+    "src_distinct_dst_ports",
+    "src_distinct_dst_hosts",
+    "src_syn_no_reply_ratio",
+    "src_failed_conns",
+    "svc_new_flows_per_s",
+    "svc_distinct_sources",
+];
+/// Number of context features.
+pub const COUNT: usize = NAMES.len();
+
+/// Window and bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextConfig {
+    pub window_ns: u64,
+    pub max_sources: usize,
+    pub max_events: usize,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            window_ns: 10_000_000_000,
+            max_sources: 65_536,
+            max_events: 4096,
+        }
+    }
+}
+
+/// One flow as a window sees it.
+#[derive(Clone, Copy, Debug)]
+struct Event {
+    ts: u64,
+    key: FlowKey,
+    /// The other party: destination host in a source window, source host in a service window.
+    peer: u64,
+    port: u16,
+    /// A TCP connection attempt (the initiator sent SYN).
+    syn: bool,
+    /// The responder answered (for TCP: with an ACK).
+    answered: bool,
+}
+
+/// A sliding window of flows with incremental distinct counts.
+#[derive(Default)]
+struct Window {
+    events: VecDeque<Event>,
+    /// Flow key → sequence number of its event (position = seq - `front_seq`).
+    index: HashMap<FlowKey, u64>,
+    front_seq: u64,
+    peers: HashMap<u64, u32>,
+    ports: HashMap<u16, u32>,
+    syn: u32,
+    unanswered: u32,
+    /// Times of refused connections (the responder's RST) in the window.
+    failed: VecDeque<u64>,
+    last_seen: u64,
+}
+
+fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: &K) {
+    if let Some(c) = m.get_mut(k) {
+        *c -= 1;
+        if *c == 0 {
+            m.remove(k);
+        }
+    }
+}
+
+impl Window {
+    fn expire(&mut self, now: u64, window: u64) {
+        let horizon = now.saturating_sub(window);
+        while self.events.front().is_some_and(|e| e.ts < horizon) {
+            self.pop_front();
+        }
+        while self.failed.front().is_some_and(|&t| t < horizon) {
+            self.failed.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.events.pop_front() {
+            self.front_seq += 1;
+            self.index.remove(&e.key);
+            dec(&mut self.peers, &e.peer);
+            dec(&mut self.ports, &e.port);
+            if e.syn {
+                self.syn -= 1;
+                if !e.answered {
+                    self.unanswered -= 1;
+                }
+            }
+        }
+    }
+
+    /// Records the flow (first time) or its answer (later); returns true the first time.
+    fn note(&mut self, e: Event, max_events: usize) -> bool {
+        if let Some(&seq) = self.index.get(&e.key) {
+            if let Some(old) = self.events.get_mut((seq - self.front_seq) as usize) {
+                if e.answered && !old.answered {
+                    old.answered = true;
+                    if old.syn {
+                        self.unanswered -= 1;
+                    }
+                }
+            }
+            return false;
+        }
+        if self.events.len() >= max_events {
+            self.pop_front();
+        }
+        *self.peers.entry(e.peer).or_default() += 1;
+        *self.ports.entry(e.port).or_default() += 1;
+        if e.syn {
+            self.syn += 1;
+            if !e.answered {
+                self.unanswered += 1;
+            }
+        }
+        self.index
+            .insert(e.key, self.front_seq + self.events.len() as u64);
+        self.events.push_back(e);
+        true
+    }
+
+    fn rate(&self, window: u64) -> f32 {
+        self.events.len() as f32 / (window as f32 / 1e9)
+    }
+}
+
+/// A 64-bit digest of a 16-byte address, for compact distinct counting.
+fn addr_id(a: &[u8; 16]) -> u64 {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&a[..8]);
+    lo.copy_from_slice(&a[8..]);
+    (u64::from_le_bytes(hi) ^ u64::from_le_bytes(lo).rotate_left(29))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Source and service windows for every recent initiator and service.
+pub struct ContextTracker {
+    cfg: ContextConfig,
+    sources: HashMap<[u8; 16], Window>,
+    services: HashMap<([u8; 16], u16, u8), Window>,
+    last_prune: u64,
+}
+
+impl Default for ContextTracker {
+    fn default() -> Self {
+        Self::new(ContextConfig::default())
+    }
+}
+
+impl ContextTracker {
+    pub fn new(cfg: ContextConfig) -> Self {
+        Self {
+            cfg,
+            sources: HashMap::new(),
+            services: HashMap::new(),
+            last_prune: 0,
+        }
+    }
+
+    /// Sources and services tracked now (for metrics and bounds checks).
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.sources.len(), self.services.len())
+    }
+
+    /// Feeds one record and writes its flow's context into `out` ([`COUNT`] values). The
+    /// record's last packet is the clock.
+    pub fn observe(&mut self, key: &FlowKey, s: &FlowState, reason: Reason, out: &mut [f32]) {
+        let now = s.last_seen_ns;
+        let (src, dst, dport) = if s.initiator_is_hi() {
+            (key.addr_hi, key.addr_lo, key.port_lo)
+        } else {
+            (key.addr_lo, key.addr_hi, key.port_hi)
+        };
+        let window = self.cfg.window_ns;
+        let max_events = self.cfg.max_events;
+        let is_tcp = key.proto == 6;
+        let answered = s.packets[REV] > 0 && (!is_tcp || s.tcp_flags[REV] & TCP_ACK != 0);
+        let event = Event {
+            ts: s.first_seen_ns,
+            key: *key,
+            peer: addr_id(&dst),
+            port: dport,
+            syn: is_tcp && s.tcp_flags[FWD] & TCP_SYN != 0,
+            answered,
+        };
+
+        let w = self.sources.entry(src).or_default();
+        w.expire(now, window);
+        w.last_seen = now;
+        w.note(event, max_events);
+        // The kernel emits `rst` once per flow, when the RST first appears.
+        if reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0 {
+            if w.failed.len() >= max_events {
+                w.failed.pop_front();
+            }
+            w.failed.push_back(now);
+        }
+        out[0] = w.rate(window);
+        out[1] = w.ports.len() as f32;
+        out[2] = w.peers.len() as f32;
+        out[3] = if w.syn > 0 {
+            w.unanswered as f32 / w.syn as f32
+        } else {
+            0.0
+        };
+        out[4] = w.failed.len() as f32;
+
+        let svc = self.services.entry((dst, dport, key.proto)).or_default();
+        svc.expire(now, window);
+        svc.last_seen = now;
+        svc.note(
+            Event {
+                peer: addr_id(&src),
+                port: 0,
+                ..event
+            },
+            max_events,
+        );
+        out[5] = svc.rate(window);
+        out[6] = svc.peers.len() as f32;
+        self.prune(now);
+    }
+
+    /// Forgets windows idle for longer than the window, at most once per second of record
+    /// time; beyond `max_sources`, forgets the least recently seen at once.
+    fn prune(&mut self, now: u64) {
+        let max = self.cfg.max_sources;
+        let over = self.sources.len() > max || self.services.len() > max;
+        if !over && now < self.last_prune.saturating_add(1_000_000_000) {
+            return;
+        }
+        self.last_prune = now;
+        let horizon = now.saturating_sub(self.cfg.window_ns);
+        self.sources.retain(|_, w| w.last_seen >= horizon);
+        self.services.retain(|_, w| w.last_seen >= horizon);
+        keep_newest(&mut self.sources, max);
+        keep_newest(&mut self.services, max);
+    }
+}
+
+/// Keeps only the `max` most recently seen windows (about: ties at the cut are kept).
+fn keep_newest<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Window>, max: usize) {
+    if m.len() <= max {
+        return;
+    }
+    // Cut to 3/4 of the bound so that a flood does not pay this on every record.
+    let keep = max - max / 4;
+    let mut times: Vec<u64> = m.values().map(|w| w.last_seen).collect();
+    let cut = times.len() - keep;
+    let (_, t, _) = times.select_nth_unstable(cut);
+    let t = *t;
+    m.retain(|_, w| w.last_seen >= t);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detector_common::{
+        flow::{
+            process_packet,
+            user::{MemEnv, MemTable},
+            FlowConfig,
+        },
+        packet::Captured,
+        testpkt::{tcp4, udp4},
+    };
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// Runs frames through the shared flow logic and the tracker; returns the context of
+    /// every record.
+    fn contexts(frames: &[(u64, Vec<u8>)], cfg: ContextConfig) -> Vec<(Reason, [f32; COUNT])> {
+        let mut t = MemTable::default();
+        let mut env = MemEnv::default();
+        let mut ctx = ContextTracker::new(cfg);
+        let mut out = Vec::new();
+        for (ts, f) in frames {
+            process_packet(
+                &Captured::whole(f),
+                *ts,
+                &FlowConfig::DEFAULT,
+                &mut t,
+                &mut env,
+            );
+            for (k, s, r) in env.records.drain(..) {
+                let mut v = [0f32; COUNT];
+                ctx.observe(&k, &s, r, &mut v);
+                out.push((r, v));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_port_scan_shows_many_ports_refused_and_unanswered() {
+        let atk = [10, 0, 0, 66];
+        let victim = [10, 0, 0, 1];
+        let mut frames = Vec::new();
+        for p in 0..100u16 {
+            let t = SEC + p as u64 * 1_000_000;
+            frames.push((t, tcp4(atk, 40000, victim, 1000 + p, TCP_SYN, 1, 0)));
+            if p % 2 == 0 {
+                // Closed port: the victim refuses.
+                frames.push((
+                    t + 1000,
+                    tcp4(victim, 1000 + p, atk, 40000, TCP_RST | TCP_ACK, 0, 0),
+                ));
+            }
+        }
+        let c = contexts(&frames, ContextConfig::default());
+        let last = c.last().unwrap().1;
+        assert_eq!(last[1], 100.0, "distinct destination ports");
+        assert_eq!(last[2], 1.0, "one destination host");
+        assert_eq!(last[4], 50.0, "refused connections");
+        // A RST|ACK answers (it carries an ACK); the odd ports never got a reply.
+        assert!(
+            (last[3] - 0.5).abs() < 1e-6,
+            "half never answered: {}",
+            last[3]
+        );
+        assert!(
+            (last[0] - 10.0).abs() < 1e-3,
+            "100 flows in a 10 s window: {}",
+            last[0]
+        );
+    }
+
+    #[test]
+    fn a_spoofed_flood_shows_on_the_service() {
+        let victim = [10, 0, 0, 1];
+        let frames: Vec<(u64, Vec<u8>)> = (0..500u32)
+            .map(|i| {
+                let src = [172, 16, (i >> 8) as u8, i as u8];
+                (
+                    SEC + i as u64 * 100_000,
+                    tcp4(src, 1234, victim, 80, TCP_SYN, i, 0),
+                )
+            })
+            .collect();
+        let c = contexts(&frames, ContextConfig::default());
+        let last = c.last().unwrap().1;
+        assert_eq!(last[6], 500.0, "distinct sources to the service");
+        assert_eq!(last[1], 1.0, "each source alone looks harmless");
+    }
+
+    #[test]
+    fn the_window_slides_and_memory_stays_bounded() {
+        let cfg = ContextConfig {
+            window_ns: 2 * SEC,
+            max_sources: 100,
+            max_events: 16,
+        };
+        let dst = [10, 0, 0, 1];
+        let mut frames = Vec::new();
+        for i in 0..2000u32 {
+            let src = [192, 168, (i >> 8) as u8, i as u8];
+            frames.push((i as u64 * 1_000_000, udp4(src, 5000, dst, 53, 10)));
+        }
+        // One source sends 40 flows: its window holds at most 16.
+        for p in 0..40u16 {
+            frames.push((
+                3 * SEC + p as u64,
+                udp4([10, 9, 9, 9], 6000 + p, dst, 53, 10),
+            ));
+        }
+        let mut t = MemTable::default();
+        let mut env = MemEnv::default();
+        let mut ctx = ContextTracker::new(cfg);
+        let mut v = [0f32; COUNT];
+        for (ts, f) in &frames {
+            process_packet(
+                &Captured::whole(f),
+                *ts,
+                &FlowConfig::DEFAULT,
+                &mut t,
+                &mut env,
+            );
+            for (k, s, r) in env.records.drain(..) {
+                ctx.observe(&k, &s, r, &mut v);
+                let (src, svc) = ctx.tracked();
+                assert!(
+                    src <= 100 && svc <= 100,
+                    "{src} sources, {svc} services tracked"
+                );
+            }
+        }
+        assert_eq!(v[0], 8.0, "16 events in a 2 s window");
+        // Later, the old sources have left the window.
+        let late = udp4([10, 1, 1, 1], 7000, dst, 53, 10);
+        process_packet(
+            &Captured::whole(&late),
+            60 * SEC,
+            &FlowConfig::DEFAULT,
+            &mut t,
+            &mut env,
+        );
+        for (k, s, r) in env.records.drain(..) {
+            ctx.observe(&k, &s, r, &mut v);
+        }
+        assert_eq!(ctx.tracked(), (1, 1));
+        assert_eq!(v[6], 1.0);
+    }
+}

@@ -1,7 +1,14 @@
-//! `detector run`: load and attach the programs, stream flow and process records as JSON lines,
-//! expire idle flows, and detach cleanly on SIGINT/SIGTERM.
+//! `detector run`: load and attach the programs, read both ring buffers, write flow and process
+//! records, score every flow record and act by policy (alert, drop, shadow), adapt the model
+//! from confirmed incidents, serve the control socket and metrics, expire idle flows and
+//! blocklist entries, reload the configuration on SIGHUP, and detach cleanly on SIGINT/SIGTERM.
 
-use std::{collections::HashSet, net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap as StdHashMap,
+    path::PathBuf,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, bail, Context};
 use aya::{
@@ -10,6 +17,7 @@ use aya::{
     Ebpf,
 };
 use detector_common::{
+    block::{BlockEntry, BlockKey},
     flow::{self, stat, FlowConfig, FlowKey, FlowRecord, FlowState, Reason},
     proc::{ProcEvent, SockKey, SockOwner},
     user::read_item,
@@ -18,31 +26,38 @@ use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
+    blocklist::{self, Block, Blocklist},
     clock::{self, TimeBase},
+    config::Config,
+    control::{self, Envelope, Request},
+    detect::{Actions, AlertJson, DetectConfig, Detector, FamilySignature},
     ebpf::{self, maps, Link, Sizes},
     iface,
+    incidents::{self, HistoryEntry, ModelStore, Selector},
+    metrics::Metrics,
+    model::{Model, ScorePath},
     output::JsonLines,
-    record::{addr, cstr, FlowJson, ProcessJson, ProcessRef},
-    tracefs,
+    policy::Policy,
+    record::{FlowJson, ProcessJson},
+    sockets::Attribution,
+    state, tracefs,
 };
 
-/// Everything `detector run` needs.
+/// Everything `detector run` needs: the configuration (with command-line overrides applied)
+/// and what only the command line sets.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Interfaces to attach to; empty means the default-route interface.
-    pub interfaces: Vec<String>,
-    pub xdp_mode: XdpMode,
-    /// JSON lines go here (None or "-" = stdout).
-    pub output: Option<PathBuf>,
-    pub flow: FlowConfig,
-    pub sizes: Sizes,
+    pub config: Config,
+    /// The file the configuration came from, re-read on SIGHUP (None: defaults, no reload).
+    pub config_path: Option<PathBuf>,
     /// Load this object instead of the embedded one.
     pub object: Option<PathBuf>,
-    /// How often idle flows are looked for.
+    /// How often idle flows and expired blocks are looked for.
     pub sweep_interval: Duration,
     /// How often a stats line is written (also written once at exit).
     pub stats_interval: Duration,
@@ -51,11 +66,8 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            interfaces: Vec::new(),
-            xdp_mode: XdpMode::Default,
-            output: None,
-            flow: FlowConfig::DEFAULT,
-            sizes: Sizes::default(),
+            config: Config::default(),
+            config_path: None,
             object: None,
             sweep_interval: Duration::from_secs(1),
             stats_interval: Duration::from_secs(10),
@@ -80,8 +92,12 @@ pub struct StatsJson {
     pub table_full: u64,
     /// Process events lost because their ring buffer was full.
     pub proc_ringbuf_full: u64,
-    /// Records the agent read and wrote (flow and process).
-    pub written: u64,
+    /// Records the agent read (flow and process).
+    pub read: u64,
+    /// Flow records scored.
+    pub scored: u64,
+    /// Active blocklist entries.
+    pub blocks: usize,
 }
 
 /// Sums the per-CPU STATS counters.
@@ -96,83 +112,6 @@ pub fn read_stats(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<[u64; stat:
     Ok(out)
 }
 
-impl StatsJson {
-    fn new(c: &[u64; stat::COUNT as usize], written: u64) -> Self {
-        Self {
-            kind: "stats",
-            ts_ns: TimeBase::monotonic().to_unix_ns(clock::monotonic_ns()),
-            packets: c[stat::PACKETS as usize],
-            malformed: c[stat::MALFORMED as usize],
-            not_ip: c[stat::NOT_IP as usize],
-            blocked: c[stat::BLOCKED as usize],
-            ringbuf_full: c[stat::RINGBUF_FULL as usize],
-            flows_created: c[stat::FLOWS_CREATED as usize],
-            records: c[stat::RECORDS as usize],
-            table_full: c[stat::TABLE_FULL as usize],
-            proc_ringbuf_full: c[stat::PROC_RINGBUF_FULL as usize],
-            written,
-        }
-    }
-}
-
-/// Finds the process that owns a flow's local end, through the kernel's SOCKETS map.
-pub struct Attribution {
-    sockets: Option<HashMap<MapData, SockKey, SockOwner>>,
-    local: HashSet<IpAddr>,
-}
-
-impl Attribution {
-    /// Refreshes the set of local addresses (they change as interfaces come and go).
-    pub fn refresh(&mut self) {
-        self.local = iface::local_addresses();
-    }
-
-    /// The owner of the flow's local TCP socket, if the map knows it.
-    pub fn lookup(&self, key: &FlowKey) -> Option<ProcessRef> {
-        let sockets = self.sockets.as_ref()?;
-        if key.proto != 6 {
-            return None;
-        }
-        let ends = [
-            (&key.addr_lo, key.port_lo, &key.addr_hi, key.port_hi),
-            (&key.addr_hi, key.port_hi, &key.addr_lo, key.port_lo),
-        ];
-        for (local, lport, remote, rport) in ends {
-            if !self.local.contains(&addr(key.family, local)) {
-                continue;
-            }
-            let exact = SockKey {
-                local_addr: *local,
-                remote_addr: *remote,
-                local_port: lport,
-                remote_port: rport,
-                family: key.family,
-                protocol: key.proto,
-                _pad: [0; 2],
-            };
-            let listener = SockKey {
-                remote_addr: [0; 16],
-                remote_port: 0,
-                ..exact
-            };
-            let any = SockKey {
-                local_addr: [0; 16],
-                ..listener
-            };
-            for k in [exact, listener, any] {
-                if let Ok(o) = sockets.get(&k, 0) {
-                    return Some(ProcessRef {
-                        pid: o.pid,
-                        uid: o.uid,
-                        comm: cstr(&o.comm),
-                    });
-                }
-            }
-        }
-        None
-    }
-}
-
 /// Parent pid from /proc, for processes that existed before the agent saw their fork.
 fn ppid_from_proc(pid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -185,100 +124,103 @@ fn ppid_from_proc(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
-/// Writes records as JSON lines.
-pub struct Sink {
-    pub out: JsonLines,
-    pub time: TimeBase,
-    pub attribution: Attribution,
-    pub written: u64,
+/// The agent's output files: records and events may share one (stdout, say), written through
+/// one buffer so that lines never interleave.
+pub struct Outputs {
+    files: Vec<JsonLines>,
+    records: Option<usize>,
+    events: usize,
 }
 
-impl Sink {
-    /// Writes one flow record, with the owning process when known.
-    pub fn flow(&mut self, key: &FlowKey, state: &FlowState, reason: Reason) -> anyhow::Result<()> {
-        let mut json = FlowJson::new(key, state, reason, self.time);
-        json.process = self.attribution.lookup(key);
-        self.out.write(&json)?;
-        self.written += 1;
-        Ok(())
-    }
-
-    /// Writes one process event.
-    pub fn process(&mut self, ev: &ProcEvent) -> anyhow::Result<()> {
-        if let Some(mut json) = ProcessJson::new(ev, self.time) {
-            if json.ppid == 0 && json.pid != 0 {
-                json.ppid = ppid_from_proc(json.pid);
+impl Outputs {
+    /// Opens the targets ("-" = stdout, "" = none for records).
+    pub fn open(records: &str, events: &str) -> anyhow::Result<Self> {
+        let open = |t: &str| JsonLines::open(Some(std::path::Path::new(t)));
+        let mut files = vec![open(events)?];
+        let records = match records {
+            "" => None,
+            r if r == events => Some(0),
+            r => {
+                files.push(open(r)?);
+                Some(1)
             }
-            self.out.write(&json)?;
-            self.written += 1;
+        };
+        Ok(Self {
+            files,
+            records,
+            events: 0,
+        })
+    }
+    /// Writes a record line (flow, process, stats) when records are on.
+    pub fn record<T: Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
+        match self.records {
+            Some(i) => self.files[i].write(v),
+            None => Ok(()),
+        }
+    }
+    /// Writes an event line (alert).
+    pub fn event<T: Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
+        self.files[self.events].write(v)
+    }
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.files.iter_mut().try_for_each(|f| f.flush())
+    }
+}
+
+/// Live actions: the kernel blocklist and the events output.
+struct LiveActions<'a> {
+    blocklist: &'a mut Blocklist<HashMap<MapData, BlockKey, BlockEntry>>,
+    out: &'a mut Outputs,
+}
+
+impl Actions for LiveActions<'_> {
+    fn blocked(&self, key: &BlockKey) -> bool {
+        self.blocklist.contains(key)
+    }
+    fn block(&mut self, b: Block) -> anyhow::Result<()> {
+        let what = blocklist::describe(&b.key);
+        let now_unix = TimeBase::monotonic().to_unix_ns(clock::monotonic_ns());
+        match self.blocklist.block(b, now_unix, clock::monotonic_ns()) {
+            Ok(()) => info!("blocked {what}"),
+            // Not fatal: the kernel map may be full, or the state file unwritable. Say so and
+            // keep serving; the alert still goes out.
+            Err(e) => error!("blocking {what} failed: {e:#}"),
         }
         Ok(())
     }
-}
-
-/// Reads every record waiting in the flow ring buffer.
-fn drain_flows(rb: &mut RingBuf<MapData>, sink: &mut Sink) -> anyhow::Result<usize> {
-    let mut n = 0;
-    while let Some(item) = rb.next() {
-        match read_item::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r))) {
-            Some((reason, rec)) => sink.flow(&rec.key, &rec.state, reason)?,
-            None => warn!(len = item.len(), "skipped a malformed flow record"),
-        }
-        n += 1;
+    fn alert(&mut self, a: &AlertJson) -> anyhow::Result<()> {
+        self.out.event(a)
     }
-    Ok(n)
 }
 
-/// Reads every event waiting in the process ring buffer.
-fn drain_procs(rb: &mut RingBuf<MapData>, sink: &mut Sink) -> anyhow::Result<usize> {
-    let mut n = 0;
-    while let Some(item) = rb.next() {
-        match read_item::<ProcEvent>(&item) {
-            Some(ev) => sink.process(&ev)?,
-            None => warn!(len = item.len(), "skipped a malformed process event"),
-        }
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Emits final records for flows idle past the timeout (or all of them, when `all`), and
-/// removes them from the table. Returns how many were removed.
+/// Emits final records for flows idle past the timeout (or all of them, when `all`), removes
+/// them from the table, and returns them.
 pub fn sweep(
     flows: &mut HashMap<MapData, FlowKey, FlowState>,
-    sink: &mut Sink,
     cfg: &FlowConfig,
     now_mono: u64,
     all: bool,
-) -> anyhow::Result<usize> {
+) -> Vec<(FlowKey, FlowState)> {
     // Collect first: deleting while walking with get_next_key restarts the walk.
     let mut expired = Vec::new();
     for entry in flows.iter() {
-        let (key, state) = match entry {
-            Ok(kv) => kv,
+        match entry {
+            Ok((key, state)) if all || flow::idle_expired(&state, now_mono, cfg) => {
+                expired.push((key, state))
+            }
+            Ok(_) => {}
             Err(e) => {
                 warn!("cannot read the flow table: {e}");
                 break;
             }
-        };
-        if all || flow::idle_expired(&state, now_mono, cfg) {
-            expired.push((key, state));
         }
     }
-    let reason = if all {
-        Reason::Flush
-    } else {
-        Reason::IdleTimeout
-    };
-    for (key, state) in &expired {
-        // Every flow ends with exactly one final record, even when nothing changed since its
-        // last one (e.g. a `rst` record): consumers keep one row per flow from it.
-        sink.flow(key, state, reason)?;
+    for (key, _) in &expired {
         // A packet may have refreshed the entry since we read it; it then starts a new flow
         // on its next packet. Losing that one packet's count is the price of not locking.
         let _ = flows.remove(key);
     }
-    Ok(expired.len())
+    expired
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -291,22 +233,119 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// The base model: the configured file, or the one compiled into the binary.
+pub fn base_model(cfg: &Config) -> anyhow::Result<(Model, String)> {
+    if cfg.scoring.model.is_empty() {
+        let m = crate::model::default_model().context("the embedded default model is damaged")?;
+        let version = format!("default-{}", &model_digest(&m)[..8]);
+        Ok((m, version))
+    } else {
+        let p = PathBuf::from(&cfg.scoring.model);
+        let m =
+            Model::load(&p).with_context(|| format!("cannot load the model {}", p.display()))?;
+        let version = format!(
+            "{}-{}",
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            &model_digest(&m)[..8]
+        );
+        Ok((m, version))
+    }
+}
+
+fn model_digest(m: &Model) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = m.to_bytes().unwrap_or_default();
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+fn xdp_mode(s: &str) -> XdpMode {
+    match s {
+        "native" => XdpMode::Driver,
+        "skb" => XdpMode::Skb,
+        _ => XdpMode::Default,
+    }
+}
+
+/// What a running adaptation sends back.
+type AdaptResult = (
+    anyhow::Result<crate::model::Adapted>,
+    String,
+    usize,
+    Vec<f32>,
+    oneshot::Sender<serde_json::Value>,
+);
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let mut cfg = opts.config.clone();
     // Fail fast on what the operator can fix, before touching the kernel.
     let tracefs_path = tracefs::find()?;
-    let interfaces = if opts.interfaces.is_empty() {
+    let interfaces = if cfg.agent.interfaces.is_empty() {
         vec![iface::default_route()?]
     } else {
-        opts.interfaces.clone()
+        cfg.agent.interfaces.clone()
     };
     for name in &interfaces {
         iface::index(name)?;
     }
-    let out = JsonLines::open(opts.output.as_deref())?;
+    let score_path: ScorePath = cfg.scoring.path.parse().map_err(|e: String| anyhow!(e))?;
+    let (base, base_version) = base_model(&cfg)?;
+    state::ensure_dir(&cfg.agent.state_dir)?;
+    let mut store = ModelStore::open(&cfg.agent.state_dir, cfg.adaptation.keep_models)?;
+    // Novelty means "unlike this host's benign traffic": the base model's prototypes describe
+    // the training data, not this host, so they go until the host's own baseline is fitted.
+    let mut base = base;
+    base.prototypes.remove(crate::features::LIVE_FEATURE_SET);
+    let (model, version) = match store.load_current() {
+        Ok(Some((m, e))) => (m, e.version),
+        Ok(None) => (base.clone(), base_version.clone()),
+        Err(e) => {
+            // A damaged host model must not keep the agent down: fall back, loudly.
+            error!("{e:#}; using the base model {base_version}");
+            (base.clone(), base_version.clone())
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let mut detector = Detector::new(
+        Arc::new(model),
+        version,
+        score_path,
+        Policy::new(cfg.policy.clone(), cfg.effective_allowlist()),
+        DetectConfig {
+            batch_size: cfg.scoring.batch_size,
+            batch_deadline: cfg.scoring.batch_deadline.0,
+            recent: cfg.adaptation.recent_records,
+            ..DetectConfig::default()
+        },
+        TimeBase::monotonic(),
+        metrics.clone(),
+    )?;
+    detector.families = store
+        .signatures()
+        .into_iter()
+        .map(|(family, centroid)| FamilySignature { family, centroid })
+        .collect();
+    let mut out = Outputs::open(&cfg.agent.records, &cfg.agent.events)?;
+    let listener = control::bind(&cfg.agent.control_socket)?;
+    let metrics_listener = match cfg.agent.metrics_listen.as_str() {
+        "" => None,
+        a => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {a}"))?,
+        ),
+    };
 
-    let mut ebpf = ebpf::load(opts.object.as_deref(), &opts.sizes)?;
-    ebpf::write_config(&mut ebpf, &opts.flow)?;
+    let sizes = Sizes {
+        flow_table: cfg.flows.table_size,
+        flow_ringbuf: cfg.flows.ringbuf_bytes,
+        proc_ringbuf: cfg.flows.proc_ringbuf_bytes,
+    };
+    let mut ebpf = ebpf::load(opts.object.as_deref(), &sizes)?;
+    let mut flow_cfg = cfg.flow_config();
+    ebpf::write_config(&mut ebpf, &flow_cfg)?;
     // Log lines from the eBPF programs (aya-log), forwarded into our log. Must stay alive:
     // dropping it closes its map.
     let mut ebpf_log = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -324,7 +363,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut links: Vec<Link> = Vec::new();
     for name in &interfaces {
         for attach in [
-            ebpf::attach_xdp(&mut ebpf, name, opts.xdp_mode),
+            ebpf::attach_xdp(&mut ebpf, name, xdp_mode(&cfg.agent.xdp_mode)),
             ebpf::attach_tc_egress(&mut ebpf, name),
         ] {
             match attach {
@@ -367,60 +406,314 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         seeded,
         "learned the owners of existing TCP sockets from /proc"
     );
-
-    let mut sink = Sink {
-        out,
-        time: TimeBase::monotonic(),
-        attribution: Attribution {
-            sockets: Some(sockets),
-            local: iface::local_addresses(),
-        },
-        written: 0,
-    };
-    info!(
-        output = %sink.out.target,
-        "streaming flow and process records; SIGINT or SIGTERM stops"
+    let mut attribution = Attribution::new(Some(sockets));
+    let mut blocks = Blocklist::new(
+        take::<HashMap<MapData, BlockKey, BlockEntry>>(&mut ebpf, maps::BLOCKLIST)?,
+        Some(blocklist::state_path(&cfg.agent.state_dir)),
     );
+    let now_unix = || TimeBase::monotonic().to_unix_ns(clock::monotonic_ns());
+    match blocks.restore(now_unix(), clock::monotonic_ns()) {
+        Ok(n) => info!(
+            restored = n,
+            "blocklist entries restored from the state directory"
+        ),
+        Err(e) => error!("cannot restore the blocklist: {e:#}"),
+    }
 
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(16);
+    tokio::spawn(control::serve(listener, ctl_tx));
+    let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<()>>(4);
+    if let Some(l) = metrics_listener {
+        info!(listen = %cfg.agent.metrics_listen, "serving Prometheus metrics");
+        tokio::spawn(crate::metrics::serve(l, metrics.clone(), metrics_tx));
+    }
+    let (adapt_tx, mut adapt_rx) = mpsc::channel::<AdaptResult>(1);
+    let mut adapting = false;
+    let mut baseline_at: Option<Instant> = None;
+
+    info!(
+        model = %detector.model_version,
+        path = %detector.path(),
+        drop = ?cfg.policy.drop,
+        "detecting; records to {:?}, alerts to {:?}; SIGINT or SIGTERM stops",
+        cfg.agent.records,
+        cfg.agent.events
+    );
+    let started = Instant::now();
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut sweep_tick = tokio::time::interval(opts.sweep_interval);
     let mut stats_tick = tokio::time::interval(opts.stats_interval);
     stats_tick.tick().await;
     let mut last_lost = 0u64;
+    let mut read = 0u64;
+
+    let time = TimeBase::monotonic();
+    // One record from the kernel (ring buffer or sweep): write it, queue it for scoring.
+    macro_rules! on_flow {
+        ($key:expr, $state:expr, $reason:expr) => {{
+            let (key, state, reason) = ($key, $state, $reason);
+            let process = attribution.lookup(key);
+            read += 1;
+            metrics.flow_records.fetch_add(1, Relaxed);
+            if out.records.is_some() {
+                let mut j = FlowJson::new(key, state, reason, time);
+                j.process = process.clone();
+                out.record(&j)?;
+            }
+            if detector.push(key, state, reason, process) {
+                detector.flush(&mut LiveActions {
+                    blocklist: &mut blocks,
+                    out: &mut out,
+                })?;
+            }
+        }};
+    }
+
     loop {
+        let deadline = detector.deadline();
         tokio::select! {
             guard = flow_rb.readable_mut() => {
                 let mut guard = guard.context("flow ring buffer poll failed")?;
-                drain_flows(guard.get_inner_mut(), &mut sink)?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    match read_item::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r))) {
+                        Some((reason, rec)) => on_flow!(&rec.key, &rec.state, reason),
+                        None => warn!(len = item.len(), "skipped a malformed flow record"),
+                    }
+                }
                 guard.clear_ready();
-                sink.out.flush()?;
+                out.flush()?;
             }
             guard = proc_rb.readable_mut() => {
                 let mut guard = guard.context("process ring buffer poll failed")?;
-                drain_procs(guard.get_inner_mut(), &mut sink)?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    read += 1;
+                    metrics.process_events.fetch_add(1, Relaxed);
+                    match read_item::<ProcEvent>(&item) {
+                        Some(ev) => {
+                            if let Some(mut json) = ProcessJson::new(&ev, time) {
+                                if json.ppid == 0 && json.pid != 0 {
+                                    json.ppid = ppid_from_proc(json.pid);
+                                }
+                                out.record(&json)?;
+                            }
+                        }
+                        None => warn!(len = item.len(), "skipped a malformed process event"),
+                    }
+                }
                 guard.clear_ready();
-                sink.out.flush()?;
+                out.flush()?;
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
+                detector.flush(&mut LiveActions { blocklist: &mut blocks, out: &mut out })?;
+                out.flush()?;
             }
             _ = sweep_tick.tick() => {
-                sink.attribution.refresh();
-                sweep(&mut flows, &mut sink, &opts.flow, clock::monotonic_ns(), false)?;
-                sink.out.flush()?;
+                attribution.refresh();
+                for (key, state) in sweep(&mut flows, &flow_cfg, clock::monotonic_ns(), false) {
+                    on_flow!(&key, &state, Reason::IdleTimeout);
+                }
+                let due = match baseline_at {
+                    None => !detector.has_baseline(),
+                    Some(t) => t.elapsed() >= cfg.adaptation.baseline_refresh.0,
+                };
+                if due && !adapting {
+                    match fit_baseline(&mut detector, cfg.adaptation.baseline_records, score_path) {
+                        Ok(Some(n)) => {
+                            baseline_at = Some(Instant::now());
+                            info!(records = n, "fitted this host's benign baseline: novelty is on");
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            baseline_at = Some(Instant::now());
+                            warn!("cannot fit the host baseline: {e:#}");
+                        }
+                    }
+                }
+                match blocks.expire(now_unix()) {
+                    Ok(gone) => for g in gone {
+                        info!(hits = g.hits, "unblocked {} (expired)", blocklist::describe(&g.block.key));
+                    },
+                    Err(e) => error!("expiring blocklist entries failed: {e:#}"),
+                }
+                out.flush()?;
             }
             _ = stats_tick.tick() => {
                 let c = read_stats(&stats)?;
                 let lost = c[stat::RINGBUF_FULL as usize] + c[stat::PROC_RINGBUF_FULL as usize];
                 if lost > last_lost {
-                    warn!(lost = lost - last_lost, "records lost: ring buffer full (raise --flow-ringbuf-bytes)");
+                    warn!(lost = lost - last_lost, "records lost: ring buffer full (raise flows.ringbuf_bytes)");
                     last_lost = lost;
                 }
-                sink.out.write(&StatsJson::new(&c, sink.written))?;
-                sink.out.flush()?;
+                out.record(&stats_json(&c, read, &metrics, blocks.len()))?;
+                out.flush()?;
+            }
+            Some((req, reply)) = ctl_rx.recv() => {
+                let answer = match req {
+                    Request::Status => {
+                        let c = read_stats(&stats).unwrap_or_default();
+                        serde_json::json!({
+                            "ok": true,
+                            "uptime_s": started.elapsed().as_secs(),
+                            "attached": links.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                            "not_attached": tp_failures.iter().map(|(w, e)| format!("{w}: {e:#}")).collect::<Vec<_>>(),
+                            "model": detector.model_version,
+                            "scoring_path": detector.path(),
+                            "policy": {"drop": cfg.policy.drop, "alert_threshold": detector.policy.alert_threshold(), "drop_threshold": cfg.policy.drop_threshold},
+                            "records_read": read,
+                            "records_per_s": read as f64 / started.elapsed().as_secs_f64().max(1e-3),
+                            "scored": metrics.scored.load(Relaxed),
+                            "blocks": blocks.blocks().map(|b| serde_json::json!({"what": blocklist::describe(&b.key), "expires_unix_ns": b.expires_unix_ns, "alert_id": b.alert_id, "family": b.family})).collect::<Vec<_>>(),
+                            "kernel": stat::NAMES.iter().zip(c.iter()).map(|(n, v)| (n.to_string(), *v)).collect::<StdHashMap<_, _>>(),
+                            "tracked_sources": detector.tracked().0,
+                            "recent_records": detector.recent().len(),
+                            "adaptations": metrics.adaptations.load(Relaxed),
+                        })
+                    }
+                    Request::ModelHistory => serde_json::json!({
+                        "ok": true,
+                        "current": detector.model_version,
+                        "base": base_version,
+                        "history": store.entries(),
+                    }),
+                    Request::ModelRollback => match store.rollback() {
+                        Err(e) => control::error(format!("{e:#}")),
+                        Ok(prev) => {
+                            let (m, v) = match &prev {
+                                Some(_) => match store.load_current() {
+                                    Ok(Some((m, e))) => (m, e.version),
+                                    Ok(None) => (base.clone(), base_version.clone()),
+                                    Err(e) => { reply.send(control::error(format!("{e:#}"))).ok(); continue; }
+                                },
+                                None => (base.clone(), base_version.clone()),
+                            };
+                            match detector.set_model(Arc::new(m), v.clone(), score_path) {
+                                Ok(()) => {
+                                    detector.families = store.signatures().into_iter().map(|(family, centroid)| FamilySignature { family, centroid }).collect();
+                                    info!(model = %v, "rolled back");
+                                    serde_json::json!({"ok": true, "model": v})
+                                }
+                                Err(e) => control::error(format!("{e:#}")),
+                            }
+                        }
+                    },
+                    Request::Incident { family, alert_ids, source, since_ns, until_ns } => {
+                        let source = match source.as_deref().map(str::parse) {
+                            None => None,
+                            Some(Ok(ip)) => Some(ip),
+                            Some(Err(_)) => { reply.send(control::error("source is not an IP address")).ok(); continue; }
+                        };
+                        if adapting {
+                            control::error("an adaptation is already running; try again when it finishes")
+                        } else {
+                            let sel = Selector { alert_ids, source, since_ns, until_ns };
+                            match incidents::select(detector.recent(), &sel, detector.policy.alert_threshold(), 2000) {
+                                Err(e) => control::error(format!("{e:#}")),
+                                Ok(support) => {
+                                    adapting = true;
+                                    let model = detector.model().clone();
+                                    let budget = cfg.adaptation.fpr_budget;
+                                    let signature = detector.centroid(&support.positives);
+                                    let tx = adapt_tx.clone();
+                                    info!(%family, flows = support.flows, "incident confirmed: adapting");
+                                    tokio::task::spawn_blocking(move || {
+                                        let r = incidents::adapt_model(&model, &support, &family, budget);
+                                        let _ = tx.blocking_send((r, family, support.flows, signature, reply));
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Some((result, family, k, signature, reply)) = adapt_rx.recv() => {
+                adapting = false;
+                let answer = match result {
+                    Err(e) => {
+                        metrics.adaptations_refused.fetch_add(1, Relaxed);
+                        warn!("{e:#}");
+                        control::error(format!("{e:#}"))
+                    }
+                    Ok(adapted) => {
+                        let report = serde_json::to_value(&adapted.report).unwrap_or_default();
+                        let entry = HistoryEntry {
+                            version: String::new(),
+                            file: String::new(),
+                            parent: Some(detector.model_version.clone()),
+                            created_unix_ns: now_unix(),
+                            family: Some(family.clone()),
+                            flows: k,
+                            report: Some(report.clone()),
+                            signature: signature.clone(),
+                        };
+                        match store.add(&adapted.model, entry) {
+                            // The old model keeps serving when the new one cannot be saved.
+                            Err(e) => { error!("{e:#}"); control::error(format!("{e:#}")) }
+                            Ok(entry) => match detector.set_model(Arc::new(adapted.model), entry.version.clone(), score_path) {
+                                Err(e) => control::error(format!("{e:#}")),
+                                Ok(()) => {
+                                    detector.families.retain(|f| f.family != family);
+                                    detector.families.push(FamilySignature { family: family.clone(), centroid: signature });
+                                    metrics.adaptations.fetch_add(1, Relaxed);
+                                    info!(model = %entry.version, %family, flows = k, "adapted model serving");
+                                    serde_json::json!({"ok": true, "model": entry.version, "family": family, "flows": k, "report": report})
+                                }
+                            },
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Some(done) = metrics_rx.recv() => {
+                let c = read_stats(&stats).unwrap_or_default();
+                if let Ok(mut g) = metrics.gauges.lock() {
+                    for (n, v) in stat::NAMES.iter().zip(c.iter()) {
+                        g.insert(format!("detector_kernel_{n}_total"), *v as f64);
+                    }
+                    g.insert("detector_flow_table_entries".into(), flows.keys().count() as f64);
+                    g.insert("detector_flow_table_capacity".into(), cfg.flows.table_size as f64);
+                    g.insert("detector_blocklist_entries".into(), blocks.len() as f64);
+                    g.insert("detector_tracked_sources".into(), detector.tracked().0 as f64);
+                    g.insert(format!("detector_model_info{{version=\"{}\"}}", detector.model_version), 1.0);
+                    g.insert("detector_records_per_second".into(), read as f64 / started.elapsed().as_secs_f64().max(1e-3));
+                }
+                let _ = done.send(());
             }
             guard = async { ebpf_log.as_mut().unwrap().readable_mut().await }, if ebpf_log.is_some() => {
                 let mut guard = guard.context("eBPF log poll failed")?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
+            }
+            _ = sighup.recv() => {
+                match &opts.config_path {
+                    None => warn!("SIGHUP: no configuration file to reload (started with defaults)"),
+                    Some(p) => match Config::load(Some(p)) {
+                        // The old configuration stays in force.
+                        Err(e) => error!("SIGHUP: configuration rejected, keeping the current one: {e:#}"),
+                        Ok(new) => {
+                            detector.policy.reconfigure(new.policy.clone(), new.effective_allowlist());
+                            flow_cfg = new.flow_config();
+                            if let Err(e) = ebpf::write_config(&mut ebpf, &flow_cfg) {
+                                error!("SIGHUP: cannot update the flow configuration: {e:#}");
+                            }
+                            let ignored = ["agent", "scoring"].iter().filter(|s| match **s {
+                                "agent" => new.agent != cfg.agent,
+                                _ => new.scoring != cfg.scoring,
+                            }).copied().collect::<Vec<_>>();
+                            if !ignored.is_empty() {
+                                warn!("SIGHUP: changes to [{}] take effect at the next start", ignored.join("], ["));
+                            }
+                            cfg.policy = new.policy.clone();
+                            cfg.flows = new.flows.clone();
+                            cfg.context = new.context.clone();
+                            cfg.adaptation = new.adaptation.clone();
+                            info!(path = %p.display(), "SIGHUP: configuration reloaded");
+                        }
+                    },
+                }
             }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -435,18 +728,36 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Err(e) => warn!("detaching {what} failed: {e:#}"),
         }
     }
-    drain_flows(flow_rb.get_mut(), &mut sink)?;
-    drain_procs(proc_rb.get_mut(), &mut sink)?;
-    let flushed = sweep(
-        &mut flows,
-        &mut sink,
-        &opts.flow,
-        clock::monotonic_ns(),
-        true,
-    )?;
+    while let Some(item) = flow_rb.get_mut().next() {
+        if let Some((reason, rec)) =
+            read_item::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r)))
+        {
+            drop(item);
+            on_flow!(&rec.key, &rec.state, reason);
+        }
+    }
+    while let Some(item) = proc_rb.get_mut().next() {
+        if let Some(json) = read_item::<ProcEvent>(&item).and_then(|ev| ProcessJson::new(&ev, time))
+        {
+            out.record(&json)?;
+        }
+    }
+    let open = sweep(&mut flows, &flow_cfg, clock::monotonic_ns(), true);
+    let flushed = open.len();
+    for (key, state) in open {
+        on_flow!(&key, &state, Reason::Flush);
+    }
+    detector.flush(&mut LiveActions {
+        blocklist: &mut blocks,
+        out: &mut out,
+    })?;
     let c = read_stats(&stats)?;
-    sink.out.write(&StatsJson::new(&c, sink.written))?;
-    sink.out.flush()?;
+    out.record(&stats_json(&c, read, &metrics, blocks.len()))?;
+    out.flush()?;
+    // Blocks stay in the state file; the kernel map goes with this process.
+    if let Err(e) = blocks.persist() {
+        error!("{e:#}");
+    }
     info!(
         flushed,
         packets = c[stat::PACKETS as usize],
@@ -456,4 +767,62 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+/// Fits the live feature set's novelty prototypes from recent records that scored below the
+/// alert threshold (an alert held back by the cooldown has no id but is no baseline either),
+/// once at least `min` of them are at hand; returns how many were used.
+fn fit_baseline(
+    detector: &mut Detector,
+    min: usize,
+    path: ScorePath,
+) -> anyhow::Result<Option<usize>> {
+    let threshold = detector.policy.alert_threshold();
+    let quiet: Vec<&crate::detect::Recent> = detector
+        .recent()
+        .iter()
+        .filter(|r| r.alert_id.is_none() && r.score < threshold)
+        .collect();
+    if quiet.len() < min {
+        return Ok(None);
+    }
+    // An even spread over the recent past, at most 10 000 rows.
+    let step = (quiet.len() / 10_000).max(1);
+    let mut values = Vec::new();
+    let mut n = 0;
+    for r in quiet.iter().step_by(step) {
+        values.extend_from_slice(&r.row);
+        n += 1;
+    }
+    let names = crate::features::live_names();
+    let rows = crate::model::Rows {
+        feature_set: crate::features::LIVE_FEATURE_SET,
+        features: &names,
+        values: &values,
+    };
+    let mut m = (**detector.model()).clone();
+    m.fit_prototypes(&rows, 1)
+        .context("fitting the novelty prototypes")?;
+    let version = detector.model_version.clone();
+    detector.set_model(Arc::new(m), version, path)?;
+    Ok(Some(n))
+}
+
+fn stats_json(c: &[u64; stat::COUNT as usize], read: u64, m: &Metrics, blocks: usize) -> StatsJson {
+    StatsJson {
+        kind: "stats",
+        ts_ns: TimeBase::monotonic().to_unix_ns(clock::monotonic_ns()),
+        packets: c[stat::PACKETS as usize],
+        malformed: c[stat::MALFORMED as usize],
+        not_ip: c[stat::NOT_IP as usize],
+        blocked: c[stat::BLOCKED as usize],
+        ringbuf_full: c[stat::RINGBUF_FULL as usize],
+        flows_created: c[stat::FLOWS_CREATED as usize],
+        records: c[stat::RECORDS as usize],
+        table_full: c[stat::TABLE_FULL as usize],
+        proc_ringbuf_full: c[stat::PROC_RINGBUF_FULL as usize],
+        read,
+        scored: m.scored.load(Relaxed),
+        blocks,
+    }
 }

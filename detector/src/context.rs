@@ -220,8 +220,21 @@ impl ContextTracker {
         out[0] = w.rate(window);
         out[1] = w.ports.len() as f32;
         out[2] = w.peers.len() as f32;
-        out[3] = if w.syn > 0 {
-            w.unanswered as f32 / w.syn as f32
+        // Over the source's *other* attempts: at its `new` record every flow is still
+        // unanswered, and counting it would make any client's first connection look like a
+        // scan's.
+        let this_pending = event.syn
+            && w.index
+                .get(key)
+                .and_then(|&q| w.events.get((q - w.front_seq) as usize))
+                .is_some_and(|e| !e.answered);
+        let (syn, unanswered) = if event.syn && w.index.contains_key(key) {
+            (w.syn - 1, w.unanswered - this_pending as u32)
+        } else {
+            (w.syn, w.unanswered)
+        };
+        out[3] = if syn > 0 {
+            unanswered as f32 / syn as f32
         } else {
             0.0
         };
@@ -334,9 +347,11 @@ mod tests {
         assert_eq!(last[1], 100.0, "distinct destination ports");
         assert_eq!(last[2], 1.0, "one destination host");
         assert_eq!(last[4], 50.0, "refused connections");
-        // A RST|ACK answers (it carries an ACK); the odd ports never got a reply.
+        // A RST|ACK answers (it carries an ACK); the odd ports never got a reply. The last
+        // record (odd port 99) is itself an unanswered attempt and does not count: 49 of the
+        // other 99.
         assert!(
-            (last[3] - 0.5).abs() < 1e-6,
+            (last[3] - 49.0 / 99.0).abs() < 1e-6,
             "half never answered: {}",
             last[3]
         );
@@ -345,6 +360,19 @@ mod tests {
             "100 flows in a 10 s window: {}",
             last[0]
         );
+    }
+
+    #[test]
+    fn a_first_connection_is_not_an_unanswered_one() {
+        let c = contexts(
+            &[(
+                SEC,
+                tcp4([10, 0, 0, 9], 40000, [10, 0, 0, 1], 80, TCP_SYN, 1, 0),
+            )],
+            ContextConfig::default(),
+        );
+        assert_eq!(c[0].0, Reason::New);
+        assert_eq!(c[0].1[3], 0.0);
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn load(path: Option<&Path>, sizes: &Sizes) -> anyhow::Result<Ebpf> {
                 .with_context(|| format!("cannot read eBPF object {}", p.display()))?;
             loader
                 .load(&bytes)
-                .with_context(|| format!("cannot load eBPF object {}", p.display()))
+                .with_context(|| format!("cannot load eBPF object {} ({PRIVILEGES})", p.display()))
         }
         None => loader
             .load(OBJECT)
@@ -147,14 +147,17 @@ where
     <&mut T>::try_from(prog).with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// What to check when the kernel refuses to load: most often, missing privileges.
+const PRIVILEGES: &str = "the agent needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN";
+
 /// Loads the flow programs into the kernel (once, before attaching anywhere).
 pub fn load_flow_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     program_mut::<Xdp>(ebpf, XDP_PROGRAM)?
         .load()
-        .with_context(|| format!("the kernel rejected {XDP_PROGRAM}"))?;
+        .with_context(|| format!("the kernel rejected {XDP_PROGRAM} ({PRIVILEGES})"))?;
     program_mut::<SchedClassifier>(ebpf, TC_EGRESS_PROGRAM)?
         .load()
-        .with_context(|| format!("the kernel rejected {TC_EGRESS_PROGRAM}"))?;
+        .with_context(|| format!("the kernel rejected {TC_EGRESS_PROGRAM} ({PRIVILEGES})"))?;
     Ok(())
 }
 

@@ -37,8 +37,8 @@ pub fn names() -> Vec<String> {
         "proto_icmp",
         "proto_other",
         "ipv6",
-        "dst_port",
         "dst_port_wellknown",
+        "dst_port_ephemeral",
         "icmp_type",
         "icmp_code",
     ]
@@ -122,8 +122,10 @@ pub fn flow_features(key: &FlowKey, s: &FlowState, out: &mut [f32]) {
     put((proto == 1 || proto == 58) as u8 as f64);
     put(!matches!(proto, 1 | 6 | 17 | 58) as u8 as f64);
     put((key.family == 6) as u8 as f64);
-    put(port as f64);
+    // The service's port only as a class: the raw number is a shortcut (a lab that ran one
+    // attack on 8080 teaches "8080 is an attack").
     put((port != 0 && port < 1024) as u8 as f64);
+    put((port >= 49152) as u8 as f64);
     put(s.icmp_type as f64);
     put(s.icmp_code as f64);
     for &h in &s.len_hist {
@@ -204,45 +206,6 @@ impl Featurizer {
     }
 }
 
-/// How one flow is labelled when it becomes a dataset row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowLabel {
-    /// 0 benign, 1 attack.
-    pub label: u8,
-    /// Coarse family (see `dataset::families`): "benign", "scan", "dos", ...
-    pub family: String,
-    /// Finer name: the scenario variant or the source's own label.
-    pub attack: String,
-    /// Session the flow belongs to (one tool run, one source).
-    pub session: String,
-}
-
-/// An empty dataset of this feature set.
-pub fn new_dataset() -> crate::dataset::Dataset {
-    crate::dataset::Dataset::new(FEATURE_SET, names())
-}
-
-/// Appends one flow (usually its final record) as a row; its first packet's time becomes the
-/// row's timestamp (Unix ns: `state` must come from a replay or a converted JSON record).
-pub fn push_flow(
-    ds: &mut crate::dataset::Dataset,
-    key: &FlowKey,
-    state: &FlowState,
-    label: &FlowLabel,
-) -> anyhow::Result<()> {
-    let mut v = [0f32; COUNT];
-    flow_features(key, state, &mut v);
-    ds.try_push(
-        &v,
-        label.label,
-        &label.family,
-        &label.attack,
-        &label.session,
-        Some(state.first_seen_ns),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,11 +257,11 @@ mod tests {
         assert_eq!(get("packets_fwd"), 2.0);
         assert_eq!(get("packets_rev"), 1.0);
         assert_eq!(
-            get("dst_port"),
-            22.0,
+            get("dst_port_wellknown"),
+            1.0,
             "the responder's port, not the initiator's"
         );
-        assert_eq!(get("dst_port_wellknown"), 1.0);
+        assert_eq!(get("dst_port_ephemeral"), 0.0);
         assert_eq!(get("proto_tcp"), 1.0);
         assert_eq!(get("iat_mean_ns"), 1_500_000.0);
         assert_eq!(get("iat_std_ns"), 500_000.0);

@@ -2,15 +2,17 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use detector::{
     agent::{self, RunOptions},
     clock::parse_duration,
-    ebpf::Sizes,
+    config::{Config, DropMode, Dur},
+    control::{self, Request},
 };
 use detector_common::flow::FlowConfig;
 
-/// Host-level anomaly detector: eBPF flow and process telemetry on XDP, TC and tracepoints.
+/// Host-level anomaly detector: eBPF flow and process telemetry on XDP, TC and tracepoints,
+/// scored by a small meta-learned model that adapts from the incidents you confirm.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -20,23 +22,97 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Attach to interfaces and tracepoints and stream flow and process records as JSON lines.
+    /// Run the agent: attach to interfaces and tracepoints, score every flow, act by policy.
     ///
-    /// Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON). Records go to stdout (or --output),
-    /// logs to stderr. SIGINT or SIGTERM detaches everything and flushes the flows still open.
+    /// Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_RESOURCE...; see the
+    /// systemd unit). Settings come from the configuration file (`detector config` prints the
+    /// defaults); the options below override it. Alerts go to `agent.events` (stdout by
+    /// default), flow/process/stats records to `agent.records` (stdout by default), logs to
+    /// stderr. Drops are in shadow mode (logged, not enforced) until `policy.drop = "drop"`.
+    /// SIGHUP reloads the configuration; SIGINT or SIGTERM detaches everything and flushes
+    /// the flows still open.
     Run(RunArgs),
     /// Run captures (pcap or pcapng, Ethernet) through the same flow logic as the kernel and
     /// write the same flow records, with capture timestamps.
     ///
     /// Files are read as streams (any size). A capture cut short is reported and the flows
-    /// read until then are kept. Each file's flows are flushed at its end.
+    /// read until then are kept. Each file's flows are flushed at its end. With --detect, the
+    /// records also go through the agent's context, scoring and policy (drops reported as
+    /// shadow drops), and the alerts are written instead of the records.
     Replay(ReplayArgs),
     /// Labelled datasets: import public flow datasets (CICFlowMeter, NF-v2, UNSW-NB15,
-    /// NSL-KDD/KDD Cup 99) into the project's format, and summarise them.
+    /// NSL-KDD/KDD Cup 99), build datasets from flow records, and summarise them.
     Dataset {
         #[command(subcommand)]
         command: detector::dataset::cli::DatasetCommand,
     },
+    /// Meta-train a model from labelled datasets.
+    Train(detector::model::cli::TrainArgs),
+    /// Adapt a model to a few flows of one attack family (offline; the agent adapts itself
+    /// through `detector incident confirm`).
+    Adapt(detector::model::cli::AdaptArgs),
+    /// Print the running agent's status: attached programs, model, rates, drops, losses.
+    Status(ClientArgs),
+    /// Incidents: tell the running agent which flows were an attack.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
+    /// The running agent's models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Print the default configuration (a complete, valid file to start from), or check one.
+    Config {
+        /// Check this file instead: parse, validate and print it with the defaults filled in.
+        #[arg(long, value_name = "PATH")]
+        check: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ClientArgs {
+    /// The agent's control socket (default: agent.control_socket of the configuration).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Configuration file that names the socket.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum IncidentCommand {
+    /// Confirm an incident: the selected recent flows are attacks of FAMILY. The agent adapts
+    /// its model from them, checks that benign flows do not alert more than the budget
+    /// allows (else it refuses and says why), keeps the previous model, and swaps.
+    ///
+    /// Select flows by alert id (all recent flows of that alert's source), by source address,
+    /// and/or by a time window; given selectors must all match.
+    Confirm {
+        /// Attack family (e.g. brute-force, scan, exfiltration).
+        #[arg(long)]
+        family: String,
+        /// An alert id from an alert event (repeatable).
+        #[arg(long = "alert", value_name = "ID")]
+        alerts: Vec<String>,
+        /// The attacking address.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only flows that started within this long before now (e.g. 10m).
+        #[arg(long, value_parser = parse_duration)]
+        last: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// The models this host has used, and the current one.
+    History(ClientArgs),
+    /// Go back to the previous model.
+    Rollback(ClientArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,18 +120,25 @@ struct ReplayArgs {
     /// Capture files.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// json: every record, as the agent writes them; csv: one row per flow with the model's
+    /// json: every record, as the agent writes them; csv: one row per flow with the flow
     /// feature columns.
     #[arg(long, value_enum, default_value_t = detector::replay::Format::Json)]
     format: detector::replay::Format,
     /// Write here instead of stdout.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
+    /// Detect: score the records with the agent's code and policy, write alerts.
+    #[arg(long)]
+    detect: bool,
+    /// Configuration (model, thresholds, policy) for --detect; default: the agent's file if
+    /// present, else the defaults.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     flow: FlowArgs,
 }
 
-/// Flow-table timing, shared by `run` and `replay`.
+/// Flow-table timing for `replay`.
 #[derive(clap::Args, Debug)]
 struct FlowArgs {
     /// A flow without packets for this long is over and gets its final record.
@@ -67,8 +150,7 @@ struct FlowArgs {
     /// Emit an early record when a flow reaches this many packets (0 = never).
     #[arg(long, default_value_t = 8)]
     early_packets: u32,
-    /// Emit a `new` record on each flow's first packet (scans and spoofed floods are flows
-    /// that never grow: without it they are seen only at their idle timeout).
+    /// Emit a `new` record on each flow's first packet.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     new_records: bool,
 }
@@ -86,27 +168,62 @@ impl FlowArgs {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Interface to attach to (repeatable). Default: the interface of the default route.
+    /// Configuration file (default: /etc/detector/detector.toml if it exists, else defaults).
+    #[arg(short, long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Interface to attach to (repeatable; overrides agent.interfaces). Default: the
+    /// interface of the default route.
     #[arg(short, long = "iface", value_name = "NAME")]
     interfaces: Vec<String>,
-    /// XDP attach mode: auto lets the kernel pick native mode where the driver has it.
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
-    xdp_mode: XdpModeArg,
-    /// Write JSON lines to this file (appended) instead of stdout ("-" is stdout).
+    /// XDP attach mode (agent.xdp_mode): auto lets the kernel pick native mode where the
+    /// driver has it.
+    #[arg(long, value_parser = ["auto", "native", "skb"])]
+    xdp_mode: Option<String>,
+    /// Flow, process and stats records (agent.records): a file (appended), "-" for stdout,
+    /// "" for none.
     #[arg(short, long, value_name = "PATH")]
-    output: Option<PathBuf>,
-    #[command(flatten)]
-    flow: FlowArgs,
-    /// Flow-table entries in the kernel (least recently used flows are evicted beyond this).
-    #[arg(long, default_value_t = 65536)]
-    flow_table_size: u32,
-    /// Flow ring-buffer size in bytes (power of two, at least a page).
-    #[arg(long, default_value_t = 4 << 20)]
-    flow_ringbuf_bytes: u32,
-    /// Process-event ring-buffer size in bytes (power of two, at least a page).
-    #[arg(long, default_value_t = 1 << 20)]
-    proc_ringbuf_bytes: u32,
-    /// How often idle flows are expired.
+    output: Option<String>,
+    /// Alert events (agent.events): a file (appended) or "-" for stdout.
+    #[arg(long, value_name = "PATH")]
+    events: Option<String>,
+    /// A model file to score with (scoring.model); default: the host's newest adapted model,
+    /// else the embedded one.
+    #[arg(long, value_name = "PATH")]
+    model: Option<String>,
+    /// Drop action (policy.drop): off, shadow (log only) or drop (enforce in XDP).
+    #[arg(long, value_parser = ["off", "shadow", "drop"])]
+    drop: Option<String>,
+    /// State directory (agent.state_dir): host models, incidents, blocklist.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Control socket (agent.control_socket).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Prometheus metrics address (agent.metrics_listen); "" turns them off.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// flows.idle_timeout.
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// flows.active_timeout.
+    #[arg(long, value_parser = parse_duration)]
+    active_timeout: Option<Duration>,
+    /// flows.early_packets (0 = no early records).
+    #[arg(long)]
+    early_packets: Option<u32>,
+    /// flows.new_records.
+    #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+    new_records: Option<bool>,
+    /// flows.table_size: kernel flow-table entries (least recently used are evicted beyond).
+    #[arg(long)]
+    flow_table_size: Option<u32>,
+    /// flows.ringbuf_bytes (power of two, at least a page).
+    #[arg(long)]
+    flow_ringbuf_bytes: Option<u32>,
+    /// flows.proc_ringbuf_bytes (power of two, at least a page).
+    #[arg(long)]
+    proc_ringbuf_bytes: Option<u32>,
+    /// How often idle flows and expired blocks are looked for.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     sweep_interval: Duration,
     /// How often a {"type":"stats"} line with the kernel counters is written.
@@ -115,13 +232,6 @@ struct RunArgs {
     /// Load this eBPF object instead of the one built into the binary.
     #[arg(long, value_name = "PATH")]
     ebpf_object: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum XdpModeArg {
-    Auto,
-    Native,
-    Skb,
 }
 
 fn init_logging() {
@@ -134,27 +244,58 @@ fn init_logging() {
         .init();
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.sweep_interval.is_zero() || args.stats_interval.is_zero() {
+/// The configuration file to use: the one named, else the default path if it exists.
+fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
+        let p = PathBuf::from(detector::config::DEFAULT_PATH);
+        p.exists().then_some(p)
+    })
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    if a.sweep_interval.is_zero() || a.stats_interval.is_zero() {
         anyhow::bail!("--sweep-interval and --stats-interval must be greater than zero");
     }
+    let path = config_file(a.config);
+    let mut cfg = Config::load(path.as_deref())?;
+    if !a.interfaces.is_empty() {
+        cfg.agent.interfaces = a.interfaces;
+    }
+    macro_rules! set {
+        ($opt:expr, $field:expr) => {
+            if let Some(v) = $opt {
+                $field = v;
+            }
+        };
+    }
+    set!(a.xdp_mode, cfg.agent.xdp_mode);
+    set!(a.output, cfg.agent.records);
+    set!(a.events, cfg.agent.events);
+    set!(a.model, cfg.scoring.model);
+    set!(a.state_dir, cfg.agent.state_dir);
+    set!(a.control_socket, cfg.agent.control_socket);
+    set!(a.metrics_listen, cfg.agent.metrics_listen);
+    set!(a.idle_timeout.map(Dur), cfg.flows.idle_timeout);
+    set!(a.active_timeout.map(Dur), cfg.flows.active_timeout);
+    set!(a.early_packets, cfg.flows.early_packets);
+    set!(a.new_records, cfg.flows.new_records);
+    set!(a.flow_table_size, cfg.flows.table_size);
+    set!(a.flow_ringbuf_bytes, cfg.flows.ringbuf_bytes);
+    set!(a.proc_ringbuf_bytes, cfg.flows.proc_ringbuf_bytes);
+    if let Some(d) = a.drop {
+        cfg.policy.drop = match d.as_str() {
+            "off" => DropMode::Off,
+            "drop" => DropMode::Drop,
+            _ => DropMode::Shadow,
+        };
+    }
+    cfg.validate().map_err(|e| e.context("invalid options"))?;
     let opts = RunOptions {
-        interfaces: args.interfaces,
-        xdp_mode: match args.xdp_mode {
-            XdpModeArg::Auto => aya::programs::XdpMode::Default,
-            XdpModeArg::Native => aya::programs::XdpMode::Driver,
-            XdpModeArg::Skb => aya::programs::XdpMode::Skb,
-        },
-        output: args.output,
-        flow: args.flow.config(),
-        sizes: Sizes {
-            flow_table: args.flow_table_size,
-            flow_ringbuf: args.flow_ringbuf_bytes,
-            proc_ringbuf: args.proc_ringbuf_bytes,
-        },
-        object: args.ebpf_object,
-        sweep_interval: args.sweep_interval,
-        stats_interval: args.stats_interval,
+        config: cfg,
+        config_path: path,
+        object: a.ebpf_object,
+        sweep_interval: a.sweep_interval,
+        stats_interval: a.stats_interval,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -169,7 +310,13 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         output: args.output,
         flow: args.flow.config(),
     };
-    for s in detector::replay::run(&opts)? {
+    let summaries = if args.detect {
+        let cfg = Config::load(config_file(args.config).as_deref())?;
+        detector::replay::detect(&opts, &cfg)?
+    } else {
+        detector::replay::run(&opts)?
+    };
+    for s in summaries {
         tracing::info!(
             file = %s.file.display(),
             packets = s.packets,
@@ -177,6 +324,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             records = s.records,
             malformed = s.malformed,
             not_ip = s.not_ip,
+            alerts = s.alerts,
             "replayed"
         );
         if let Some(t) = &s.truncated {
@@ -186,13 +334,73 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn client(c: &ClientArgs, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let socket = control::socket_path(c.socket.clone(), config_file(c.config.clone()).as_deref())?;
+    control::call(&socket, req)
+}
+
+fn print(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Like other Unix tools, end quietly when the reader of our output goes away
+        // (`detector dataset stats ... | head`). The agent keeps Rust's default (SIGPIPE
+        // ignored) so that a closed output is an error it reports, not a silent death.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logging();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Replay(args) => replay(args),
         Command::Dataset { command } => detector::dataset::cli::run(command),
+        Command::Train(args) => detector::model::cli::train(args),
+        Command::Adapt(args) => detector::model::cli::adapt_cmd(args),
+        Command::Status(c) => client(&c, &Request::Status).and_then(|v| print(&v)),
+        Command::Incident {
+            command:
+                IncidentCommand::Confirm {
+                    family,
+                    alerts,
+                    source,
+                    last,
+                    client: c,
+                },
+        } => {
+            let since_ns = last.map(|d| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.saturating_sub(d).as_nanos() as u64
+            });
+            let req = Request::Incident {
+                family,
+                alert_ids: alerts,
+                source,
+                since_ns,
+                until_ns: None,
+            };
+            client(&c, &req).and_then(|v| print(&v))
+        }
+        Command::Model {
+            command: ModelCommand::History(c),
+        } => client(&c, &Request::ModelHistory).and_then(|v| print(&v)),
+        Command::Model {
+            command: ModelCommand::Rollback(c),
+        } => client(&c, &Request::ModelRollback).and_then(|v| print(&v)),
+        Command::Config { check } => match check {
+            None => {
+                print!("{}", Config::defaults_toml());
+                Ok(())
+            }
+            Some(p) => Config::load(Some(&p)).map(|c| {
+                print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+            }),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

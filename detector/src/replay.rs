@@ -36,6 +36,8 @@ pub struct FileSummary {
     /// Set when the capture ended in the middle of a packet: what it says, and that the flows
     /// read so far were kept.
     pub truncated: Option<String>,
+    /// Alerts written (`--detect`).
+    pub alerts: u64,
 }
 
 /// Replays one capture; `on_record` gets every record in the order the kernel would emit them,
@@ -202,6 +204,73 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<Vec<FileSummary>> {
             }
             w.flush().context("cannot write the CSV output")?;
         }
+    }
+    Ok(summaries)
+}
+
+/// `detector replay --detect`: the same context, scoring and policy code as the live agent
+/// (drops forced to shadow), over captures; writes the alert events. Each capture starts with
+/// fresh context windows and alert cooldowns.
+pub fn detect(
+    opts: &ReplayOptions,
+    cfg: &crate::config::Config,
+) -> anyhow::Result<Vec<FileSummary>> {
+    use std::sync::Arc;
+
+    use crate::{
+        clock::TimeBase,
+        detect::{DetectConfig, Detector, ShadowActions},
+        metrics::Metrics,
+        model::ScorePath,
+        output::JsonLines,
+        policy::Policy,
+    };
+
+    let (model, version) = crate::agent::base_model(cfg)?;
+    let model = Arc::new(model);
+    let path: ScorePath = cfg
+        .scoring
+        .path
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let mut out = JsonLines::open(opts.output.as_deref())?;
+    let mut summaries = Vec::new();
+    for file in &opts.files {
+        let mut det = Detector::new(
+            model.clone(),
+            version.clone(),
+            path,
+            Policy::new(cfg.policy.clone(), cfg.policy.allowlist.clone()),
+            DetectConfig {
+                batch_size: cfg.scoring.batch_size,
+                forced_shadow: true,
+                recent: 0,
+                ..DetectConfig::default()
+            },
+            TimeBase::Unix,
+            Arc::new(Metrics::default()),
+        )?;
+        let mut alerts = 0u64;
+        let mut summary = replay_file(file, &opts.flow, |k, s, r| {
+            if det.push(k, s, r, None) {
+                let mut act = ShadowActions {
+                    out: &mut out,
+                    alerts: 0,
+                };
+                det.flush(&mut act)?;
+                alerts += act.alerts;
+            }
+            Ok(())
+        })?;
+        let mut act = ShadowActions {
+            out: &mut out,
+            alerts: 0,
+        };
+        det.flush(&mut act)?;
+        alerts += act.alerts;
+        out.flush()?;
+        summary.alerts = alerts;
+        summaries.push(summary);
     }
     Ok(summaries)
 }

@@ -2,10 +2,22 @@
 //! started (the tracepoints only see sockets change state after they are attached), from
 //! /proc/net/tcp{,6} and /proc/<pid>/fd, as `ss -p` does.
 
-use std::{collections::HashMap as StdHashMap, fs};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fs,
+    net::IpAddr,
+};
 
 use aya::maps::{HashMap, MapData};
-use detector_common::proc::{SockKey, SockOwner, COMM_LEN};
+use detector_common::{
+    flow::FlowKey,
+    proc::{SockKey, SockOwner, COMM_LEN},
+};
+
+use crate::{
+    iface,
+    record::{addr, cstr, ProcessRef},
+};
 
 /// A socket line of /proc/net/tcp{,6}: its key (listeners have a zero remote side), uid, inode.
 #[derive(Debug, PartialEq, Eq)]
@@ -127,6 +139,72 @@ pub fn seed(sockets: &mut HashMap<MapData, SockKey, SockOwner>) -> usize {
         }
     }
     n
+}
+
+/// Finds the process that owns a flow's local end, through the kernel's SOCKETS map.
+pub struct Attribution {
+    sockets: Option<HashMap<MapData, SockKey, SockOwner>>,
+    local: HashSet<IpAddr>,
+}
+
+impl Attribution {
+    /// Attribution through `sockets` (None: never attributes), for this namespace's addresses.
+    pub fn new(sockets: Option<HashMap<MapData, SockKey, SockOwner>>) -> Self {
+        Self {
+            sockets,
+            local: iface::local_addresses(),
+        }
+    }
+
+    /// Refreshes the set of local addresses (they change as interfaces come and go).
+    pub fn refresh(&mut self) {
+        self.local = iface::local_addresses();
+    }
+
+    /// The owner of the flow's local TCP socket, if the map knows it.
+    pub fn lookup(&self, key: &FlowKey) -> Option<ProcessRef> {
+        let sockets = self.sockets.as_ref()?;
+        if key.proto != 6 {
+            return None;
+        }
+        let ends = [
+            (&key.addr_lo, key.port_lo, &key.addr_hi, key.port_hi),
+            (&key.addr_hi, key.port_hi, &key.addr_lo, key.port_lo),
+        ];
+        for (local, lport, remote, rport) in ends {
+            if !self.local.contains(&addr(key.family, local)) {
+                continue;
+            }
+            let exact = SockKey {
+                local_addr: *local,
+                remote_addr: *remote,
+                local_port: lport,
+                remote_port: rport,
+                family: key.family,
+                protocol: key.proto,
+                _pad: [0; 2],
+            };
+            let listener = SockKey {
+                remote_addr: [0; 16],
+                remote_port: 0,
+                ..exact
+            };
+            let any = SockKey {
+                local_addr: [0; 16],
+                ..listener
+            };
+            for k in [exact, listener, any] {
+                if let Ok(o) = sockets.get(&k, 0) {
+                    return Some(ProcessRef {
+                        pid: o.pid,
+                        uid: o.uid,
+                        comm: cstr(&o.comm),
+                    });
+                }
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

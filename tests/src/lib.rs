@@ -215,6 +215,62 @@ impl Default for Pair {
     }
 }
 
+/// A small sealed LAN: host namespaces joined through a bridge that lives in its own namespace.
+/// Host `i` has address 10.<x>.<y>.<i+1>/24 on interface `eth<i>`-like names; no routes out.
+pub struct Lan {
+    pub hosts: Vec<Netns>,
+    pub ifaces: Vec<String>,
+    pub ips: Vec<[u8; 4]>,
+    _switch: Netns,
+}
+
+impl Lan {
+    pub fn new(n: usize) -> Self {
+        let switch = Netns::new("dtsw");
+        switch.sh("ip link add br0 type bridge");
+        switch.sh("ip link set br0 up");
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (x, y) = (((std::process::id() % 200) + 20) as u8, (k % 250) as u8);
+        let mut hosts = Vec::new();
+        let mut ifaces = Vec::new();
+        let mut ips = Vec::new();
+        for i in 0..n {
+            let ns = Netns::new("dth");
+            let ifname = unique("lh");
+            let peer = unique("lp");
+            let ip = [10, x, y, (i + 1) as u8];
+            sh(&format!(
+                "ip link add {ifname} netns {} type veth peer name {peer} netns {}",
+                ns.name, switch.name
+            ));
+            switch.sh(&format!("ip link set {peer} master br0"));
+            switch.sh(&format!("ip link set {peer} up"));
+            ns.sh("sysctl -q -w net.ipv6.conf.all.disable_ipv6=1");
+            sh(&format!(
+                "ip -n {} addr add {}/24 dev {ifname}",
+                ns.name,
+                std::net::Ipv4Addr::from(ip)
+            ));
+            ns.sh(&format!("ethtool -K {ifname} tso off gso off gro off"));
+            sh(&format!("ip -n {} link set {ifname} up", ns.name));
+            hosts.push(ns);
+            ifaces.push(ifname);
+            ips.push(ip);
+        }
+        Self {
+            hosts,
+            ifaces,
+            ips,
+            _switch: switch,
+        }
+    }
+
+    /// Dotted address of host `i`.
+    pub fn ip(&self, i: usize) -> String {
+        std::net::Ipv4Addr::from(self.ips[i]).to_string()
+    }
+}
+
 /// The agent running in a namespace, its JSON lines going to a file.
 pub struct Agent {
     child: Option<Child>,
@@ -224,19 +280,33 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `detector run` inside `ns` (nsenter keeps the host's /sys, so tracefs stays
-    /// visible) with extra arguments, and waits until it streams.
+    /// visible) with extra arguments, and waits until it runs. Records and alerts go to one
+    /// file; state, control socket and metrics are private to this agent (see [`AgentDir`]).
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(unique("detector-agent-"));
-        fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("out.jsonl");
-        let log = dir.join("agent.log");
+        Self::start_in(ns, &AgentDir::new(), args)
+    }
+
+    /// Like [`Agent::start`], with a given directory (to restart an agent on its state).
+    pub fn start_in(ns: &Netns, dir: &AgentDir, args: &[&str]) -> Self {
+        let out = dir.path.join("out.jsonl");
+        let log = dir.path.join(format!("{}.log", unique("agent")));
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
             .arg(detector_bin())
             .arg("run")
+            .arg("--config")
+            .arg(&dir.config)
             .args(args)
             .arg("--output")
             .arg(&out)
+            .arg("--events")
+            .arg(&out)
+            .arg("--state-dir")
+            .arg(dir.path.join("state"))
+            .arg("--control-socket")
+            .arg(dir.socket())
+            .arg("--metrics-listen")
+            .arg("")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -246,11 +316,29 @@ impl Agent {
             out,
             log,
         };
-        agent.wait_for_log(
-            "streaming flow and process records",
-            Duration::from_secs(30),
-        );
+        agent.wait_for_log("SIGINT or SIGTERM stops", Duration::from_secs(60));
         agent
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Kills the agent with SIGKILL (no cleanup of its own) and waits for it.
+    pub fn kill9(mut self) {
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// The JSON lines written so far.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        if self.out.exists() {
+            read_jsonl(&self.out)
+        } else {
+            Vec::new()
+        }
     }
 
     /// Waits until the agent's log contains `needle`; panics with the log on timeout or exit.
@@ -295,6 +383,49 @@ impl Agent {
         assert!(status.success(), "agent exited with {status}:\n{log}");
         assert!(!log.contains("panicked"), "agent panicked:\n{log}");
         read_jsonl(&self.out)
+    }
+}
+
+/// An agent's private directory: configuration file, state dir, control socket, output.
+pub struct AgentDir {
+    pub path: PathBuf,
+    pub config: PathBuf,
+}
+
+impl AgentDir {
+    /// A fresh directory with an empty configuration (all defaults).
+    pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// A fresh directory with this configuration text.
+    pub fn with_config(toml: &str) -> Self {
+        let path = std::env::temp_dir().join(unique("detector-agent-"));
+        fs::create_dir_all(&path).unwrap();
+        let config = path.join("detector.toml");
+        fs::write(&config, toml).unwrap();
+        Self { path, config }
+    }
+
+    /// The control socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.path.join("control.sock")
+    }
+
+    /// Runs a client subcommand (`status`, `incident confirm ...`) against this agent.
+    pub fn client(&self, args: &[&str]) -> std::process::Output {
+        Command::new(detector_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("run the client")
+    }
+}
+
+impl Default for AgentDir {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

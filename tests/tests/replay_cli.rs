@@ -6,7 +6,11 @@ use std::{path::Path, process::Command};
 use integration_tests::{corpus_files, detector_bin, unique};
 
 fn replay(args: &[&str]) -> std::process::Output {
-    Command::new(detector_bin()).arg("replay").args(args).output().expect("run detector replay")
+    Command::new(detector_bin())
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("run detector replay")
 }
 
 fn flows_in(stdout: &[u8]) -> Vec<serde_json::Value> {
@@ -32,7 +36,17 @@ fn every_corpus_capture_replays_without_a_panic() {
         let finals = lines.iter().filter(|l| l["final"] == true).count();
         let flows: std::collections::HashSet<String> = lines
             .iter()
-            .map(|l| format!("{}|{}|{}|{}|{}|{}", l["proto"], l["src_addr"], l["src_port"], l["dst_addr"], l["dst_port"], l["first_seen_ns"]))
+            .map(|l| {
+                format!(
+                    "{}|{}|{}|{}|{}|{}",
+                    l["proto"],
+                    l["src_addr"],
+                    l["src_port"],
+                    l["dst_addr"],
+                    l["dst_port"],
+                    l["first_seen_ns"]
+                )
+            })
             .collect();
         assert_eq!(finals, flows.len(), "{}", f.display());
     }
@@ -40,7 +54,10 @@ fn every_corpus_capture_replays_without_a_panic() {
 
 #[test]
 fn csv_has_one_row_per_flow_with_the_feature_columns() {
-    let f = corpus_files("pcap/benign").into_iter().find(|p| p.to_string_lossy().contains("http--bro.org")).unwrap();
+    let f = corpus_files("pcap/benign")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("http--bro.org"))
+        .unwrap();
     let json = flows_in(&replay(&[f.to_str().unwrap()]).stdout);
     let out = replay(&["--format", "csv", f.to_str().unwrap()]);
     assert!(out.status.success());
@@ -48,9 +65,19 @@ fn csv_has_one_row_per_flow_with_the_feature_columns() {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(header.len(), 9 + detector::features::COUNT);
-    assert_eq!(&header[9..], detector::features::names().iter().map(String::as_str).collect::<Vec<_>>().as_slice());
+    assert_eq!(
+        &header[9..],
+        detector::features::names()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+    );
     let rows: Vec<&str> = lines.collect();
-    assert_eq!(rows.len(), json.iter().filter(|l| l["final"] == true).count());
+    assert_eq!(
+        rows.len(),
+        json.iter().filter(|l| l["final"] == true).count()
+    );
     assert!(rows.iter().all(|r| r.split(',').count() == header.len()));
 }
 
@@ -64,7 +91,10 @@ fn damaged(src: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> std::path::PathBuf {
 
 #[test]
 fn a_cut_capture_reports_the_truncation_and_keeps_the_flows_read() {
-    let src = corpus_files("pcap/attack").into_iter().find(|p| p.to_string_lossy().contains("nmap-vsn")).unwrap();
+    let src = corpus_files("pcap/attack")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("nmap-vsn"))
+        .unwrap();
     let whole = flows_in(&replay(&[src.to_str().unwrap()]).stdout);
     let cut = damaged(&src, |b| {
         let n = b.len() / 2;
@@ -73,23 +103,39 @@ fn a_cut_capture_reports_the_truncation_and_keeps_the_flows_read() {
     let out = replay(&[cut.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("truncated") && stderr.contains(cut.to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains("truncated") && stderr.contains(cut.to_str().unwrap()),
+        "{stderr}"
+    );
     assert!(stderr.contains("flows read so far are kept"), "{stderr}");
     let kept = flows_in(&out.stdout);
-    assert!(!kept.is_empty() && kept.len() < whole.len(), "{} of {}", kept.len(), whole.len());
+    assert!(
+        !kept.is_empty() && kept.len() < whole.len(),
+        "{} of {}",
+        kept.len(),
+        whole.len()
+    );
     let _ = std::fs::remove_file(cut);
 }
 
 #[test]
 fn a_damaged_header_or_foreign_link_type_is_one_clear_error() {
-    let src = corpus_files("pcap/benign").into_iter().find(|p| p.to_string_lossy().contains("udp--udp")).unwrap();
+    let src = corpus_files("pcap/benign")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("udp--udp"))
+        .unwrap();
     let bad_magic = damaged(&src, |b| b[..4].copy_from_slice(b"GET "));
     let out = replay(&[bad_magic.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with("error: ") && last.contains(bad_magic.to_str().unwrap()) && last.contains("not a pcap"), "{last}");
+    assert!(
+        last.starts_with("error: ")
+            && last.contains(bad_magic.to_str().unwrap())
+            && last.contains("not a pcap"),
+        "{last}"
+    );
 
     // LINKTYPE_RAW (101): plain IP, no Ethernet header.
     let raw = damaged(&src, |b| b[20..24].copy_from_slice(&101u32.to_le_bytes()));
@@ -97,7 +143,10 @@ fn a_damaged_header_or_foreign_link_type_is_one_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap();
-    assert!(last.contains(raw.to_str().unwrap()) && last.contains("link type 101 (RAW)"), "{last}");
+    assert!(
+        last.contains(raw.to_str().unwrap()) && last.contains("link type 101 (RAW)"),
+        "{last}"
+    );
     let _ = std::fs::remove_file(bad_magic);
     let _ = std::fs::remove_file(raw);
 }

@@ -18,6 +18,10 @@ const TEST_PACKAGES: &[&str] = &[
     "ethtool",
     "tcpdump",
     "tcpreplay",
+    "nmap",
+    "hping3",
+    "util-linux",
+    "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -129,7 +133,7 @@ fn package_installed(pkg: &str) -> bool {
 }
 
 /// Installs the missing Debian packages with apt-get.
-fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

@@ -229,7 +229,7 @@ mod tests {
             default_label: None,
             keep_unattributed: false,
         };
-        let (ds, sum) = from_files(&[p.clone()], &opts).unwrap();
+        let (ds, sum) = from_files(std::slice::from_ref(&p), &opts).unwrap();
         assert_eq!(
             (
                 sum.records,
@@ -276,7 +276,7 @@ mod tests {
             default_label: None,
             keep_unattributed: false,
         };
-        let err = from_files(&[p.clone()], &opts).unwrap_err().to_string();
+        let err = from_files(std::slice::from_ref(&p), &opts).unwrap_err().to_string();
         assert!(
             err.contains("host.jsonl:1") && err.contains("--label"),
             "{err}"

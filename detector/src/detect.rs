@@ -1,0 +1,420 @@
+//! Detection: flow records in, alerts and drop decisions out. Records are featurised (flow +
+//! context) as they arrive, batched (by size or deadline, whichever comes first), scored by the
+//! model, and judged by the policy. The live agent and `detector replay --detect` both run this
+//! code; only the [`Actions`] differ (the kernel blocklist, or shadow-only output).
+
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use detector_common::{
+    block::BlockKey,
+    flow::{FlowKey, FlowState, Reason},
+};
+use serde::Serialize;
+
+use crate::{
+    blocklist::{key_for, Block},
+    clock::TimeBase,
+    features::{self, Featurizer, LIVE_COUNT, LIVE_FEATURE_SET},
+    metrics::Metrics,
+    model::{Contribution, Model, Pipeline, ScorePath},
+    policy::{DropDecision, DropOutcome, Policy},
+    record::{FlowJson, ProcessRef},
+};
+
+/// Batching and alert detail.
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    pub batch_size: usize,
+    pub batch_deadline: Duration,
+    /// Features named in each alert.
+    pub top_features: usize,
+    /// Records kept for incidents to refer to.
+    pub recent: usize,
+    /// Offline: drops are reported as shadow drops, never inserted.
+    pub forced_shadow: bool,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            batch_deadline: Duration::from_millis(5),
+            top_features: 5,
+            recent: 50_000,
+            forced_shadow: false,
+        }
+    }
+}
+
+/// An alert event (one JSON line).
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    /// Unix ns of the record that raised it.
+    pub ts_ns: u64,
+    pub score: f32,
+    pub probability: Option<f32>,
+    pub novelty: Option<f32>,
+    /// The confirmed-incident family it resembles most, or "unknown".
+    pub family: String,
+    pub model_version: String,
+    /// "alert", "drop" or "shadow_drop".
+    pub action: &'static str,
+    pub drop: Option<DropDecision>,
+    /// Alerts for this source held back by the cooldown since its last alert.
+    pub suppressed: u64,
+    pub top_features: Vec<Contribution>,
+    pub flow: FlowJson,
+}
+
+/// Where decisions take effect.
+pub trait Actions {
+    /// True when `key` has an active blocklist entry.
+    fn blocked(&self, key: &BlockKey) -> bool;
+    /// Inserts a blocklist entry (only for `Dropped` decisions).
+    fn block(&mut self, block: Block) -> anyhow::Result<()>;
+    /// Writes an alert.
+    fn alert(&mut self, alert: &AlertJson) -> anyhow::Result<()>;
+}
+
+/// A scored record kept for incidents.
+#[derive(Clone, Debug)]
+pub struct Recent {
+    pub ts_unix_ns: u64,
+    pub src: IpAddr,
+    pub key: FlowKey,
+    pub alert_id: Option<String>,
+    pub score: f32,
+    pub row: Box<[f32]>,
+}
+
+struct Pending {
+    key: FlowKey,
+    state: FlowState,
+    reason: Reason,
+    process: Option<ProcessRef>,
+    read_at: Instant,
+}
+
+/// A confirmed family's centroid (in normalised feature space), to name alerts.
+#[derive(Clone, Debug)]
+pub struct FamilySignature {
+    pub family: String,
+    pub centroid: Vec<f32>,
+}
+
+/// The detection engine.
+pub struct Detector {
+    featurizer: Featurizer,
+    pipeline: Pipeline,
+    model: Arc<Model>,
+    pub model_version: String,
+    pub policy: Policy,
+    pub families: Vec<FamilySignature>,
+    cfg: DetectConfig,
+    time: TimeBase,
+    batch: Vec<Pending>,
+    values: Vec<f32>,
+    oldest: Option<Instant>,
+    recent: VecDeque<Recent>,
+    alert_prefix: String,
+    next_alert: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Detector {
+    /// A detector over `model` (which must have the live feature set's input layer).
+    pub fn new(
+        model: Arc<Model>,
+        model_version: String,
+        path: ScorePath,
+        policy: Policy,
+        cfg: DetectConfig,
+        time: TimeBase,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let pipeline = pipeline_for(&model, path)?;
+        let mut policy = policy;
+        policy.set_model_threshold(pipeline.rule().alert_threshold);
+        let start = TimeBase::monotonic().to_unix_ns(crate::clock::monotonic_ns()) / 1_000_000_000;
+        Ok(Self {
+            featurizer: Featurizer::default(),
+            pipeline,
+            model,
+            model_version,
+            policy,
+            families: Vec::new(),
+            batch: Vec::with_capacity(cfg.batch_size),
+            values: Vec::with_capacity(cfg.batch_size * LIVE_COUNT),
+            cfg,
+            time,
+            oldest: None,
+            recent: VecDeque::new(),
+            alert_prefix: format!("{start:x}"),
+            next_alert: 1,
+            metrics,
+        })
+    }
+
+    /// The model in use.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Swaps in another model (after adaptation or rollback); batches in flight finish first.
+    pub fn set_model(
+        &mut self,
+        model: Arc<Model>,
+        version: String,
+        path: ScorePath,
+    ) -> anyhow::Result<()> {
+        let pipeline = pipeline_for(&model, path)?;
+        self.policy
+            .set_model_threshold(pipeline.rule().alert_threshold);
+        self.pipeline = pipeline;
+        self.model = model;
+        self.model_version = version;
+        Ok(())
+    }
+
+    /// The scoring path in use.
+    pub fn path(&self) -> String {
+        self.pipeline.path()
+    }
+
+    /// Recent scored records (oldest first).
+    pub fn recent(&self) -> &VecDeque<Recent> {
+        &self.recent
+    }
+
+    /// Featurises one record and queues it; returns true when the batch is full.
+    pub fn push(
+        &mut self,
+        key: &FlowKey,
+        state: &FlowState,
+        reason: Reason,
+        process: Option<ProcessRef>,
+    ) -> bool {
+        let start = self.values.len();
+        self.values.resize(start + LIVE_COUNT, 0.0);
+        self.featurizer
+            .features(key, state, reason, &mut self.values[start..]);
+        let now = Instant::now();
+        self.oldest.get_or_insert(now);
+        self.batch.push(Pending {
+            key: *key,
+            state: *state,
+            reason,
+            process,
+            read_at: now,
+        });
+        self.batch.len() >= self.cfg.batch_size
+    }
+
+    /// When the current batch must be scored at the latest.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.cfg.batch_deadline)
+    }
+
+    /// Records waiting in the batch.
+    pub fn pending(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Sources and services the context tracks.
+    pub fn tracked(&self) -> (usize, usize) {
+        self.featurizer.tracked()
+    }
+
+    /// Scores the batch and acts on each record.
+    pub fn flush(&mut self, actions: &mut dyn Actions) -> anyhow::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.batch.len();
+        let scores = self
+            .pipeline
+            .score(&self.values, n)
+            .context("scoring failed")?;
+        let batch = std::mem::take(&mut self.batch);
+        let values = std::mem::take(&mut self.values);
+        self.oldest = None;
+        self.metrics
+            .scored
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        for (i, (p, s)) in batch.iter().zip(&scores).enumerate() {
+            self.metrics.latency(p.read_at.elapsed());
+            let row = &values[i * LIVE_COUNT..(i + 1) * LIVE_COUNT];
+            let json = {
+                let mut j = FlowJson::new(&p.key, &p.state, p.reason, self.time);
+                j.process = p.process.clone();
+                j
+            };
+            let src = json.src_addr;
+            let target_key = key_for(self.policy.config().drop_target, src, &p.key);
+            let d = self.policy.decide(
+                src,
+                s.score,
+                p.state.last_seen_ns,
+                actions.blocked(&target_key),
+                self.cfg.forced_shadow,
+            );
+            let mut alert_id = None;
+            if d.alert {
+                let id = format!("{}-{}", self.alert_prefix, self.next_alert);
+                self.next_alert += 1;
+                let family = self.family_of(row);
+                let action = match d.drop.map(|x| x.outcome) {
+                    Some(DropOutcome::Dropped) => "drop",
+                    Some(DropOutcome::Shadow) => "shadow_drop",
+                    _ => "alert",
+                };
+                if let Some(DropDecision { outcome, ttl_s, .. }) = d.drop {
+                    match outcome {
+                        DropOutcome::Dropped => {
+                            let now_unix = json.last_seen_ns;
+                            actions.block(Block {
+                                key: target_key,
+                                expires_unix_ns: now_unix
+                                    .saturating_add(ttl_s.saturating_mul(1_000_000_000)),
+                                alert_id: id.clone(),
+                                family: family.clone(),
+                            })?;
+                            self.metrics.dropped(&family);
+                        }
+                        DropOutcome::Shadow => self.metrics.shadow_dropped(&family),
+                        _ => {}
+                    }
+                }
+                let top_features = self
+                    .model
+                    .explain(
+                        LIVE_FEATURE_SET,
+                        &self.pipeline.features,
+                        row,
+                        self.cfg.top_features,
+                    )
+                    .unwrap_or_default();
+                let alert = AlertJson {
+                    kind: "alert",
+                    id: id.clone(),
+                    ts_ns: json.last_seen_ns,
+                    score: s.score,
+                    probability: s.probability,
+                    novelty: s.novelty,
+                    family: family.clone(),
+                    model_version: self.model_version.clone(),
+                    action,
+                    drop: d.drop,
+                    suppressed: d.suppressed,
+                    top_features,
+                    flow: json.clone(),
+                };
+                actions.alert(&alert)?;
+                self.metrics.alert(&family);
+                alert_id = Some(id);
+            }
+            if self.cfg.recent > 0 {
+                if self.recent.len() >= self.cfg.recent {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(Recent {
+                    ts_unix_ns: json.first_seen_ns,
+                    src,
+                    key: p.key,
+                    alert_id,
+                    score: s.score,
+                    row: row.into(),
+                });
+            }
+        }
+        // Keep the allocations for the next batch.
+        self.values = values;
+        self.values.clear();
+        self.batch = batch;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// True when the model has novelty prototypes for the live feature set.
+    pub fn has_baseline(&self) -> bool {
+        self.pipeline.has_prototypes()
+    }
+
+    /// The confirmed family whose centroid is most similar (cosine ≥ 0.8) to this row.
+    fn family_of(&self, row: &[f32]) -> String {
+        if self.families.is_empty() {
+            return "unknown".into();
+        }
+        let mut z = vec![0f32; row.len()];
+        self.pipeline.normalise(row, &mut z);
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+        let nz = norm(&z);
+        self.families
+            .iter()
+            .map(|f| {
+                let dot: f32 = f.centroid.iter().zip(&z).map(|(a, b)| a * b).sum();
+                (dot / (norm(&f.centroid) * nz), &f.family)
+            })
+            .filter(|(sim, _)| *sim >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, f)| f.clone())
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    /// The normalised centroid of some rows (a family signature).
+    pub fn centroid(&self, rows: &[f32]) -> Vec<f32> {
+        let n = rows.len() / LIVE_COUNT;
+        let mut z = vec![0f32; rows.len()];
+        self.pipeline.normalise(rows, &mut z);
+        let mut c = vec![0f32; LIVE_COUNT];
+        for r in z.chunks(LIVE_COUNT) {
+            for (a, b) in c.iter_mut().zip(r) {
+                *a += b / n.max(1) as f32;
+            }
+        }
+        c
+    }
+}
+
+/// The scoring pipeline of the live feature set, or an error naming what the model has.
+fn pipeline_for(model: &Model, path: ScorePath) -> anyhow::Result<Pipeline> {
+    if !model.feature_sets().contains(&LIVE_FEATURE_SET) {
+        anyhow::bail!(
+            "the model has no input layer for the live feature set {LIVE_FEATURE_SET} (it has: {}); train one with `detector train` on data of that feature set",
+            model.feature_sets().join(", ")
+        );
+    }
+    let p = model.pipeline(LIVE_FEATURE_SET, path)?;
+    if p.features != features::live_names() {
+        anyhow::bail!("the model's {LIVE_FEATURE_SET} columns differ from this agent's: it was trained by another version");
+    }
+    Ok(p)
+}
+
+/// Offline actions: shadow only, alerts to a writer.
+pub struct ShadowActions<'a> {
+    pub out: &'a mut crate::output::JsonLines,
+    pub alerts: u64,
+}
+
+impl Actions for ShadowActions<'_> {
+    fn blocked(&self, _: &BlockKey) -> bool {
+        false
+    }
+    fn block(&mut self, _: Block) -> anyhow::Result<()> {
+        anyhow::bail!("offline detection never blocks")
+    }
+    fn alert(&mut self, alert: &AlertJson) -> anyhow::Result<()> {
+        self.alerts += 1;
+        self.out.write(alert)
+    }
+}

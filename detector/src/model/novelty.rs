@@ -1,0 +1,288 @@
+//! Novelty against the host's benign baseline: k-means prototypes of benign embeddings, and the
+//! distance of a new embedding to the nearest one turned into [0, 1] by the distribution of
+//! held-out benign distances (docs/model.md, "Novelty").
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Prototypes per feature set, fitted by default.
+pub const DEFAULT_K: usize = 8;
+/// Fewest benign rows [`Prototypes::fit`] accepts.
+pub const MIN_ROWS: usize = 20;
+/// Stored benign distances are thinned to at most this many quantiles.
+const MAX_DISTANCES: usize = 1024;
+/// Lloyd iterations.
+const ITERATIONS: usize = 25;
+
+/// Benign prototypes in embedding space and the benign distance distribution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prototypes {
+    /// Embedding width.
+    pub dim: usize,
+    /// `k × dim`, row-major.
+    pub centroids: Vec<f32>,
+    /// Sorted distances of held-out benign embeddings to their nearest centroid.
+    pub benign_distances: Vec<f32>,
+}
+
+impl Prototypes {
+    /// Fits on `n` benign embeddings (`n × dim`): k-means++ and Lloyd on three quarters of the
+    /// rows, the distance distribution on the other quarter (so it is not the optimistic
+    /// in-sample one). `None` with fewer than [`MIN_ROWS`] rows.
+    pub fn fit(emb: &[f32], dim: usize, k: usize, seed: u64) -> Option<Self> {
+        if dim == 0 {
+            return None;
+        }
+        let n = emb.len() / dim;
+        if n < MIN_ROWS || k == 0 {
+            return None;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let n_fit = (n * 3 / 4).max(1);
+        let (fit_idx, held_idx) = order.split_at(n_fit);
+        let fit_rows = gather_rows(emb, dim, fit_idx);
+        let held_rows = gather_rows(emb, dim, held_idx);
+        Self::fit_with_reference(&fit_rows, &held_rows, dim, k, &mut rng)
+    }
+
+    /// k-means on `fit` (rows of width `dim`), the benign distance distribution from
+    /// `reference` (e.g. benign rows of other sessions); `fit` itself when `reference` is empty.
+    pub fn fit_with_reference(
+        fit: &[f32],
+        reference: &[f32],
+        dim: usize,
+        k: usize,
+        rng: &mut impl Rng,
+    ) -> Option<Self> {
+        if dim == 0 || k == 0 || fit.len() < dim {
+            return None;
+        }
+        let n_fit = fit.len() / dim;
+        let fit_idx: Vec<usize> = (0..n_fit).collect();
+        let row = |i: usize| &fit[i * dim..(i + 1) * dim];
+        let k = k.min(n_fit);
+
+        // k-means++ seeding.
+        let mut centroids: Vec<f32> = Vec::with_capacity(k * dim);
+        centroids.extend_from_slice(row(fit_idx[rng.random_range(0..n_fit)]));
+        let mut d2: Vec<f32> = fit_idx
+            .iter()
+            .map(|&i| sq(row(i), &centroids[..dim]))
+            .collect();
+        while centroids.len() < k * dim {
+            let total: f64 = d2.iter().map(|&v| v as f64).sum();
+            let pick = if total <= 0.0 {
+                rng.random_range(0..n_fit)
+            } else {
+                let mut t = rng.random::<f64>() * total;
+                let mut p = n_fit - 1;
+                for (j, &v) in d2.iter().enumerate() {
+                    t -= v as f64;
+                    if t <= 0.0 {
+                        p = j;
+                        break;
+                    }
+                }
+                p
+            };
+            let c = row(fit_idx[pick]).to_vec();
+            for (j, &i) in fit_idx.iter().enumerate() {
+                d2[j] = d2[j].min(sq(row(i), &c));
+            }
+            centroids.extend_from_slice(&c);
+        }
+        // Lloyd.
+        let mut assign = vec![0usize; n_fit];
+        for _ in 0..ITERATIONS {
+            let mut changed = false;
+            for (j, &i) in fit_idx.iter().enumerate() {
+                let (c, _) = nearest(&centroids, dim, row(i));
+                if assign[j] != c {
+                    assign[j] = c;
+                    changed = true;
+                }
+            }
+            let mut sums = vec![0f64; k * dim];
+            let mut counts = vec![0usize; k];
+            for (j, &i) in fit_idx.iter().enumerate() {
+                counts[assign[j]] += 1;
+                for (s, &v) in sums[assign[j] * dim..(assign[j] + 1) * dim]
+                    .iter_mut()
+                    .zip(row(i))
+                {
+                    *s += v as f64;
+                }
+            }
+            for c in 0..k {
+                if counts[c] > 0 {
+                    for t in 0..dim {
+                        centroids[c * dim + t] = (sums[c * dim + t] / counts[c] as f64) as f32;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let source = if reference.len() >= dim {
+            reference
+        } else {
+            fit
+        };
+        let mut dist: Vec<f32> = source
+            .chunks_exact(dim)
+            .map(|e| nearest(&centroids, dim, e).1)
+            .collect();
+        dist.sort_by(f32::total_cmp);
+        if dist.len() > MAX_DISTANCES {
+            let m = dist.len();
+            dist = (0..MAX_DISTANCES)
+                .map(|q| dist[q * (m - 1) / (MAX_DISTANCES - 1)])
+                .collect();
+        }
+        Some(Prototypes {
+            dim,
+            centroids,
+            benign_distances: dist,
+        })
+    }
+
+    /// Distance of an embedding to the nearest prototype.
+    pub fn distance(&self, e: &[f32]) -> f32 {
+        nearest(&self.centroids, self.dim, e).1
+    }
+
+    /// Novelty in [0, 1]: up to the benign 90% quantile `u`, the fraction of benign distances
+    /// at or below this one, `r / (m + 1)`; beyond `u`, a Pareto tail fitted to the benign
+    /// distances above `u` (Hill estimator), so that the rare high quantiles that decide alerts
+    /// are estimated from the tail's shape rather than from the few largest distances.
+    pub fn novelty(&self, e: &[f32]) -> f32 {
+        let d = self.distance(e);
+        let m = self.benign_distances.len();
+        if m == 0 {
+            return 0.0;
+        }
+        let (u, f_u, alpha) = self.tail();
+        if d <= u {
+            let r = self.benign_distances.partition_point(|&v| v <= d);
+            return r as f32 / (m as f32 + 1.0);
+        }
+        1.0 - (1.0 - f_u) * (u / d).powf(alpha)
+    }
+
+    /// Tail threshold `u` (the 90% quantile), the novelty at `u`, and the Pareto index α.
+    fn tail(&self) -> (f32, f32, f32) {
+        let v = &self.benign_distances;
+        let m = v.len();
+        let u = v[(m * 9 / 10).min(m - 1)].max(1e-6);
+        let r_u = v.partition_point(|&x| x <= u);
+        let f_u = r_u as f32 / (m as f32 + 1.0);
+        let logs: Vec<f32> = v[r_u..].iter().map(|&x| (x / u).ln()).collect();
+        let mean = if logs.is_empty() {
+            0.0
+        } else {
+            logs.iter().sum::<f32>() / logs.len() as f32
+        };
+        // Hill: α = 1 / mean log excess; without excesses assume a steep tail.
+        let alpha = if mean > 0.0 { 1.0 / mean } else { 10.0 };
+        (u, f_u, alpha.clamp(0.5, 50.0))
+    }
+
+    /// Number of prototypes.
+    pub fn k(&self) -> usize {
+        self.centroids.len().checked_div(self.dim).unwrap_or(0)
+    }
+
+    /// Checks lengths and values (a model file is outside input).
+    pub fn validate(&self, dim: usize) -> Result<(), String> {
+        if self.dim != dim || self.dim == 0 || !self.centroids.len().is_multiple_of(dim) {
+            return Err(format!(
+                "prototypes of width {} ({} values) for an embedding of width {dim}",
+                self.dim,
+                self.centroids.len()
+            ));
+        }
+        if self.centroids.is_empty() || self.benign_distances.is_empty() {
+            return Err("prototypes without centroids or benign distances".into());
+        }
+        if !self
+            .centroids
+            .iter()
+            .chain(&self.benign_distances)
+            .all(|v| v.is_finite())
+            || self.benign_distances.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err("prototype values are not finite or distances are not sorted".into());
+        }
+        Ok(())
+    }
+}
+
+fn gather_rows(emb: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| emb[i * dim..(i + 1) * dim].iter().copied())
+        .collect()
+}
+
+fn sq(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Index of and Euclidean distance to the nearest centroid.
+fn nearest(centroids: &[f32], dim: usize, e: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::INFINITY);
+    for (c, cent) in centroids.chunks_exact(dim).enumerate() {
+        let d = sq(cent, e);
+        if d < best.1 {
+            best = (c, d);
+        }
+    }
+    (best.0, best.1.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn novelty_is_low_on_benign_and_high_far_away() {
+        // Two benign clusters in 2-D.
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut emb = Vec::new();
+        for i in 0..400 {
+            let c = if i % 2 == 0 { 0.0 } else { 10.0 };
+            emb.push(c + rng.random_range(-1.0..1.0));
+            emb.push(c + rng.random_range(-1.0..1.0));
+        }
+        let p = Prototypes::fit(&emb, 2, 4, 9).unwrap();
+        assert!(p.validate(2).is_ok());
+        let near = p.novelty(&[0.1, -0.1]);
+        let mid = p.novelty(&[5.0, 5.0]);
+        let far = p.novelty(&[100.0, 100.0]);
+        assert!(near < 0.5, "near {near}");
+        assert!(mid > 0.99, "mid {mid}");
+        assert!(far >= mid && far <= 1.0, "far {far}");
+        // A non-decreasing function of the distance, across the tail threshold too.
+        let mut pts: Vec<(f32, f32)> = (0..600)
+            .map(|i| {
+                let e = [i as f32 * 0.03 - 6.0, 3.0 - i as f32 * 0.01];
+                (p.distance(&e), p.novelty(&e))
+            })
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(
+            pts.windows(2).all(|w| w[1].1 >= w[0].1),
+            "novelty must not decrease"
+        );
+        // Benign points get roughly uniform novelty: about 10% above 0.9.
+        let above = (0..400)
+            .filter(|&i| p.novelty(&emb[i * 2..i * 2 + 2]) > 0.9)
+            .count();
+        assert!(above < 80, "{above} of 400 benign above 0.9");
+        assert!(Prototypes::fit(&emb[..20], 2, 4, 9).is_none());
+    }
+}

@@ -1,0 +1,329 @@
+//! What a score leads to: an alert (with a per-source cooldown), and a drop decision that
+//! respects the allowlist, the drop mode (off / shadow / drop) and a rate limit on new drops.
+//! Pure logic over a clock passed in: the same code decides live and in `replay --detect`.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::config::{Cidr, DropMode, DropTarget, PolicySection};
+
+/// Why a drop did or did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropOutcome {
+    /// A blocklist entry was (or will be) inserted.
+    Dropped,
+    /// Shadow mode: logged, not inserted.
+    Shadow,
+    /// The address is on the allowlist.
+    Allowlisted,
+    /// Too many new drops lately.
+    RateLimited,
+    /// An entry for it is already active.
+    AlreadyBlocked,
+}
+
+/// The drop part of a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DropDecision {
+    pub target: DropTarget,
+    pub outcome: DropOutcome,
+    pub ttl_s: u64,
+}
+
+/// What to do with one scored record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Write an alert event now.
+    pub alert: bool,
+    /// Alerts for this source not written since the last one (cooldown).
+    pub suppressed: u64,
+    /// Set when the score reached the drop threshold (and drops are not off).
+    pub drop: Option<DropDecision>,
+}
+
+/// Addresses no drop may ever target.
+pub fn infrastructure(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_loopback()
+                || v4.is_link_local()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_loopback()
+                // fe80::/10
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst`.
+#[derive(Clone, Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last_ns: u64,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        Self {
+            rate,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last_ns: 0,
+        }
+    }
+    fn take(&mut self, now_ns: u64) -> bool {
+        let dt = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
+        self.last_ns = self.last_ns.max(now_ns);
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Alert cooldown state of one source.
+#[derive(Clone, Copy, Debug)]
+struct Cooldown {
+    until_ns: u64,
+    suppressed: u64,
+}
+
+/// The policy engine.
+pub struct Policy {
+    cfg: PolicySection,
+    /// The model's calibrated threshold, used when the configuration sets none.
+    model_threshold: f32,
+    allowlist: Vec<Cidr>,
+    bucket: Bucket,
+    cooldowns: HashMap<IpAddr, Cooldown>,
+    last_prune_ns: u64,
+}
+
+impl Policy {
+    /// A policy from its config section and the effective allowlist.
+    pub fn new(cfg: PolicySection, allowlist: Vec<Cidr>) -> Self {
+        let bucket = Bucket::new(cfg.max_drops_per_s, cfg.drop_burst);
+        Self {
+            cfg,
+            model_threshold: 0.5,
+            allowlist,
+            bucket,
+            cooldowns: HashMap::new(),
+            last_prune_ns: 0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &PolicySection {
+        &self.cfg
+    }
+
+    /// Sets the model's own alert threshold (used unless the configuration sets one).
+    pub fn set_model_threshold(&mut self, t: f32) {
+        self.model_threshold = t;
+    }
+
+    /// The alert threshold in force.
+    pub fn alert_threshold(&self) -> f32 {
+        self.cfg.alert_threshold.unwrap_or(self.model_threshold)
+    }
+
+    /// Replaces the configuration (SIGHUP), keeping cooldowns.
+    pub fn reconfigure(&mut self, cfg: PolicySection, allowlist: Vec<Cidr>) {
+        self.bucket = Bucket::new(cfg.max_drops_per_s, cfg.drop_burst);
+        self.cfg = cfg;
+        self.allowlist = allowlist;
+    }
+
+    /// True when `ip` must never be dropped: the allowlist, and addresses that are not one
+    /// host's (unspecified, multicast, broadcast, loopback, link-local: blocking those breaks
+    /// neighbour discovery, DHCP and the like for everyone on the link).
+    pub fn allowlisted(&self, ip: &IpAddr) -> bool {
+        infrastructure(ip) || self.allowlist.iter().any(|c| c.contains(ip))
+    }
+
+    /// Decides for one record whose initiator is `src`. `blocked` says whether an entry for
+    /// the drop target is already active. `forced_shadow` turns drops into shadow drops
+    /// (offline detection never touches a kernel).
+    pub fn decide(
+        &mut self,
+        src: IpAddr,
+        score: f32,
+        now_ns: u64,
+        blocked: bool,
+        forced_shadow: bool,
+    ) -> Decision {
+        let mut d = Decision::default();
+        if score >= self.alert_threshold() {
+            let cd = self.cooldowns.entry(src).or_insert(Cooldown {
+                until_ns: 0,
+                suppressed: 0,
+            });
+            if now_ns >= cd.until_ns {
+                d.alert = true;
+                d.suppressed = cd.suppressed;
+                cd.suppressed = 0;
+                cd.until_ns = now_ns.saturating_add(self.cfg.alert_cooldown.0.as_nanos() as u64);
+            } else {
+                cd.suppressed += 1;
+            }
+        }
+        if score >= self.cfg.drop_threshold && self.cfg.drop != DropMode::Off {
+            let outcome = if self.allowlisted(&src) {
+                DropOutcome::Allowlisted
+            } else if blocked {
+                DropOutcome::AlreadyBlocked
+            } else if !self.bucket.take(now_ns) {
+                DropOutcome::RateLimited
+            } else if self.cfg.drop == DropMode::Shadow || forced_shadow {
+                DropOutcome::Shadow
+            } else {
+                DropOutcome::Dropped
+            };
+            d.drop = Some(DropDecision {
+                target: self.cfg.drop_target,
+                outcome,
+                ttl_s: self.cfg.drop_ttl.0.as_secs(),
+            });
+            // A drop is news even inside the alert cooldown.
+            if matches!(outcome, DropOutcome::Dropped | DropOutcome::Shadow) && !d.alert {
+                d.alert = true;
+                if let Some(cd) = self.cooldowns.get_mut(&src) {
+                    d.suppressed = cd.suppressed;
+                    cd.suppressed = 0;
+                }
+            }
+        }
+        self.prune(now_ns);
+        d
+    }
+
+    /// Forgets cooldowns that ended (bounded memory under spoofed floods).
+    fn prune(&mut self, now_ns: u64) {
+        if self.cooldowns.len() < 4096 && now_ns < self.last_prune_ns.saturating_add(10_000_000_000)
+        {
+            return;
+        }
+        self.last_prune_ns = now_ns;
+        self.cooldowns
+            .retain(|_, c| c.until_ns > now_ns || c.suppressed > 0);
+        if self.cooldowns.len() > 65_536 {
+            self.cooldowns.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dur;
+    use std::time::Duration;
+
+    const S: u64 = 1_000_000_000;
+
+    fn policy(mode: DropMode) -> Policy {
+        let cfg = PolicySection {
+            alert_threshold: Some(0.5),
+            drop_threshold: 0.9,
+            drop: mode,
+            max_drops_per_s: 1.0,
+            drop_burst: 2,
+            alert_cooldown: Dur(Duration::from_secs(10)),
+            ..PolicySection::default()
+        };
+        Policy::new(cfg, vec!["10.0.0.0/8".parse().unwrap()])
+    }
+
+    #[test]
+    fn alerts_have_a_per_source_cooldown_that_counts_suppressed_alerts() {
+        let mut p = policy(DropMode::Off);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(!p.decide(a, 0.4, S, false, false).alert);
+        assert!(p.decide(a, 0.6, S, false, false).alert);
+        assert!(!p.decide(a, 0.7, 2 * S, false, false).alert);
+        assert!(!p.decide(a, 0.7, 3 * S, false, false).alert);
+        assert!(
+            p.decide(b, 0.7, 3 * S, false, false).alert,
+            "other sources are not held back"
+        );
+        let d = p.decide(a, 0.7, 12 * S, false, false);
+        assert!(d.alert);
+        assert_eq!(d.suppressed, 2);
+        assert_eq!(d.drop, None, "drops are off");
+    }
+
+    #[test]
+    fn drops_respect_allowlist_rate_limit_existing_blocks_and_shadow_mode() {
+        let mut p = policy(DropMode::Drop);
+        let out = |d: Decision| d.drop.map(|x| x.outcome);
+        assert_eq!(
+            out(p.decide("10.1.2.3".parse().unwrap(), 0.99, S, false, false)),
+            Some(DropOutcome::Allowlisted)
+        );
+        for infra in [
+            "::",
+            "fe80::1",
+            "ff02::16",
+            "0.0.0.0",
+            "255.255.255.255",
+            "169.254.1.1",
+            "224.0.0.251",
+        ] {
+            assert_eq!(
+                out(p.decide(infra.parse().unwrap(), 0.99, S, false, false)),
+                Some(DropOutcome::Allowlisted),
+                "{infra} is never dropped"
+            );
+        }
+        assert_eq!(
+            out(p.decide("192.0.2.9".parse().unwrap(), 0.8, S, false, false)),
+            None,
+            "below the drop threshold"
+        );
+        assert_eq!(
+            out(p.decide("192.0.2.1".parse().unwrap(), 0.99, S, false, false)),
+            Some(DropOutcome::Dropped)
+        );
+        assert_eq!(
+            out(p.decide("192.0.2.2".parse().unwrap(), 0.99, S, false, false)),
+            Some(DropOutcome::Dropped)
+        );
+        assert_eq!(
+            out(p.decide("192.0.2.3".parse().unwrap(), 0.99, S, false, false)),
+            Some(DropOutcome::RateLimited),
+            "burst of 2"
+        );
+        assert_eq!(
+            out(p.decide("192.0.2.3".parse().unwrap(), 0.99, 2 * S, false, false)),
+            Some(DropOutcome::Dropped),
+            "1/s refills"
+        );
+        assert_eq!(
+            out(p.decide("192.0.2.1".parse().unwrap(), 0.99, 9 * S, true, false)),
+            Some(DropOutcome::AlreadyBlocked)
+        );
+        assert_eq!(
+            out(p.decide("192.0.2.4".parse().unwrap(), 0.99, 20 * S, false, true)),
+            Some(DropOutcome::Shadow),
+            "forced shadow"
+        );
+        let mut shadow = policy(DropMode::Shadow);
+        let d = shadow.decide("192.0.2.5".parse().unwrap(), 0.95, S, false, false);
+        assert_eq!(d.drop.unwrap().outcome, DropOutcome::Shadow);
+        assert!(d.alert);
+    }
+}

@@ -1,0 +1,647 @@
+//! Real services on the victim (OpenSSH, nginx, vsftpd, dnsmasq, iperf3, two socat line
+//! services), each from the lab's own config files in its work folder, and the attackers'
+//! listeners (a DNS server for the tunnelling zone, TCP sinks for beacons and uploads).
+//!
+//! Benign services listen on registered and ephemeral-range ports too (nginx on 8080 and 8443,
+//! socat on 9000 and 50000, iperf3 on 5201-5204): real hosts run them, and a recording whose
+//! every benign service sat on a well-known port would teach "a port above 1023 is an attack".
+//!
+//! The lab user exists only for the services: sshd and vsftpd run in a private mount namespace
+//! where the lab's passwd/shadow/group and PAM files are bind-mounted over /etc, so the host's
+//! own accounts are never touched.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use super::{
+    inputs::{self, LAB_PASSWORD, LAB_USER},
+    topology::{output, victim_spec, LabHost, Netns, Proc, Role, Topology},
+};
+
+/// TCP port of the attackers' HTTP-like sink (beacons).
+pub const SINK_HTTP_PORT: u16 = 8080;
+/// TCP port of the attackers' raw sink (uploads): reads to EOF, answers "ok".
+pub const SINK_RAW_PORT: u16 = 4444;
+/// iperf3 servers on the victim (one test at a time each: a scenario using one runs on one
+/// host only, so its sessions never overlap).
+pub const IPERF_PORTS: [u16; 4] = [5201, 5202, 5203, 5204];
+/// nginx's ports besides 80, serving the same site: plain HTTP and TLS (self-signed).
+pub const WEB_ALT_PORTS: [u16; 2] = [8080, 8443];
+/// socat on the victim: a line service (one "ok <line>" reply per request line) and a small
+/// document service ("GET <path>" answers the page, then closes).
+pub const LINE_PORT: u16 = 9000;
+pub const FETCH_PORT: u16 = 50000;
+const LAB_UID: u32 = 1777;
+
+/// The running services; dropping it stops them.
+pub struct Services {
+    procs: Vec<Proc>,
+    sinks: Vec<Sink>,
+    /// The client key `{key}` names.
+    pub client_key: PathBuf,
+}
+
+impl Services {
+    /// (host, pid) of every service process, for attributing process records.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .map(|p| {
+                let host = p.name.split(':').next().unwrap_or_default().to_string();
+                (host, p.pid())
+            })
+            .collect()
+    }
+
+    /// Fails when a service has exited since it started.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Some(s) = p.try_wait()? {
+                bail!("service {} exited ({s}):\n{}", p.name, p.log_tail());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for s in &self.sinks {
+            s.stop.store(true, Ordering::Relaxed);
+        }
+        for s in &mut self.sinks {
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+        // Procs stop themselves when dropped.
+    }
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn mkdir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Starts every service and waits until each listens.
+pub fn start(topo: &Topology, work: &Path) -> anyhow::Result<Services> {
+    let dir = work.join("victim");
+    let logs = work.join("logs");
+    mkdir(&dir, 0o755)?;
+    mkdir(&logs, 0o755)?;
+    let victim = topo.victim();
+    let mut procs = Vec::new();
+    let client_key = accounts(&dir)?;
+    inputs::write_site(&dir.join("www"))?;
+    tls_cert(&dir)?;
+
+    procs.push(Proc::spawn(
+        "victim:nginx",
+        victim
+            .ns
+            .cmd("nginx")
+            .args(["-c", &path_str(&nginx_conf(&dir)?)?]),
+        &logs.join("nginx.log"),
+    )?);
+    let sshd = sshd_conf(&dir)?;
+    procs.push(Proc::spawn(
+        "victim:sshd",
+        &mut with_lab_accounts(
+            &victim.ns,
+            &dir,
+            &["/usr/sbin/sshd", "-D", "-e", "-f", &path_str(&sshd)?],
+        ),
+        &logs.join("sshd.log"),
+    )?);
+    let ftp = vsftpd_conf(&dir)?;
+    procs.push(Proc::spawn(
+        "victim:vsftpd",
+        &mut with_lab_accounts(&victim.ns, &dir, &["/usr/sbin/vsftpd", &path_str(&ftp)?]),
+        &logs.join("vsftpd.log"),
+    )?);
+    let dns = dnsmasq_conf(
+        &dir.join("dnsmasq.conf"),
+        victim,
+        &[
+            "address=/lab.test/10.77.0.2",
+            "address=/lab.test/fd77::2",
+            "mx-host=lab.test,mail.lab.test,10",
+        ],
+    )?;
+    procs.push(Proc::spawn(
+        "victim:dnsmasq",
+        victim.ns.cmd("dnsmasq").arg(format!("--conf-file={dns}")),
+        &logs.join("dnsmasq-victim.log"),
+    )?);
+    for port in IPERF_PORTS {
+        procs.push(Proc::spawn(
+            &format!("victim:iperf3-{port}"),
+            victim
+                .ns
+                .cmd("iperf3")
+                .args(["-s", "-p", &port.to_string()]),
+            &logs.join(format!("iperf3-{port}.log")),
+        )?);
+    }
+
+    for (port, script) in [
+        (LINE_PORT, line_service(&dir)?),
+        (FETCH_PORT, fetch_service(&dir)?),
+    ] {
+        procs.push(Proc::spawn(
+            &format!("victim:socat-{port}"),
+            victim.ns.cmd("socat").args([
+                // Errors only; -t: after the client's EOF, wait this long for the reply;
+                // -T: drop a connection idle this long.
+                "-d".to_string(),
+                "-t".to_string(),
+                "5".to_string(),
+                "-T".to_string(),
+                "15".to_string(),
+                format!("TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork,backlog=128"),
+                format!("EXEC:/bin/sh {}", path_str(&script)?),
+            ]),
+            &logs.join(format!("socat-{port}.log")),
+        )?);
+    }
+
+    // The attackers' side of beaconing, exfiltration and DNS tunnelling.
+    let mut sinks = Vec::new();
+    for h in topo.hosts.iter().filter(|h| h.spec.role == Role::Attacker) {
+        let conf = work.join(format!("dnsmasq-{}.conf", h.spec.name));
+        let answer = format!("address=/c2.test/{}", h.spec.v4);
+        let dns = dnsmasq_conf(&conf, h, &[&answer])?;
+        procs.push(Proc::spawn(
+            &format!("{}:dnsmasq", h.spec.name),
+            h.ns.cmd("dnsmasq").arg(format!("--conf-file={dns}")),
+            &logs.join(format!("dnsmasq-{}.log", h.spec.name)),
+        )?);
+        for (port, http) in [(SINK_HTTP_PORT, true), (SINK_RAW_PORT, false)] {
+            sinks.push(Sink::start(&h.ns, port, http)?);
+        }
+    }
+    let mut services = Services {
+        procs,
+        sinks,
+        client_key,
+    };
+    wait_listening(&victim.ns, &mut services)?;
+    Ok(services)
+}
+
+fn path_str(p: &Path) -> anyhow::Result<String> {
+    p.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("non-UTF-8 path {}", p.display()))
+}
+
+/// Waits until the victim listens on every service port (sshd, vsftpd, nginx, dnsmasq,
+/// iperf3, socat), or fails with the log of a service that exited.
+fn wait_listening(ns: &Netns, services: &mut Services) -> anyhow::Result<()> {
+    let mut want: Vec<String> = ["tcp:21", "tcp:22", "tcp:80", "udp:53"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    want.extend(
+        IPERF_PORTS
+            .iter()
+            .chain(&WEB_ALT_PORTS)
+            .chain(&[LINE_PORT, FETCH_PORT])
+            .map(|p| format!("tcp:{p}")),
+    );
+    let start = Instant::now();
+    loop {
+        services.check_running()?;
+        let ss = ns.run("ss", &["-Hlntu"])?;
+        let listening: Vec<String> = ss
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let port = f.get(4)?.rsplit(':').next()?;
+                Some(format!("{}:{port}", f.first()?))
+            })
+            .collect();
+        let missing: Vec<&String> = want.iter().filter(|w| !listening.contains(w)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!("victim services not listening after 15 s: {missing:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The lab's accounts (root, service users and the lab user with a known password), PAM
+/// config for vsftpd, the sshd host key and a client key the lab user accepts. Returns the
+/// client key's path.
+fn accounts(dir: &Path) -> anyhow::Result<PathBuf> {
+    let etc = dir.join("etc");
+    mkdir(&etc, 0o755)?;
+    let home = dir.join("home").join(LAB_USER);
+    mkdir(&home, 0o755)?;
+    // The lab user owns its home so that an interactive session behaves normally.
+    std::os::unix::fs::chown(&home, Some(LAB_UID), Some(LAB_UID))?;
+    let home_s = path_str(&home)?;
+    write(
+        &etc.join("passwd"),
+        &format!(
+            "root:x:0:0:root:/root:/bin/sh\n\
+             nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+             sshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n\
+             ftp:x:101:101:ftp:/srv/ftp:/usr/sbin/nologin\n\
+             {LAB_USER}:x:{LAB_UID}:{LAB_UID}:lab:{home_s}:/bin/sh\n"
+        ),
+    )?;
+    write(
+        &etc.join("group"),
+        &format!("root:x:0:\nnogroup:x:65534:\nftp:x:101:\n{LAB_USER}:x:{LAB_UID}:\n"),
+    )?;
+    // A fixed salt keeps the file identical between runs.
+    let hash =
+        output(Command::new("openssl").args(["passwd", "-6", "-salt", "dlabsalt", LAB_PASSWORD]))?;
+    let shadow = etc.join("shadow");
+    write(
+        &shadow,
+        &format!(
+            "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\n\
+             ftp:*:19000:0:99999:7:::\n{LAB_USER}:{}:19000:0:99999:7:::\n",
+            hash.trim()
+        ),
+    )?;
+    fs::set_permissions(&shadow, fs::Permissions::from_mode(0o600))?;
+    let pam = etc.join("pam.d");
+    mkdir(&pam, 0o755)?;
+    write(
+        &pam.join("dlab-vsftpd"),
+        "auth required pam_unix.so\naccount required pam_unix.so\nsession required pam_unix.so\n",
+    )?;
+    for key in ["host_key", "client_key"] {
+        let p = dir.join(key);
+        if !p.exists() {
+            output(Command::new("ssh-keygen").args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "dlab",
+                "-f",
+                &path_str(&p)?,
+            ]))?;
+        }
+    }
+    fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+    // sshd's privilege-separation directory is compiled in; the Debian service creates it at
+    // boot, which never happened here.
+    mkdir(Path::new("/run/sshd"), 0o755)?;
+    Ok(dir.join("client_key"))
+}
+
+/// `argv` inside the victim's network namespace and a private mount namespace in which the
+/// lab's account and PAM files replace the host's.
+fn with_lab_accounts(ns: &Netns, dir: &Path, argv: &[&str]) -> Command {
+    let etc = dir.join("etc");
+    let mut script = String::new();
+    for (src, dst) in [
+        ("passwd", "/etc/passwd"),
+        ("shadow", "/etc/shadow"),
+        ("group", "/etc/group"),
+        ("pam.d", "/etc/pam.d"),
+    ] {
+        script.push_str(&format!(
+            "mount --bind '{}' {dst} && ",
+            etc.join(src).display()
+        ));
+    }
+    script.push_str("exec \"$@\"");
+    let mut c = ns.cmd("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(script)
+        .arg("sh")
+        .args(argv);
+    c
+}
+
+fn nginx_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = path_str(dir)?;
+    let ngx = dir.join("nginx");
+    mkdir(&ngx, 0o755)?;
+    write(
+        &dir.join("htpasswd"),
+        &format!("{LAB_USER}:{{PLAIN}}{LAB_PASSWORD}\n"),
+    )?;
+    // The form login: nginx cannot read a request body in `if`, but proxy_pass reads it before
+    // building the upstream request, so a map over $request_body becomes a header that an
+    // internal server answers from.
+    let body = format!("user={LAB_USER}&pass={LAB_PASSWORD}");
+    let conf = format!(
+        r#"user root;
+worker_processes 1;
+pid {d}/nginx/nginx.pid;
+error_log {d}/nginx/error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_timeout 15s;
+    client_body_temp_path {d}/nginx/body;
+    proxy_temp_path {d}/nginx/proxy;
+    fastcgi_temp_path {d}/nginx/fastcgi;
+    uwsgi_temp_path {d}/nginx/uwsgi;
+    scgi_temp_path {d}/nginx/scgi;
+    types {{ text/html html; application/octet-stream deb; }}
+    map $request_body $login_ok {{ "{body}" "yes"; default "no"; }}
+    server {{
+        listen 80;
+        listen [::]:80;
+        listen 8080;
+        listen [::]:8080;
+        listen 8443 ssl;
+        listen [::]:8443 ssl;
+        ssl_certificate {d}/tls/cert.pem;
+        ssl_certificate_key {d}/tls/key.pem;
+        root {d}/www;
+        location /private/ {{
+            auth_basic "lab";
+            auth_basic_user_file {d}/htpasswd;
+        }}
+        location = /login {{
+            proxy_pass http://127.0.0.1:8081/check;
+            proxy_set_header X-Login $login_ok;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:8081;
+        location = /check {{
+            default_type text/html;
+            if ($http_x_login = "yes") {{ return 200 "welcome\n"; }}
+            return 200 "login failed\n";
+        }}
+    }}
+}}
+"#
+    );
+    let p = dir.join("nginx.conf");
+    write(&p, &conf)?;
+    Ok(p)
+}
+
+/// A self-signed certificate for nginx's TLS port (clients use `-k`), made at lab start.
+fn tls_cert(dir: &Path) -> anyhow::Result<()> {
+    let tls = dir.join("tls");
+    mkdir(&tls, 0o755)?;
+    let v = victim_spec();
+    output(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=lab.test",
+        "-addext",
+        &format!("subjectAltName=DNS:lab.test,IP:{},IP:{}", v.v4, v.v6),
+        "-keyout",
+        &path_str(&tls.join("key.pem"))?,
+        "-out",
+        &path_str(&tls.join("cert.pem"))?,
+    ]))?;
+    Ok(())
+}
+
+/// The line service's script (socat runs one per connection): "ok <line>" for every request
+/// line, until the client closes its side.
+fn line_service(dir: &Path) -> anyhow::Result<PathBuf> {
+    let p = dir.join("line-service.sh");
+    write(
+        &p,
+        "# one reply line per request line, until the client closes its side\n\
+         while IFS= read -r line; do printf 'ok %s\\n' \"$line\"; done\n",
+    )?;
+    Ok(p)
+}
+
+/// The document service's script: one request line "GET <path>" (`/` or `/p/<n>.html` of the
+/// site), answered with the page, or "not found"; then the connection closes.
+fn fetch_service(dir: &Path) -> anyhow::Result<PathBuf> {
+    let www = path_str(&dir.join("www"))?;
+    let p = dir.join("fetch-service.sh");
+    write(
+        &p,
+        &format!(
+            r#"# "GET <path>": the site's page, or "not found"; then close
+cd '{www}' || exit 1
+read -r method path rest
+f=
+case "$path" in
+    /) f=index.html ;;
+    /p/*.html)
+        n=${{path#/p/}}
+        n=${{n%.html}}
+        case "$n" in
+            ''|*[!0-9]*) ;;
+            *) f=p/$n.html ;;
+        esac ;;
+esac
+if [ -n "$f" ] && [ -f "$f" ]; then cat "$f"; else echo "not found"; fi
+"#
+        ),
+    )?;
+    Ok(p)
+}
+
+fn sshd_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = path_str(dir)?;
+    let p = dir.join("sshd_config");
+    write(
+        &p,
+        &format!(
+            "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\nHostKey {d}/host_key\n\
+             PidFile none\nUsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin no\nStrictModes no\nUseDNS no\nAuthorizedKeysFile {d}/authorized_keys\n\
+             MaxStartups 100:30:200\nMaxAuthTries 6\nLogLevel ERROR\n"
+        ),
+    )?;
+    Ok(p)
+}
+
+fn vsftpd_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = path_str(dir)?;
+    mkdir(&dir.join("empty"), 0o755)?;
+    let p = dir.join("vsftpd.conf");
+    write(
+        &p,
+        &format!(
+            "listen=YES\nlisten_ipv6=NO\nbackground=NO\nanonymous_enable=NO\nlocal_enable=YES\n\
+             write_enable=NO\npam_service_name=dlab-vsftpd\nsecure_chroot_dir={d}/empty\n\
+             xferlog_enable=NO\nseccomp_sandbox=NO\ncheck_shell=NO\ndelay_failed_login=0\n\
+             max_login_fails=3\npasv_min_port=40000\npasv_max_port=40100\n"
+        ),
+    )?;
+    Ok(p)
+}
+
+/// A dnsmasq config answering only from `extra` lines (no upstream, no /etc/hosts): nothing is
+/// ever forwarded out of the lab.
+fn dnsmasq_conf(path: &Path, host: &LabHost, extra: &[&str]) -> anyhow::Result<String> {
+    let mut conf = format!(
+        "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={}\nlisten-address={}\n\
+         user=root\nno-daemon\npid-file=\ndns-forward-max=1000\n",
+        host.spec.v4, host.spec.v6
+    );
+    for l in extra {
+        conf.push_str(l);
+        conf.push('\n');
+    }
+    write(path, &conf)?;
+    path_str(path)
+}
+
+/// A TCP listener inside a lab namespace, on a thread of this process (setns applies to the
+/// calling thread only). `http`: answer after the request headers (and body); otherwise answer
+/// after EOF.
+struct Sink {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start(ns: &Netns, port: u16, http: bool) -> anyhow::Result<Self> {
+        let handle = fs::File::open(ns.path())
+            .with_context(|| format!("cannot open {}", ns.path().display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let name = ns.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sink-{port}"))
+            .spawn(move || {
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    let _ = tx.send(Err(format!(
+                        "setns into {name}: {}",
+                        std::io::Error::last_os_error()
+                    )));
+                    return;
+                }
+                let any = SocketAddr::new(IpAddr::from([0u16; 8]), port);
+                let listener = match TcpListener::bind(any).and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                }) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{name}: listen on {port}: {e}")));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            std::thread::spawn(move || serve(s, http));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })?;
+        match rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => bail!("sink: {e}"),
+            Err(_) => bail!("sink thread for port {port} died"),
+        }
+    }
+}
+
+fn serve(mut s: TcpStream, http: bool) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 64 * 1024];
+    let mut head = Vec::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if http {
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let want = content_length(&head[..end]);
+                        let mut have = head.len() - end - 4;
+                        while have < want {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => have += n,
+                            }
+                        }
+                        break;
+                    }
+                    if head.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let reply: &[u8] = if http {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+    } else {
+        b"ok\n"
+    };
+    let _ = s.write_all(reply);
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_is_read_from_headers() {
+        assert_eq!(
+            content_length(b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 12"),
+            12
+        );
+        assert_eq!(content_length(b"GET / HTTP/1.1\r\nHost: x"), 0);
+    }
+}

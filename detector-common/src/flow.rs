@@ -176,6 +176,10 @@ pub enum Reason {
     /// The flow's first packet (when [`FlowConfig::new_records`] is on): lets the agent see
     /// scans and spoofed floods, whose flows never grow, without waiting for their timeout.
     New = 8,
+    /// The responder's first packet (when [`FlowConfig::new_records`] is on): tells the agent
+    /// promptly that an attempt was answered, which it otherwise learns only at the flow's
+    /// next record (8 packets, FIN, or a timeout).
+    Reply = 9,
 }
 
 impl Reason {
@@ -189,6 +193,7 @@ impl Reason {
             6 => Self::Flush,
             7 => Self::Reused,
             8 => Self::New,
+            9 => Self::Reply,
             _ => return None,
         })
     }
@@ -203,6 +208,7 @@ impl Reason {
             Self::Flush => "flush",
             Self::Reused => "reused",
             Self::New => "new",
+            Self::Reply => "reply",
         }
     }
     /// A final record is the last one for this flow: its entry is gone or replaced.
@@ -221,7 +227,8 @@ pub struct FlowConfig {
     pub idle_timeout_ns: u64,
     /// Emit an early record when the flow reaches this many packets (0 = never).
     pub early_packets: u32,
-    /// Non-zero: emit a `new` record on each flow's first packet.
+    /// Non-zero: emit a `new` record on each flow's first packet and a `reply` record on the
+    /// responder's first packet.
     pub new_records: u32,
 }
 
@@ -547,6 +554,8 @@ pub fn update(state: &mut FlowState, p: &Parsed, now: u64, cfg: &FlowConfig) -> 
         let total = seen + 1;
         if seen == 0 && cfg.new_records != 0 {
             reason = Some(Reason::New);
+        } else if dir == REV && state.packets[REV] == 1 && cfg.new_records != 0 {
+            reason = Some(Reason::Reply);
         } else if cfg.early_packets != 0 && total == cfg.early_packets as u64 {
             reason = Some(Reason::Early);
         } else if now.saturating_sub(if state.last_export_ns == 0 {
@@ -696,10 +705,16 @@ mod tests {
             .iter()
             .map(|r| (r.2, r.1.total_packets()))
             .collect();
-        // A first packet that is also a RST says so (the RST record tells of the new flow too).
+        // The UDP answer is a `reply`; a first packet that is also a RST says so (the RST
+        // record tells of the new flow too).
         assert_eq!(
             reasons,
-            [(Reason::New, 1), (Reason::New, 1), (Reason::Rst, 1)]
+            [
+                (Reason::New, 1),
+                (Reason::Reply, 2),
+                (Reason::New, 1),
+                (Reason::Rst, 1)
+            ]
         );
     }
 

@@ -114,7 +114,8 @@ fn config() -> FlowConfig {
     }
 }
 
-struct XdpPacket<'a>(&'a XdpContext);
+/// An XDP packet, read through `bpf_xdp_load_bytes`.
+pub struct XdpPacket<'a>(pub &'a XdpContext);
 
 impl PacketBytes for XdpPacket<'_> {
     #[inline(always)]

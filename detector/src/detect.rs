@@ -262,6 +262,7 @@ impl Detector {
             let target_key = key_for(self.policy.config().drop_target, src, &p.key);
             let d = self.policy.decide(
                 src,
+                &target_key,
                 s.score,
                 p.state.last_seen_ns,
                 actions.blocked(&target_key),

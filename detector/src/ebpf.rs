@@ -24,6 +24,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Program names in the object.
 pub const XDP_PROGRAM: &str = "detector_xdp";
 pub const TC_EGRESS_PROGRAM: &str = "detector_tc_egress";
+/// Benchmark baseline: the same parsing, then XDP_PASS (never attached by the agent).
+pub const XDP_PARSE_ONLY_PROGRAM: &str = "detector_xdp_parse_only";
 
 /// Map names in the object.
 pub mod maps {

@@ -51,6 +51,10 @@ enum Command {
     /// Adapt a model to a few flows of one attack family (offline; the agent adapts itself
     /// through `detector incident confirm`).
     Adapt(detector::model::cli::AdaptArgs),
+    /// Measure detection quality by the protocol of EVALUATION.md (leave one family out,
+    /// K-shot adaptation over many draws, five baselines, int8 gap, evasion); writes
+    /// EVALUATION.md, JSON and plots.
+    Eval(detector::model::cli::EvalArgs),
     /// Print the running agent's status: attached programs, model, rates, drops, losses.
     Status(ClientArgs),
     /// Incidents: tell the running agent which flows were an attack.
@@ -360,6 +364,7 @@ fn main() -> ExitCode {
         Command::Dataset { command } => detector::dataset::cli::run(command),
         Command::Train(args) => detector::model::cli::train(args),
         Command::Adapt(args) => detector::model::cli::adapt_cmd(args),
+        Command::Eval(args) => detector::model::cli::eval(args),
         Command::Status(c) => client(&c, &Request::Status).and_then(|v| print(&v)),
         Command::Incident {
             command:

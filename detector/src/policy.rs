@@ -4,6 +4,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
+use detector_common::block::BlockKey;
 use serde::Serialize;
 
 use crate::config::{Cidr, DropMode, DropTarget, PolicySection};
@@ -109,6 +110,9 @@ pub struct Policy {
     allowlist: Vec<Cidr>,
     bucket: Bucket,
     cooldowns: HashMap<IpAddr, Cooldown>,
+    /// Shadow drops still "in force": a shadow drop is reported once per TTL, as a real one
+    /// would be (the blocked source would not be seen again).
+    shadow: HashMap<BlockKey, u64>,
     last_prune_ns: u64,
 }
 
@@ -122,6 +126,7 @@ impl Policy {
             allowlist,
             bucket,
             cooldowns: HashMap::new(),
+            shadow: HashMap::new(),
             last_prune_ns: 0,
         }
     }
@@ -155,17 +160,19 @@ impl Policy {
         infrastructure(ip) || self.allowlist.iter().any(|c| c.contains(ip))
     }
 
-    /// Decides for one record whose initiator is `src`. `blocked` says whether an entry for
-    /// the drop target is already active. `forced_shadow` turns drops into shadow drops
-    /// (offline detection never touches a kernel).
+    /// Decides for one record whose initiator is `src`; `target` is what a drop would block.
+    /// `blocked` says whether a kernel entry for it is already active. `forced_shadow` turns
+    /// drops into shadow drops (offline detection never touches a kernel).
     pub fn decide(
         &mut self,
         src: IpAddr,
+        target: &BlockKey,
         score: f32,
         now_ns: u64,
         blocked: bool,
         forced_shadow: bool,
     ) -> Decision {
+        let blocked = blocked || self.shadow.get(target).is_some_and(|&until| now_ns < until);
         let mut d = Decision::default();
         if score >= self.alert_threshold() {
             let cd = self.cooldowns.entry(src).or_insert(Cooldown {
@@ -189,6 +196,8 @@ impl Policy {
             } else if !self.bucket.take(now_ns) {
                 DropOutcome::RateLimited
             } else if self.cfg.drop == DropMode::Shadow || forced_shadow {
+                let ttl = self.cfg.drop_ttl.0.as_nanos() as u64;
+                self.shadow.insert(*target, now_ns.saturating_add(ttl));
                 DropOutcome::Shadow
             } else {
                 DropOutcome::Dropped
@@ -234,6 +243,14 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
+    fn t(ip: &str) -> BlockKey {
+        crate::blocklist::key_for(
+            crate::config::DropTarget::Source,
+            ip.parse().unwrap(),
+            &Default::default(),
+        )
+    }
+
     fn policy(mode: DropMode) -> Policy {
         let cfg = PolicySection {
             alert_threshold: Some(0.5),
@@ -252,15 +269,22 @@ mod tests {
         let mut p = policy(DropMode::Off);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(!p.decide(a, 0.4, S, false, false).alert);
-        assert!(p.decide(a, 0.6, S, false, false).alert);
-        assert!(!p.decide(a, 0.7, 2 * S, false, false).alert);
-        assert!(!p.decide(a, 0.7, 3 * S, false, false).alert);
+        assert!(!p.decide(a, &t(&a.to_string()), 0.4, S, false, false).alert);
+        assert!(p.decide(a, &t(&a.to_string()), 0.6, S, false, false).alert);
         assert!(
-            p.decide(b, 0.7, 3 * S, false, false).alert,
+            !p.decide(a, &t(&a.to_string()), 0.7, 2 * S, false, false)
+                .alert
+        );
+        assert!(
+            !p.decide(a, &t(&a.to_string()), 0.7, 3 * S, false, false)
+                .alert
+        );
+        assert!(
+            p.decide(b, &t(&b.to_string()), 0.7, 3 * S, false, false)
+                .alert,
             "other sources are not held back"
         );
-        let d = p.decide(a, 0.7, 12 * S, false, false);
+        let d = p.decide(a, &t(&a.to_string()), 0.7, 12 * S, false, false);
         assert!(d.alert);
         assert_eq!(d.suppressed, 2);
         assert_eq!(d.drop, None, "drops are off");
@@ -271,7 +295,14 @@ mod tests {
         let mut p = policy(DropMode::Drop);
         let out = |d: Decision| d.drop.map(|x| x.outcome);
         assert_eq!(
-            out(p.decide("10.1.2.3".parse().unwrap(), 0.99, S, false, false)),
+            out(p.decide(
+                "10.1.2.3".parse().unwrap(),
+                &t("10.1.2.3"),
+                0.99,
+                S,
+                false,
+                false
+            )),
             Some(DropOutcome::Allowlisted)
         );
         for infra in [
@@ -284,46 +315,113 @@ mod tests {
             "224.0.0.251",
         ] {
             assert_eq!(
-                out(p.decide(infra.parse().unwrap(), 0.99, S, false, false)),
+                out(p.decide(infra.parse().unwrap(), &t(infra), 0.99, S, false, false)),
                 Some(DropOutcome::Allowlisted),
                 "{infra} is never dropped"
             );
         }
         assert_eq!(
-            out(p.decide("192.0.2.9".parse().unwrap(), 0.8, S, false, false)),
+            out(p.decide(
+                "192.0.2.9".parse().unwrap(),
+                &t("192.0.2.9"),
+                0.8,
+                S,
+                false,
+                false
+            )),
             None,
             "below the drop threshold"
         );
         assert_eq!(
-            out(p.decide("192.0.2.1".parse().unwrap(), 0.99, S, false, false)),
+            out(p.decide(
+                "192.0.2.1".parse().unwrap(),
+                &t("192.0.2.1"),
+                0.99,
+                S,
+                false,
+                false
+            )),
             Some(DropOutcome::Dropped)
         );
         assert_eq!(
-            out(p.decide("192.0.2.2".parse().unwrap(), 0.99, S, false, false)),
+            out(p.decide(
+                "192.0.2.2".parse().unwrap(),
+                &t("192.0.2.2"),
+                0.99,
+                S,
+                false,
+                false
+            )),
             Some(DropOutcome::Dropped)
         );
         assert_eq!(
-            out(p.decide("192.0.2.3".parse().unwrap(), 0.99, S, false, false)),
+            out(p.decide(
+                "192.0.2.3".parse().unwrap(),
+                &t("192.0.2.3"),
+                0.99,
+                S,
+                false,
+                false
+            )),
             Some(DropOutcome::RateLimited),
             "burst of 2"
         );
         assert_eq!(
-            out(p.decide("192.0.2.3".parse().unwrap(), 0.99, 2 * S, false, false)),
+            out(p.decide(
+                "192.0.2.3".parse().unwrap(),
+                &t("192.0.2.3"),
+                0.99,
+                2 * S,
+                false,
+                false
+            )),
             Some(DropOutcome::Dropped),
             "1/s refills"
         );
         assert_eq!(
-            out(p.decide("192.0.2.1".parse().unwrap(), 0.99, 9 * S, true, false)),
+            out(p.decide(
+                "192.0.2.1".parse().unwrap(),
+                &t("192.0.2.1"),
+                0.99,
+                9 * S,
+                true,
+                false
+            )),
             Some(DropOutcome::AlreadyBlocked)
         );
         assert_eq!(
-            out(p.decide("192.0.2.4".parse().unwrap(), 0.99, 20 * S, false, true)),
+            out(p.decide(
+                "192.0.2.4".parse().unwrap(),
+                &t("192.0.2.4"),
+                0.99,
+                20 * S,
+                false,
+                true
+            )),
             Some(DropOutcome::Shadow),
             "forced shadow"
         );
         let mut shadow = policy(DropMode::Shadow);
-        let d = shadow.decide("192.0.2.5".parse().unwrap(), 0.95, S, false, false);
+        let d = shadow.decide(
+            "192.0.2.5".parse().unwrap(),
+            &t("192.0.2.5"),
+            0.95,
+            S,
+            false,
+            false,
+        );
         assert_eq!(d.drop.unwrap().outcome, DropOutcome::Shadow);
         assert!(d.alert);
+        // Reported once per TTL, like a real block.
+        let again = shadow.decide(
+            "192.0.2.5".parse().unwrap(),
+            &t("192.0.2.5"),
+            0.95,
+            2 * S,
+            false,
+            false,
+        );
+        assert_eq!(again.drop.unwrap().outcome, DropOutcome::AlreadyBlocked);
+        assert!(!again.alert, "inside the cooldown, nothing new to say");
     }
 }

@@ -7,34 +7,63 @@ use integration_tests::unique;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn the_deb_installs_binary_unit_and_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    run(Command::new(env!("CARGO")).current_dir(&root).args(["run", "-q", "-p", "xtask", "--", "dist", "--debug"]));
-    let deb = root.join(format!("target/dist/detector_{}_amd64.deb", env!("CARGO_PKG_VERSION")));
+    run(Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["run", "-q", "-p", "xtask", "--", "dist", "--debug"]));
+    let deb = root.join(format!(
+        "target/dist/detector_{}_amd64.deb",
+        env!("CARGO_PKG_VERSION")
+    ));
     let files = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
-    for f in ["./usr/bin/detector", "./lib/systemd/system/detector.service", "./etc/detector/detector.toml"] {
+    for f in [
+        "./usr/bin/detector",
+        "./lib/systemd/system/detector.service",
+        "./etc/detector/detector.toml",
+    ] {
         assert!(files.contains(f), "{f} missing from the package:\n{files}");
     }
-    let conffiles = run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Package"));
+    let conffiles = run(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .arg("Package"));
     assert_eq!(conffiles.trim(), "detector");
     let dir = std::env::temp_dir().join(unique("dt-deb"));
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir));
     let ctl = dir.join("DEBIAN");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctl));
-    assert_eq!(std::fs::read_to_string(ctl.join("conffiles")).unwrap().trim(), "/etc/detector/detector.toml");
+    assert_eq!(
+        std::fs::read_to_string(ctl.join("conffiles"))
+            .unwrap()
+            .trim(),
+        "/etc/detector/detector.toml"
+    );
     // The packaged binary accepts the packaged configuration.
     let bin = dir.join("usr/bin/detector");
-    run(Command::new(&bin).args(["config", "--check"]).arg(dir.join("etc/detector/detector.toml")));
+    run(Command::new(&bin)
+        .args(["config", "--check"])
+        .arg(dir.join("etc/detector/detector.toml")));
     // systemd accepts the unit (pointing it at the unpacked binary).
     let unit = std::fs::read_to_string(dir.join("lib/systemd/system/detector.service")).unwrap();
     let check = dir.join("check");
     std::fs::create_dir_all(&check).unwrap();
-    std::fs::write(check.join("detector.service"), unit.replace("/usr/bin/detector", bin.to_str().unwrap())).unwrap();
-    run(Command::new("systemd-analyze").arg("verify").arg(check.join("detector.service")));
+    std::fs::write(
+        check.join("detector.service"),
+        unit.replace("/usr/bin/detector", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(check.join("detector.service")));
     std::fs::remove_dir_all(&dir).unwrap();
 }

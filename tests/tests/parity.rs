@@ -10,7 +10,7 @@
 use std::{collections::HashMap, path::Path, process::Command};
 
 use detector::{ebpf::Sizes, replay};
-use detector_common::flow::{stat, FlowConfig, FlowKey, FlowState, Reason};
+use detector_common::flow::{FlowConfig, FlowKey, FlowState, Reason};
 use integration_tests::{
     corpus_files, require_root, unique, untimed, write_padded_pcap, Loaded, Netns,
 };

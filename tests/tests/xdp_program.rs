@@ -9,7 +9,7 @@ use detector_common::{
     flow::{
         process_packet, stat,
         user::{MemEnv, MemTable},
-        FlowConfig, FlowKey, FlowState, Reason,
+        FlowConfig, FlowKey, Reason,
     },
     packet::{
         parse, Captured, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,

@@ -1,5 +1,6 @@
-//! Developer tasks: `cargo xtask setup | run | test | lab | train-default | fuzz`.
+//! Developer tasks: `cargo xtask setup | run | test | lab | train-default | eval | fuzz | bench | dist`.
 
+mod bench;
 mod dist;
 mod fuzz;
 mod lab;
@@ -51,7 +52,14 @@ enum Task {
     },
     /// Meta-train the embedded default model (detector/models/default.safetensors) from the data
     /// committed in the repo (docs/model.md), with a fixed seed.
-    TrainDefault,
+    TrainDefault {
+        /// Leave this family out (repeatable): the few-shot tests' models.
+        #[arg(long = "holdout-family", value_name = "F")]
+        holdout: Vec<String>,
+        /// Where to write the model (default: the embedded default model's file).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
     /// Build a Debian package (binary, systemd unit, default configuration) into target/dist.
     Dist {
         /// Package the debug build (fast; for tests) instead of a release build.
@@ -63,6 +71,19 @@ enum Task {
     Fuzz {
         #[command(flatten)]
         args: fuzz::FuzzArgs,
+    },
+    /// Detection quality by the protocol of ../shared/EVALUATION.md on the committed data
+    /// (NSL-KDD and the lab recording): rewrites EVALUATION.md and docs/eval/ (about 30 min on
+    /// two cores). Extra arguments go to `detector eval` (e.g. `-- --draws 10` for a quick look).
+    Eval {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        extra: Vec<String>,
+    },
+    /// Speed benchmarks against their baselines (root): XDP per-packet cost, ring buffer to
+    /// score, scoring, end to end under flood, adaptation latency (BENCHMARKS.md).
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
     },
 }
 
@@ -108,9 +129,11 @@ fn task(task: Task) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Lab { args } => lab::run(args),
-        Task::TrainDefault => train_default(),
+        Task::TrainDefault { holdout, out } => train_default(&holdout, out),
         Task::Dist { debug } => dist::deb(debug).map(|_| ()),
         Task::Fuzz { args } => fuzz::run(args),
+        Task::Bench { args } => bench::run(args),
+        Task::Eval { extra } => eval(&extra),
         Task::Test { filter, no_lint } => {
             setup::all(true)?;
             if !no_lint {
@@ -143,7 +166,7 @@ fn task(task: Task) -> anyhow::Result<()> {
 /// fixed seed: NSL-KDD (detector/models/data) and the lab recording, whose every flow record
 /// becomes a row of the live feature set (flow features + context), exactly as the agent
 /// scores them.
-fn train_default() -> anyhow::Result<()> {
+fn train_default(holdout: &[String], out: Option<PathBuf>) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "-p", "detector"]))?;
     let bin = root().join("target/release/detector");
     let work = root().join("target/train-default");
@@ -162,12 +185,33 @@ fn train_default() -> anyhow::Result<()> {
         .arg(root().join("lab/recordings/default/records.jsonl.zst"))
         .arg("--out")
         .arg(&lab))?;
-    run(Command::new(&bin)
+    let out = out.unwrap_or_else(|| root().join("detector/models/default.safetensors"));
+    let mut train = Command::new(&bin);
+    train
         .args(["train", "--data"])
         .arg(root().join("detector/models/data/nsl-kdd-test.dds"))
         .arg(&lab)
         .args(["--seed", "1", "--out"])
-        .arg(root().join("detector/models/default.safetensors"))
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "1");
+    for f in holdout {
+        train.args(["--holdout-family", f]);
+    }
+    run(&mut train)
+}
+
+/// `cargo xtask eval`: `detector eval` over the datasets committed in the repo, one held-out
+/// family per thread (results do not depend on the thread count).
+fn eval(extra: &[String]) -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "-p", "detector"]))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run(Command::new(root().join("target/release/detector"))
+        .current_dir(root())
+        .args(["eval", "--data"])
+        .arg("detector/models/data/nsl-kdd-test.dds")
+        .arg("lab/recordings/default/flows.dds")
+        .args(["--threads", &threads.to_string()])
+        .args(extra)
         .env("RAYON_NUM_THREADS", "1"))
 }
 

@@ -180,7 +180,7 @@ pub fn from_files(
 
 /// The reason code of a record's `reason` field.
 pub fn reason_of(name: &str) -> Option<Reason> {
-    (1..=8u8)
+    (1..=u8::MAX)
         .filter_map(Reason::from_u8)
         .find(|r| r.as_str() == name)
 }
@@ -276,7 +276,9 @@ mod tests {
             default_label: None,
             keep_unattributed: false,
         };
-        let err = from_files(std::slice::from_ref(&p), &opts).unwrap_err().to_string();
+        let err = from_files(std::slice::from_ref(&p), &opts)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("host.jsonl:1") && err.contains("--label"),
             "{err}"

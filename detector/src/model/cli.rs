@@ -294,6 +294,250 @@ pub fn adapt_cmd(args: AdaptArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Evaluate the model by the protocol of EVALUATION.md: leave one family out, adapt from K
+/// confirmed attack rows over many support draws (support and query from different
+/// sessions), the five baselines on the same draws, int8 against f32, and the evasion check.
+/// Writes a markdown summary, a JSON file with every number and PNG plots.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Dataset files (from `detector dataset import` or `dataset from-flows`); each is
+    /// evaluated on its own.
+    #[arg(long = "data", value_name = "FILE", required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Hold out only these families (default: every attack family with two or more sessions).
+    #[arg(long, value_delimiter = ',', value_name = "F,...")]
+    pub families: Vec<String>,
+    /// Support sizes K (0: no adaptation).
+    #[arg(long = "k", value_delimiter = ',', default_value = "0,1,5,10")]
+    pub k: Vec<usize>,
+    /// Support draws per (family, K > 0).
+    #[arg(long, default_value_t = 100)]
+    pub draws: usize,
+    /// Seed of every split, training run and draw.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where the JSON files and plots go.
+    #[arg(long, value_name = "DIR", default_value = "docs/eval")]
+    pub out_dir: PathBuf,
+    /// The markdown summary (its hand-written notes block is kept).
+    #[arg(long, value_name = "FILE", default_value = "EVALUATION.md")]
+    pub markdown: PathBuf,
+    /// Meta-training iterations per held-out family (also the supervised baseline's steps).
+    #[arg(long, default_value_t = 2000)]
+    pub iterations: usize,
+    /// Meta-learning algorithm.
+    #[arg(long, value_enum, default_value_t = Algo::Reptile)]
+    pub algo: Algo,
+    /// Share of benign sessions kept for the query (never trained on).
+    #[arg(long, default_value_t = 0.5)]
+    pub benign_query_fraction: f64,
+    /// At most this many benign query rows are scored.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_benign_query: usize,
+    /// Benign rows given to each adaptation (the agent passes 2000).
+    #[arg(long, default_value_t = 2000)]
+    pub benign_support: usize,
+    /// SGD steps of the from-scratch baseline.
+    #[arg(long, default_value_t = 100)]
+    pub scratch_steps: usize,
+    /// SGD steps of last-layer fine-tuning.
+    #[arg(long, default_value_t = 100)]
+    pub head_steps: usize,
+    /// Extra packets per packet when padding attack flows (evasion check).
+    #[arg(long, default_value_t = 0.3)]
+    pub pad_fraction: f64,
+    /// Bootstrap resamples of each interval.
+    #[arg(long, default_value_t = 2000)]
+    pub bootstrap: usize,
+    /// Families evaluated at once (results do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+impl EvalArgs {
+    /// The library configuration these options describe.
+    pub fn config(&self) -> super::eval::EvalConfig {
+        let d = super::eval::EvalConfig::default();
+        super::eval::EvalConfig {
+            families: self.families.clone(),
+            ks: self.k.clone(),
+            draws: self.draws,
+            seed: self.seed,
+            train: TrainConfig {
+                algo: self.algo,
+                iterations: self.iterations,
+                ..d.train.clone()
+            },
+            benign_query_fraction: self.benign_query_fraction,
+            max_benign_query: self.max_benign_query,
+            benign_support: self.benign_support,
+            scratch_steps: self.scratch_steps,
+            head_steps: self.head_steps,
+            pad_fraction: self.pad_fraction,
+            bootstrap: self.bootstrap,
+            threads: self.threads,
+            ..d
+        }
+    }
+}
+
+/// "YYYY-MM-DD HH:MM UTC" of a time (civil-from-days, no time-zone database).
+fn utc(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// CPU model, cores and kernel of this machine.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let simd = super::int8::SimdLevel::detect().name();
+    format!(
+        "{cpu}, {cores} cores available, int8 path {simd}, {} {kernel}",
+        std::env::consts::OS
+    )
+}
+
+/// `path` as seen from the directory of `from` (for links in the markdown file).
+fn relative_to(path: &std::path::Path, from: &std::path::Path) -> String {
+    let base = from.parent().unwrap_or(std::path::Path::new(""));
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Runs `detector eval`.
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use super::eval::{self as ev, report};
+    let start = std::time::Instant::now();
+    let date = utc(std::time::SystemTime::now());
+    let mut datasets = Vec::new();
+    for p in &args.data {
+        let ds = Dataset::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        ev::check_dataset(&p.display().to_string(), &ds)?;
+        datasets.push((p.display().to_string(), ds));
+    }
+    let inputs: Vec<ev::Input> = datasets
+        .iter()
+        .map(|(f, ds)| ev::Input {
+            file: f.clone(),
+            data: ds,
+        })
+        .collect();
+    ev::check_families(&inputs, &args.families)?;
+    let cfg = args.config();
+    let progress = |s: &str| eprintln!("[{:>6.0} s] {s}", start.elapsed().as_secs_f64());
+    let mut results = Vec::new();
+    for input in &inputs {
+        let r = ev::evaluate_dataset(input, &cfg, &progress)
+            .with_context(|| format!("evaluation of {} failed", input.file))?;
+        results.push(r);
+    }
+    let run = report::RunInfo {
+        command: format!(
+            "detector {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        ),
+        machine: machine(),
+        date,
+        seconds: start.elapsed().as_secs_f64(),
+        version: format!("detector {}", env!("CARGO_PKG_VERSION")),
+    };
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let json = args.out_dir.join("eval.json");
+    let draws = args.out_dir.join("draws.json");
+    report::write_json(
+        &json,
+        &report::Report {
+            format: "detector-eval",
+            version: 1,
+            run: &run,
+            config: &cfg,
+            roc_grid: ev::stats::roc_grid(),
+            datasets: &results,
+        },
+    )?;
+    report::write_draws(&draws, &results)?;
+    let plots = report::write_plots(&args.out_dir, &results, &cfg.ks)?;
+    let rel = |p: &std::path::Path| relative_to(p, &args.markdown);
+    let notes = report::existing_notes(&args.markdown);
+    let md = report::markdown(
+        &run,
+        &cfg,
+        &results,
+        &rel(&json),
+        &rel(&draws),
+        &plots.iter().map(|p| rel(p)).collect::<Vec<_>>(),
+        notes.as_deref(),
+    );
+    std::fs::write(&args.markdown, md)
+        .with_context(|| format!("cannot write {}", args.markdown.display()))?;
+    for r in &results {
+        println!("{} ({:.1} min):", r.file, r.seconds / 60.0);
+        for (k, per) in &r.macro_summary {
+            for m in [
+                ev::META,
+                ev::ZERO,
+                ev::SCRATCH,
+                ev::HEAD,
+                ev::FEATURE,
+                ev::IFOREST,
+            ] {
+                if let Some(s) = per.get(m) {
+                    println!(
+                        "  K={k:<2} {m:<16} ROC-AUC {:.4} [{:.4}, {:.4}]  TPR@1e-3 {:.4} [{:.4}, {:.4}]",
+                        s["roc_auc"].mean,
+                        s["roc_auc"].lo,
+                        s["roc_auc"].hi,
+                        s["tpr_1e3"].mean,
+                        s["tpr_1e3"].lo,
+                        s["tpr_1e3"].hi
+                    );
+                }
+            }
+        }
+    }
+    println!(
+        "wrote {}, {}, {}, {} plots in {:.1} min",
+        args.markdown.display(),
+        json.display(),
+        draws.display(),
+        plots.len(),
+        start.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +552,7 @@ mod tests {
     enum C {
         Train(TrainArgs),
         Adapt(AdaptArgs),
+        Eval(EvalArgs),
     }
 
     #[test]
@@ -419,6 +664,102 @@ mod tests {
         };
         let e = adapt_cmd(a).unwrap_err();
         assert!(format!("{e:#}").contains("not a valid model file"), "{e:#}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn eval_defaults_match_the_library_defaults() {
+        let T { c: C::Eval(a) } = T::parse_from(["t", "eval", "--data", "x.dds"]) else {
+            panic!()
+        };
+        let c = a.config();
+        let d = super::super::eval::EvalConfig::default();
+        assert_eq!(
+            (c.ks, c.draws, c.seed, c.benign_support, c.pad_fraction),
+            (d.ks, d.draws, d.seed, d.benign_support, d.pad_fraction)
+        );
+        assert_eq!(c.train, d.train);
+        assert_eq!(utc(std::time::UNIX_EPOCH), "1970-01-01 00:00 UTC");
+        assert_eq!(
+            utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096)),
+            "2024-02-29 12:34 UTC"
+        );
+    }
+
+    #[test]
+    fn eval_command_writes_the_report_and_rejects_bad_input() {
+        let dir = std::env::temp_dir().join(format!("detector-eval-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ds = super::super::train::tests::synthetic(&["a", "b"], 4, 10, 6);
+        let data = dir.join("s.dds");
+        ds.write(&data).unwrap();
+        let md = dir.join("EVAL.md");
+        let out = dir.join("out");
+        let args = |extra: &[&str]| {
+            let mut v = vec![
+                "t",
+                "eval",
+                "--data",
+                data.to_str().unwrap(),
+                "--out-dir",
+                out.to_str().unwrap(),
+                "--markdown",
+                md.to_str().unwrap(),
+                "--k",
+                "0,2",
+                "--draws",
+                "3",
+                "--iterations",
+                "5",
+                "--bootstrap",
+                "20",
+                "--benign-support",
+                "40",
+                "--scratch-steps",
+                "3",
+                "--head-steps",
+                "3",
+            ];
+            v.extend_from_slice(extra);
+            let T { c: C::Eval(a) } = T::parse_from(v) else {
+                panic!()
+            };
+            a
+        };
+        eval(args(&[])).unwrap();
+        let text = std::fs::read_to_string(&md).unwrap();
+        assert!(
+            text.contains("## s (") && text.contains("| 2 | meta |"),
+            "{text}"
+        );
+        assert!(out.join("eval.json").exists() && out.join("draws.json").exists());
+        assert!(out.join("s-roc-a.png").exists() && out.join("s-tpr-vs-k.png").exists());
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+        assert_eq!(json["datasets"][0]["families"].as_array().unwrap().len(), 2);
+        // Unknown family, empty dataset, single class: clear errors.
+        let e = eval(args(&["--families", "zzz"])).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown family `zzz`"), "{e:#}");
+        let empty = dir.join("empty.dds");
+        Dataset::new("synth", ds.feature_names.clone())
+            .write(&empty)
+            .unwrap();
+        let T { c: C::Eval(a) } = T::parse_from(["t", "eval", "--data", empty.to_str().unwrap()])
+        else {
+            panic!()
+        };
+        let e = eval(a).unwrap_err();
+        assert!(format!("{e:#}").contains("no rows"), "{e:#}");
+        let mut benign = Dataset::new("synth", ds.feature_names.clone());
+        benign.push(&[0.0; 8], 0, "benign", "normal", "b", None);
+        let one = dir.join("one.dds");
+        benign.write(&one).unwrap();
+        let T { c: C::Eval(a) } = T::parse_from(["t", "eval", "--data", one.to_str().unwrap()])
+        else {
+            panic!()
+        };
+        let e = eval(a).unwrap_err();
+        assert!(format!("{e:#}").contains("single class"), "{e:#}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

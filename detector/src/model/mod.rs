@@ -8,6 +8,7 @@ pub mod adapt;
 pub mod calibrate;
 pub mod cli;
 pub mod episodes;
+pub mod eval;
 pub mod file;
 pub mod int8;
 pub mod layers;

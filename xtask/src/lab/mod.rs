@@ -299,33 +299,50 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     if make_dataset && summary.is_some() {
         // One row per attributed flow (its final record), with the live feature set: the
         // agent's own `dataset from-flows` computes the context exactly as it does live.
-        crate::run(
+        let made = crate::run(
             Command::new(&agent_bin)
                 .args(["dataset", "from-flows", "--rows", "final"])
                 .arg(stage.join("records.jsonl.zst"))
                 .arg("--out")
                 .arg(stage.join("flows.dds")),
-        )?;
-        write_stats(&agent_bin, &stage)?;
+        )
+        .and_then(|()| write_stats(&agent_bin, &stage));
+        if let Err(e) = made {
+            // The records took the whole run to make: keep them where the work folder's
+            // clean-up does not reach.
+            let keep = root
+                .join("target/lab")
+                .join(format!("unfinished-{}", sessions::now_ns() / 1_000_000_000));
+            move_files(&stage, &keep)?;
+            return Err(e.context(format!(
+                "the dataset could not be made; the recording is kept in {}",
+                keep.display()
+            )));
+        }
     }
     if let Some(summary) = summary {
-        fs::create_dir_all(&out_dir)
-            .with_context(|| format!("cannot create {}", out_dir.display()))?;
-        for e in fs::read_dir(&stage)? {
-            let e = e?;
-            let dest = out_dir.join(e.file_name());
-            // rename fails across file systems (/tmp to the checkout): copy then.
-            if fs::rename(e.path(), &dest).is_err() {
-                fs::copy(e.path(), &dest)
-                    .with_context(|| format!("cannot write {}", dest.display()))?;
-            }
-        }
+        move_files(&stage, &out_dir)?;
         println!(
             "lab: done in {:.0} s: {} → {}",
             started.elapsed().as_secs_f64(),
             summary,
             out_dir.display()
         );
+    }
+    Ok(())
+}
+
+/// Moves every file of `from` into `to` (created when missing).
+fn move_files(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        // rename fails across file systems (/tmp to the checkout): copy then.
+        if fs::rename(e.path(), &dest).is_err() {
+            fs::copy(e.path(), &dest)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+        }
     }
     Ok(())
 }

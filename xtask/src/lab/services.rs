@@ -1,9 +1,9 @@
-//! Real services on the victim (OpenSSH, nginx, vsftpd, dnsmasq, iperf3, two socat line
+//! Real services on the victim (OpenSSH, nginx, vsftpd, two dnsmasq, iperf3, two socat line
 //! services), each from the lab's own config files in its work folder, and the attackers'
 //! listeners (a DNS server for the tunnelling zone, TCP sinks for beacons and uploads).
 //!
 //! Benign services listen on registered and ephemeral-range ports too (nginx on 8080 and 8443,
-//! socat on 9000 and 50000, iperf3 on 5201-5204): real hosts run them, and a recording whose
+//! socat on 9000 and 50000, iperf3 on 5201-5204, DNS on 8600): real hosts run them, and a recording whose
 //! every benign service sat on a well-known port would teach "a port above 1023 is an attack".
 //!
 //! The lab user exists only for the services: sshd and vsftpd run in a private mount namespace
@@ -45,6 +45,8 @@ pub const WEB_ALT_PORTS: [u16; 2] = [8080, 8443];
 /// document service ("GET <path>" answers the page, then closes).
 pub const LINE_PORT: u16 = 9000;
 pub const FETCH_PORT: u16 = 50000;
+/// A second dnsmasq on the victim, answering lab.test on a registered port.
+pub const DNS_ALT_PORT: u16 = 8600;
 const LAB_UID: u32 = 1777;
 
 /// The running services; dropping it stops them.
@@ -138,20 +140,23 @@ pub fn start(topo: &Topology, work: &Path) -> anyhow::Result<Services> {
         &mut with_lab_accounts(&victim.ns, &dir, &["/usr/sbin/vsftpd", &path_str(&ftp)?]),
         &logs.join("vsftpd.log"),
     )?);
-    let dns = dnsmasq_conf(
-        &dir.join("dnsmasq.conf"),
-        victim,
-        &[
+    // The resolver on 53, and the same zone on a registered port (as a service-discovery
+    // resolver, e.g. Consul's on 8600, serves it).
+    let alt_dns = format!("port={DNS_ALT_PORT}");
+    for (name, extra) in [("dnsmasq", None), ("dnsmasq-alt", Some(alt_dns.as_str()))] {
+        let mut lines = vec![
             "address=/lab.test/10.77.0.2",
             "address=/lab.test/fd77::2",
             "mx-host=lab.test,mail.lab.test,10",
-        ],
-    )?;
-    procs.push(Proc::spawn(
-        "victim:dnsmasq",
-        victim.ns.cmd("dnsmasq").arg(format!("--conf-file={dns}")),
-        &logs.join("dnsmasq-victim.log"),
-    )?);
+        ];
+        lines.extend(extra);
+        let dns = dnsmasq_conf(&dir.join(format!("{name}.conf")), victim, &lines)?;
+        procs.push(Proc::spawn(
+            &format!("victim:{name}"),
+            victim.ns.cmd("dnsmasq").arg(format!("--conf-file={dns}")),
+            &logs.join(format!("{name}-victim.log")),
+        )?);
+    }
     for port in IPERF_PORTS {
         procs.push(Proc::spawn(
             &format!("victim:iperf3-{port}"),
@@ -221,6 +226,7 @@ fn wait_listening(ns: &Netns, services: &mut Services) -> anyhow::Result<()> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    want.push(format!("udp:{DNS_ALT_PORT}"));
     want.extend(
         IPERF_PORTS
             .iter()

@@ -1,0 +1,375 @@
+//! The agent in production, end to end in network namespaces: real scans and floods are
+//! alerted and (in drop mode) dropped while a benign client keeps working; shadow mode only
+//! logs; the allowlist holds under a flood; a killed agent leaves traffic flowing and its
+//! restart restores its blocks; the control socket refuses non-root users.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use integration_tests::{require_root, Agent, AgentDir, Lan};
+use serde_json::Value;
+
+const VICTIM: usize = 0;
+const ATTACKER: usize = 1;
+const CLIENT: usize = 2;
+
+/// A TCP service on the victim that answers every connection with "ok\n", until dropped.
+struct Service {
+    stop: Arc<AtomicBool>,
+    pub port: u16,
+}
+
+impl Service {
+    fn start(lan: &Lan, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = SocketAddr::from((lan.ips[VICTIM], port));
+        let s = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        lan.hosts[VICTIM].spawn("dt-service", move || {
+            let l = TcpListener::bind(addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let mut buf = [0u8; 64];
+                        let _ = c.read(&mut buf);
+                        let _ = c.write_all(b"ok\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv().unwrap();
+        Self { stop, port }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One request from host `from` to the victim's service; true when it got "ok".
+fn request(lan: &Lan, from: usize, port: u16) -> bool {
+    let addr = SocketAddr::from((lan.ips[VICTIM], port));
+    lan.hosts[from]
+        .spawn("dt-client", move || {
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(b"hi\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out == "ok\n"
+        })
+        .join()
+        .unwrap()
+}
+
+fn alerts_from<'a>(lines: &'a [Value], src: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| l["type"] == "alert" && l["flow"]["src_addr"] == src)
+        .collect()
+}
+
+fn last_stats(lines: &[Value]) -> &Value {
+    lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "stats")
+        .expect("a stats line")
+}
+
+/// A bounded SYN scan of 1000 ports from the attacker.
+fn nmap_scan(lan: &Lan) {
+    let out = Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", &lan.hosts[ATTACKER].name])
+        .args([
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sS",
+            "-T4",
+            "--max-retries",
+            "0",
+            "-p",
+            "1-1000",
+            &lan.ip(VICTIM),
+        ])
+        .output()
+        .expect("run nmap");
+    assert!(
+        out.status.success(),
+        "nmap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A SYN flood from the attacker, bounded in time (3 s) and count.
+fn hping3_flood(lan: &Lan, from: usize, port: u16) {
+    let _ = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "3",
+            "ip",
+            "netns",
+            "exec",
+            &lan.hosts[from].name,
+        ])
+        .args([
+            "hping3",
+            "-q",
+            "-S",
+            "-p",
+            &port.to_string(),
+            "-i",
+            "u100",
+            "-c",
+            "30000",
+            &lan.ip(VICTIM),
+        ])
+        .output()
+        .expect("run hping3");
+}
+
+#[test]
+fn scan_and_flood_are_alerted_and_dropped_while_a_benign_client_keeps_working() {
+    require_root();
+    let lan = Lan::new(3);
+    let svc = Service::start(&lan, 8080);
+    let dir = AgentDir::new();
+    let agent = Agent::start_in(
+        &lan.hosts[VICTIM],
+        &dir,
+        &["--iface", &lan.ifaces[VICTIM], "--drop", "drop"],
+    );
+    assert!(
+        request(&lan, CLIENT, svc.port),
+        "benign client before the attack"
+    );
+    nmap_scan(&lan);
+    hping3_flood(&lan, ATTACKER, svc.port);
+    std::thread::sleep(Duration::from_millis(500));
+    // The attacker is blocked now; the benign client still gets through.
+    assert!(
+        !request(&lan, ATTACKER, svc.port),
+        "the attacker's connection should be dropped"
+    );
+    assert!(
+        request(&lan, CLIENT, svc.port),
+        "benign client after the attack"
+    );
+    let status = dir.client(&["status"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let lines = agent.stop();
+    let attacker = lan.ip(ATTACKER);
+    let alerts = alerts_from(&lines, &attacker);
+    assert!(!alerts.is_empty(), "no alert for the attacker {attacker}");
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["action"] == "drop" && a["drop"]["outcome"] == "dropped"),
+        "no drop among {} alerts: {:?}",
+        alerts.len(),
+        alerts.first()
+    );
+    assert!(alerts.iter().all(
+        |a| !a["top_features"].as_array().unwrap().is_empty() && a["model_version"].is_string()
+    ));
+    assert!(
+        alerts_from(&lines, &lan.ip(CLIENT)).is_empty(),
+        "the benign client alerted"
+    );
+    let blocked = last_stats(&lines)["blocked"].as_u64().unwrap();
+    assert!(
+        blocked > 0,
+        "the attacker's later packets are counted as dropped"
+    );
+    assert!(
+        status["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["what"] == format!("source {attacker}")),
+        "status lists the block: {status}"
+    );
+}
+
+#[test]
+fn shadow_mode_logs_would_be_drops_and_drops_nothing() {
+    require_root();
+    let lan = Lan::new(3);
+    let svc = Service::start(&lan, 8080);
+    let agent = Agent::start(
+        &lan.hosts[VICTIM],
+        &["--iface", &lan.ifaces[VICTIM], "--drop", "shadow"],
+    );
+    nmap_scan(&lan);
+    hping3_flood(&lan, ATTACKER, svc.port);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        request(&lan, ATTACKER, svc.port),
+        "shadow mode must not drop"
+    );
+    let lines = agent.stop();
+    let alerts = alerts_from(&lines, &lan.ip(ATTACKER));
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["action"] == "shadow_drop" && a["drop"]["outcome"] == "shadow"),
+        "no would-be drop logged among {} alerts",
+        alerts.len()
+    );
+    assert!(alerts.iter().all(|a| a["drop"]["outcome"] != "dropped"));
+    assert_eq!(last_stats(&lines)["blocked"], 0);
+    assert_eq!(last_stats(&lines)["blocks"], 0);
+}
+
+#[test]
+fn the_allowlist_holds_under_a_flood() {
+    require_root();
+    let lan = Lan::new(3);
+    let svc = Service::start(&lan, 8080);
+    let dir = AgentDir::with_config(&format!(
+        "[policy]\nallowlist = [\"{}/32\"]\n",
+        lan.ip(ATTACKER)
+    ));
+    let agent = Agent::start_in(
+        &lan.hosts[VICTIM],
+        &dir,
+        &["--iface", &lan.ifaces[VICTIM], "--drop", "drop"],
+    );
+    nmap_scan(&lan);
+    hping3_flood(&lan, ATTACKER, svc.port);
+    assert!(
+        request(&lan, ATTACKER, svc.port),
+        "an allowlisted address is never dropped"
+    );
+    let lines = agent.stop();
+    assert_eq!(last_stats(&lines)["blocked"], 0);
+    let alerts = alerts_from(&lines, &lan.ip(ATTACKER));
+    assert!(
+        alerts.iter().any(|a| a["drop"]["outcome"] == "allowlisted"),
+        "the would-be drop says allowlisted ({} alerts)",
+        alerts.len()
+    );
+}
+
+/// XDP programs attached to an interface, from `ip -d link`.
+fn xdp_programs(lan: &Lan, host: usize) -> usize {
+    let out = lan.hosts[host].sh(&format!("ip -d link show dev {}", lan.ifaces[host]));
+    out.matches("prog/xdp").count()
+}
+
+#[test]
+fn a_killed_agent_fails_open_and_its_restart_restores_the_blocks() {
+    require_root();
+    let lan = Lan::new(3);
+    let svc = Service::start(&lan, 8080);
+    let dir = AgentDir::new();
+    let agent = Agent::start_in(
+        &lan.hosts[VICTIM],
+        &dir,
+        &["--iface", &lan.ifaces[VICTIM], "--drop", "drop"],
+    );
+    assert_eq!(xdp_programs(&lan, VICTIM), 1);
+    nmap_scan(&lan);
+    hping3_flood(&lan, ATTACKER, svc.port);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !request(&lan, ATTACKER, svc.port),
+        "blocked while the agent runs"
+    );
+    agent.kill9();
+    // Fail-open: nothing of the agent is left in the data path.
+    assert_eq!(xdp_programs(&lan, VICTIM), 0, "XDP detached with the agent");
+    assert!(
+        request(&lan, ATTACKER, svc.port),
+        "traffic flows while the agent is dead"
+    );
+    assert!(request(&lan, CLIENT, svc.port));
+    // Restart on the same state: the unexpired block is back, one XDP program, not two.
+    let again = Agent::start_in(
+        &lan.hosts[VICTIM],
+        &dir,
+        &["--iface", &lan.ifaces[VICTIM], "--drop", "drop"],
+    );
+    assert_eq!(xdp_programs(&lan, VICTIM), 1);
+    assert!(
+        !request(&lan, ATTACKER, svc.port),
+        "the restored block drops again"
+    );
+    assert!(request(&lan, CLIENT, svc.port));
+    let lines = again.stop();
+    assert!(last_stats(&lines)["blocks"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn the_control_socket_refuses_non_root_users() {
+    require_root();
+    let lan = Lan::new(1);
+    let dir = AgentDir::new();
+    let agent = Agent::start_in(&lan.hosts[0], &dir, &["--iface", &lan.ifaces[0]]);
+    let socket = dir.socket();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "root-only socket");
+    let as_nobody = |sock: &std::path::Path| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(integration_tests::detector_bin())
+            .args(["status", "--socket"])
+            .arg(sock)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&socket);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Even with the file opened up, the agent checks the peer's uid.
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let dir_mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&dir.path, dir_mode).unwrap();
+    let out = as_nobody(&socket);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("root"),
+        "{stderr}"
+    );
+    let ok = dir.client(&["status"]);
+    assert!(
+        ok.status.success(),
+        "root is served: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    agent.stop();
+}

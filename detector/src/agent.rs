@@ -233,12 +233,16 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-/// The base model: the configured file, or the one compiled into the binary.
+/// The base model: the configured file, or the one compiled into the binary, as the agent and
+/// `replay --detect` both serve it. Novelty means "unlike this host's benign traffic": the
+/// model's live-feature-set prototypes describe its training data, not this host (every foreign
+/// flow is novel against the lab's), so they are removed; the agent fits the host's own once it
+/// has seen enough quiet traffic. The version names the file as loaded.
 pub fn base_model(cfg: &Config) -> anyhow::Result<(Model, String)> {
-    if cfg.scoring.model.is_empty() {
+    let (mut m, version) = if cfg.scoring.model.is_empty() {
         let m = crate::model::default_model().context("the embedded default model is damaged")?;
         let version = format!("default-{}", &model_digest(&m)[..8]);
-        Ok((m, version))
+        (m, version)
     } else {
         let p = PathBuf::from(&cfg.scoring.model);
         let m =
@@ -250,8 +254,10 @@ pub fn base_model(cfg: &Config) -> anyhow::Result<(Model, String)> {
                 .unwrap_or_default(),
             &model_digest(&m)[..8]
         );
-        Ok((m, version))
-    }
+        (m, version)
+    };
+    m.prototypes.remove(crate::features::LIVE_FEATURE_SET);
+    Ok((m, version))
 }
 
 fn model_digest(m: &Model) -> String {
@@ -291,13 +297,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         iface::index(name)?;
     }
     let score_path: ScorePath = cfg.scoring.path.parse().map_err(|e: String| anyhow!(e))?;
+    // Without live prototypes until the host's own baseline is fitted (base_model).
     let (base, base_version) = base_model(&cfg)?;
     state::ensure_dir(&cfg.agent.state_dir)?;
     let mut store = ModelStore::open(&cfg.agent.state_dir, cfg.adaptation.keep_models)?;
-    // Novelty means "unlike this host's benign traffic": the base model's prototypes describe
-    // the training data, not this host, so they go until the host's own baseline is fitted.
-    let mut base = base;
-    base.prototypes.remove(crate::features::LIVE_FEATURE_SET);
     let (model, version) = match store.load_current() {
         Ok(Some((m, e))) => (m, e.version),
         Ok(None) => (base.clone(), base_version.clone()),

@@ -32,14 +32,25 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 impl Serialize for Dur {
+    /// Whole seconds as "30s", whole milliseconds as "500ms" when that reads back exactly,
+    /// anything else as exact decimal seconds ("0.0015s"): what is written parses back to the
+    /// same duration (`detector config --check` prints what was loaded; a sub-millisecond
+    /// duration used to print as whole milliseconds, "1us" as "0ms").
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = self.0;
-        let text = if d.subsec_nanos() == 0 {
-            format!("{}s", d.as_secs())
-        } else {
-            format!("{}ms", d.as_millis())
-        };
-        s.serialize_str(&text)
+        if d.subsec_nanos() == 0 {
+            return s.serialize_str(&format!("{}s", d.as_secs()));
+        }
+        if d.subsec_nanos().is_multiple_of(1_000_000) {
+            let ms = format!("{}ms", d.as_millis());
+            if parse_duration(&ms) == Ok(d) {
+                return s.serialize_str(&ms);
+            }
+        }
+        // Seconds parse with a scale of 1: one rounding, decimal to f64, which lands back on
+        // the same nanosecond.
+        let frac = format!("{:09}", d.subsec_nanos());
+        s.serialize_str(&format!("{}.{}s", d.as_secs(), frac.trim_end_matches('0')))
     }
 }
 
@@ -474,6 +485,30 @@ mod tests {
         let text = Config::defaults_toml();
         assert_eq!(Config::parse(&text, "defaults").unwrap(), Config::default());
         assert_eq!(Config::parse("", "empty").unwrap(), Config::default());
+    }
+
+    /// Found by the `config_parse` fuzz target's round trip (docs/fuzzing.md).
+    #[test]
+    fn durations_serialise_to_what_parses_back() {
+        for text in [
+            "30s",
+            "500ms",
+            "1.5s",
+            "1500us",
+            "1us",
+            "7ns",
+            "94068.6617m",
+            "1677.14713h",
+        ] {
+            let d = Dur(parse_duration(text).unwrap());
+            let json = serde_json::to_value(d).unwrap();
+            let back: Dur = serde_json::from_value(json.clone()).unwrap();
+            assert_eq!(back, d, "{text} → {json}");
+        }
+        let ser = |d: Duration| serde_json::to_value(Dur(d)).unwrap();
+        assert_eq!(ser(Duration::from_secs(30)), "30s");
+        assert_eq!(ser(Duration::from_millis(5)), "5ms");
+        assert_eq!(ser(Duration::from_micros(1500)), "0.0015s");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{
     clock::TimeBase,
     features::{self, Featurizer, LIVE_COUNT, LIVE_FEATURE_SET},
     metrics::Metrics,
-    model::{Contribution, Model, Pipeline, ScorePath},
+    model::{Contribution, Model, Pipeline, Rows, ScorePath},
     policy::{DropDecision, DropOutcome, Policy},
     record::{FlowJson, ProcessRef},
 };
@@ -89,7 +89,9 @@ pub trait Actions {
 #[derive(Clone, Debug)]
 pub struct Recent {
     pub ts_unix_ns: u64,
+    /// The flow's initiator and responder.
     pub src: IpAddr,
+    pub dst: IpAddr,
     pub key: FlowKey,
     pub alert_id: Option<String>,
     pub score: f32,
@@ -104,7 +106,7 @@ struct Pending {
     read_at: Instant,
 }
 
-/// A confirmed family's centroid (in normalised feature space), to name alerts.
+/// A confirmed family's exemplar rows (raw features, concatenated), to name alerts.
 #[derive(Clone, Debug)]
 pub struct FamilySignature {
     pub family: String,
@@ -330,6 +332,7 @@ impl Detector {
                 self.recent.push_back(Recent {
                     ts_unix_ns: json.first_seen_ns,
                     src,
+                    dst: json.dst_addr,
                     key: p.key,
                     alert_id,
                     score: s.score,
@@ -350,41 +353,60 @@ impl Detector {
         self.pipeline.has_prototypes()
     }
 
-    /// The confirmed family whose centroid is most similar (cosine ≥ 0.8) to this row.
+    /// The confirmed family with the most similar exemplar to this row (cosine ≥ 0.8), in the
+    /// serving model's embedding space: the space the model separates attacks in, where the
+    /// records of one family lie together even when raw features such as a source's context
+    /// differ between sessions.
     fn family_of(&self, row: &[f32]) -> String {
         if self.families.is_empty() {
             return "unknown".into();
         }
-        let mut z = vec![0f32; row.len()];
-        self.pipeline.normalise(row, &mut z);
+        let mut values = row.to_vec();
+        for f in &self.families {
+            values.extend_from_slice(&f.centroid[..f.centroid.len() / LIVE_COUNT * LIVE_COUNT]);
+        }
+        let rows = Rows {
+            feature_set: LIVE_FEATURE_SET,
+            features: &self.pipeline.features,
+            values: &values,
+        };
+        let Ok((_, emb)) = self.model.forward(&rows) else {
+            return "unknown".into();
+        };
+        let d = self.model.embed_dim();
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
-        let nz = norm(&z);
-        self.families
-            .iter()
-            .map(|f| {
-                let dot: f32 = f.centroid.iter().zip(&z).map(|(a, b)| a * b).sum();
-                (dot / (norm(&f.centroid) * nz), &f.family)
-            })
-            .filter(|(sim, _)| *sim >= 0.8)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, f)| f.clone())
-            .unwrap_or_else(|| "unknown".into())
-    }
-
-    /// The normalised centroid of some rows (a family signature).
-    pub fn centroid(&self, rows: &[f32]) -> Vec<f32> {
-        let n = rows.len() / LIVE_COUNT;
-        let mut z = vec![0f32; rows.len()];
-        self.pipeline.normalise(rows, &mut z);
-        let mut c = vec![0f32; LIVE_COUNT];
-        for r in z.chunks(LIVE_COUNT) {
-            for (a, b) in c.iter_mut().zip(r) {
-                *a += b / n.max(1) as f32;
+        let (e0, rest) = emb.split_at(d);
+        let n0 = norm(e0);
+        let mut exemplars = rest.chunks_exact(d);
+        let mut best: Option<(f32, &String)> = None;
+        for f in &self.families {
+            for e in exemplars.by_ref().take(f.centroid.len() / LIVE_COUNT) {
+                let sim = e.iter().zip(e0).map(|(a, b)| a * b).sum::<f32>() / (norm(e) * n0);
+                if sim >= 0.8 && best.is_none_or(|(s, _)| sim > s) {
+                    best = Some((sim, &f.family));
+                }
             }
         }
-        c
+        best.map_or_else(|| "unknown".into(), |(_, f)| f.clone())
+    }
+
+    /// A family signature from an incident's rows: up to [`SIGNATURE_EXEMPLARS`] of them (raw,
+    /// concatenated), evenly spread. Exemplars rather than one mean: an incident's records are
+    /// of several kinds (a flow's first packet, its reply, its end), and their mean resembles
+    /// none of them.
+    pub fn centroid(&self, rows: &[f32]) -> Vec<f32> {
+        let n = rows.len() / LIVE_COUNT;
+        let step = n.div_ceil(SIGNATURE_EXEMPLARS).max(1);
+        rows.chunks_exact(LIVE_COUNT)
+            .step_by(step)
+            .flatten()
+            .copied()
+            .collect()
     }
 }
+
+/// Rows kept per confirmed family to name later alerts.
+pub const SIGNATURE_EXEMPLARS: usize = 64;
 
 /// The scoring pipeline of the live feature set, or an error naming what the model has.
 fn pipeline_for(model: &Model, path: ScorePath) -> anyhow::Result<Pipeline> {

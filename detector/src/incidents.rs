@@ -45,7 +45,8 @@ pub struct Support {
     pub positives: Vec<f32>,
     /// Distinct flows among them (K).
     pub flows: usize,
-    /// Benign rows: recent records of other sources that did not alert.
+    /// Benign rows: recent records of other sources (and, selected by source, not to it either)
+    /// that did not alert.
     pub benign: Vec<f32>,
 }
 
@@ -86,7 +87,21 @@ pub fn select(
         sel.since_ns.is_none_or(|t| r.ts_unix_ns >= t)
             && sel.until_ns.is_none_or(|t| r.ts_unix_ns <= t)
     };
-    let chosen = |r: &Recent| (sources.is_empty() || sources.contains(&r.src)) && in_window(r);
+    // A source address selects the flows it initiated and the flows it answered: a scanner's
+    // probes, and also an exfiltration's upload or a beacon, which the host itself opens
+    // towards the attacker's address.
+    let by_source = sel.source.is_some();
+    let involves = |r: &Recent, a: &HashSet<IpAddr>| a.contains(&r.src) || a.contains(&r.dst);
+    let chosen = |r: &Recent| {
+        let who = if sources.is_empty() {
+            true
+        } else if by_source {
+            involves(r, &sources)
+        } else {
+            sources.contains(&r.src)
+        };
+        who && in_window(r)
+    };
     let mut support = Support::default();
     let mut flows = HashSet::new();
     let mut incident_sources = HashSet::new();
@@ -94,6 +109,9 @@ pub fn select(
         support.positives.extend_from_slice(&r.row);
         flows.insert(r.key);
         incident_sources.insert(r.src);
+    }
+    if by_source {
+        incident_sources.extend(sources.iter().copied());
     }
     support.flows = flows.len();
     if support.flows == 0 {
@@ -105,7 +123,9 @@ pub fn select(
     let benign: Vec<&Recent> = recent
         .iter()
         .filter(|r| {
-            !incident_sources.contains(&r.src) && r.alert_id.is_none() && r.score < alert_threshold
+            !(incident_sources.contains(&r.src) || by_source && involves(r, &sources))
+                && r.alert_id.is_none()
+                && r.score < alert_threshold
         })
         .collect();
     // An even spread over the recent past rather than only the latest burst.
@@ -156,7 +176,7 @@ pub struct HistoryEntry {
     pub flows: usize,
     /// The adaptation's report (false-alert check etc.).
     pub report: Option<serde_json::Value>,
-    /// Normalised centroid of the incident's rows, to name future alerts.
+    /// Exemplar rows of the incident (raw, concatenated), to name future alerts.
     #[serde(default)]
     pub signature: Vec<f32>,
 }
@@ -328,11 +348,42 @@ mod tests {
         Recent {
             ts_unix_ns: t,
             src: src.parse().unwrap(),
+            dst: "10.0.0.1".parse().unwrap(),
             key,
             alert_id: alert.map(str::to_string),
             score,
             row: vec![v; LIVE_COUNT].into(),
         }
+    }
+
+    #[test]
+    fn a_source_selects_the_flows_the_host_opened_towards_it() {
+        // The host (10.0.0.1) uploads to the attacker: the attacker is the responder.
+        let mut upload = rec("10.0.0.1", 1, None, 0.2, 1.0);
+        upload.dst = "198.51.100.7".parse().unwrap();
+        let recent: VecDeque<Recent> = vec![
+            upload,
+            rec("10.0.0.9", 2, None, 0.1, 2.0),
+            rec("198.51.100.7", 3, None, 0.3, 3.0),
+        ]
+        .into();
+        let s = select(
+            &recent,
+            &Selector {
+                source: Some("198.51.100.7".parse().unwrap()),
+                ..Default::default()
+            },
+            0.5,
+            100,
+        )
+        .unwrap();
+        assert_eq!(s.flows, 2, "the upload and the attacker's own flow");
+        assert_eq!(s.positives[0], 1.0);
+        assert_eq!(
+            s.benign,
+            vec![2.0; LIVE_COUNT],
+            "only the flow not involving it"
+        );
     }
 
     #[test]

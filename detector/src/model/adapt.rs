@@ -266,8 +266,11 @@ pub fn adapt(
     if !loss_after.is_finite() || new.validate().is_err() {
         return Err(AdaptRefusal::Diverged);
     }
-    // Embeddings moved unless only the head changed: the old prototypes are stale.
-    let refit = cfg.trainable != Trainable::Head || fitted_normaliser;
+    // Embeddings moved unless only the head changed: the old prototypes are stale. A model
+    // without prototypes stays without: novelty is off until whoever serves the model fits
+    // them on enough of the host's traffic (the agent's baseline), not on an incident's sample.
+    let had_prototypes = model.prototypes.contains_key(fs);
+    let refit = had_prototypes && (cfg.trainable != Trainable::Head || fitted_normaliser);
     let mut refitted_prototypes = false;
     if refit {
         new.prototypes.remove(fs);

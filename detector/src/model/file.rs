@@ -299,14 +299,16 @@ impl Model {
             let d = format!("prototypes/{name}/benign_distances");
             let m = views.get(&d).and_then(|v| v.shape().first().copied());
             let m = m.ok_or_else(|| bad(format!("tensor `{d}` is missing")))?;
-            prototypes.insert(
-                name.clone(),
-                Prototypes {
-                    dim,
-                    centroids: take(&c, &[k, dim])?,
-                    benign_distances: take(&d, &[m])?,
-                },
-            );
+            let p = Prototypes {
+                dim,
+                centroids: take(&c, &[k, dim])?,
+                benign_distances: take(&d, &[m])?,
+            };
+            // NaN or unsorted distances would make novelty meaningless (found by the
+            // `model_load` fuzz target: `Model::validate` does not look at prototypes).
+            p.validate(dim)
+                .map_err(|e| bad(format!("prototypes of `{name}`: {e}")))?;
+            prototypes.insert(name.clone(), p);
         }
         if used != views.len() {
             let expected: std::collections::BTreeSet<String> =

@@ -93,7 +93,7 @@ pub fn load(path: Option<&Path>, sizes: &Sizes) -> anyhow::Result<Ebpf> {
         }
         None => loader
             .load(OBJECT)
-            .context("cannot load the embedded eBPF object"),
+            .with_context(|| format!("cannot load the embedded eBPF object ({PRIVILEGES})")),
     }
 }
 

@@ -34,7 +34,7 @@ fn run_with(caps: &[String]) -> (Option<i32>, String) {
             .join(",")
     );
     let out = Command::new("timeout")
-        .args(["-s", "INT", "6", "nsenter"])
+        .args(["--preserve-status", "-s", "INT", "6", "nsenter"])
         .arg(format!("--net={}", ns.path().display()))
         .args([
             "setpriv",
@@ -93,10 +93,15 @@ fn the_unit_capabilities_suffice_and_each_core_one_is_needed() {
             missing.to_uppercase()
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
-        let last = stderr.lines().last().unwrap_or_default();
+        // The error's first line names what is missing (a verifier log may follow it).
+        let error = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default();
         assert!(
-            last.starts_with("error: ") && last.contains("CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"),
-            "{last}"
+            error.contains("CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"),
+            "without CAP_{}: {stderr}",
+            missing.to_uppercase()
         );
     }
 }

@@ -384,6 +384,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             interfaces.join(", ")
         );
     }
+    // The interfaces with programs on them, by index: one that is deleted (or replaced by
+    // another of the same name) takes its programs with it, and is reported once.
+    let mut watched: Vec<(String, u32)> = interfaces
+        .iter()
+        .filter(|n| links.iter().any(|l| matches!(l, Link::Xdp { iface: i, .. } | Link::TcEgress { iface: i, .. } if i == *n)))
+        .filter_map(|n| iface::index(n).ok().map(|i| (n.clone(), i)))
+        .collect();
+    let mut removed: Vec<String> = Vec::new();
     let (tp_links, tp_failures) = ebpf::attach_tracepoints(&mut ebpf, &tracefs_path);
     for link in tp_links {
         info!("attached {link}");
@@ -514,6 +522,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             _ = sweep_tick.tick() => {
                 attribution.refresh();
+                watched.retain(|(name, idx)| {
+                    if iface::index(name).ok() == Some(*idx) {
+                        return true;
+                    }
+                    warn!("interface {name} was removed: its XDP and TC programs went with it; the agent keeps running");
+                    removed.push(name.clone());
+                    false
+                });
                 for (key, state) in sweep(&mut flows, &flow_cfg, clock::monotonic_ns(), false) {
                     on_flow!(&key, &state, Reason::IdleTimeout);
                 }
@@ -726,6 +742,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Detach first so that the flush below sees a table nobody updates any more.
     for link in links.into_iter().rev() {
         let what = link.to_string();
+        if matches!(&link, Link::Xdp { iface: i, .. } | Link::TcEgress { iface: i, .. } if removed.contains(i))
+        {
+            info!("{what}: the interface was removed, nothing to detach");
+            continue;
+        }
         match ebpf::detach(&mut ebpf, link) {
             Ok(()) => info!("detached {what}"),
             Err(e) => warn!("detaching {what} failed: {e:#}"),

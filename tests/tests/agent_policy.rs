@@ -3,100 +3,38 @@
 //! logs; the allowlist holds under a flood; a killed agent leaves traffic flowing and its
 //! restart restores its blocks; the control socket refuses non-root users.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    process::Command,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
-use integration_tests::{require_root, Agent, AgentDir, Lan};
+use integration_tests::{
+    require_root,
+    traffic::{alerts_from, web_get, WebService},
+    Agent, AgentDir, Lan,
+};
 use serde_json::Value;
 
 const VICTIM: usize = 0;
 const ATTACKER: usize = 1;
 const CLIENT: usize = 2;
 
-/// A web service on the victim that answers every request with a small page, until dropped.
-/// (An HTTP exchange, as the benign clients the model was trained beside make; a bare
-/// three-byte ping-pong is no traffic a real service sees.)
+/// The victim's web service on `port` (stops when dropped).
 struct Service {
-    stop: Arc<AtomicBool>,
-    pub port: u16,
+    _web: WebService,
+    port: u16,
 }
 
 impl Service {
     fn start(lan: &Lan, port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
         let addr = SocketAddr::from((lan.ips[VICTIM], port));
-        let s = stop.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        lan.hosts[VICTIM].spawn("dt-service", move || {
-            let l = TcpListener::bind(addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let mut buf = [0u8; 512];
-                        let _ = c.read(&mut buf);
-                        let _ = c.write_all(&page());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        rx.recv().unwrap();
-        Self { stop, port }
+        Self {
+            _web: WebService::start(&lan.hosts[VICTIM], addr),
+            port,
+        }
     }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The service's answer: a 1.2 KB page.
-fn page() -> Vec<u8> {
-    let body = "<p>detector test page</p>\n".repeat(48);
-    format!(
-        "HTTP/1.1 200 OK\r\nServer: dt\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// One request from host `from` to the victim's service; true when it got the page.
 fn request(lan: &Lan, from: usize, port: u16) -> bool {
-    let addr = SocketAddr::from((lan.ips[VICTIM], port));
-    lan.hosts[from]
-        .spawn("dt-client", move || {
-            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-                return false;
-            };
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let _ = s.write_all(
-                b"GET / HTTP/1.1\r\nHost: victim\r\nUser-Agent: curl/8.14\r\nAccept: */*\r\n\r\n",
-            );
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out);
-            out == page()
-        })
-        .join()
-        .unwrap()
-}
-
-fn alerts_from<'a>(lines: &'a [Value], src: &str) -> Vec<&'a Value> {
-    lines
-        .iter()
-        .filter(|l| l["type"] == "alert" && l["flow"]["src_addr"] == src)
-        .collect()
+    web_get(&lan.hosts[from], SocketAddr::from((lan.ips[VICTIM], port)))
 }
 
 fn last_stats(lines: &[Value]) -> &Value {

@@ -9,17 +9,13 @@
 //! nmap from what scans share with the floods it learned, and one without exfiltration still
 //! flags a large upload to an odd port; beacons look like any small request, one by one.)
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
-use integration_tests::{require_root, Agent, AgentDir, Lan};
+use integration_tests::{
+    require_root,
+    traffic::{alerts_about, beacon, browse, sink, WebService},
+    Agent, AgentDir, Lan,
+};
 use serde_json::Value;
 
 const VICTIM: usize = 0;
@@ -42,96 +38,20 @@ fn holdout_model() -> String {
     p.to_string()
 }
 
-/// A web service on the victim's port 80 answering a 1.2 KB page.
-fn serve(lan: &Lan, stop: Arc<AtomicBool>) {
-    let addr = SocketAddr::from((lan.ips[VICTIM], 80));
-    let (tx, rx) = std::sync::mpsc::channel();
-    lan.hosts[VICTIM].spawn("dt-web", move || {
-        let l = TcpListener::bind(addr).unwrap();
-        l.set_nonblocking(true).unwrap();
-        tx.send(()).unwrap();
-        while !stop.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut c, _)) => {
-                    let _ = c.set_nonblocking(false);
-                    let mut buf = [0u8; 256];
-                    let _ = c.read(&mut buf);
-                    let body = "<p>detector test page</p>\n".repeat(48);
-                    let _ = c.write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\nServer: dt\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    );
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
-    rx.recv().unwrap();
+/// The victim's web service.
+fn web_addr(lan: &Lan) -> SocketAddr {
+    SocketAddr::from((lan.ips[VICTIM], 80))
 }
 
-/// `n` sequential requests from the benign client.
-fn browse(lan: &Lan, n: usize) {
-    let addr = SocketAddr::from((lan.ips[VICTIM], 80));
-    lan.hosts[CLIENT]
-        .spawn("dt-browser", move || {
-            for _ in 0..n {
-                if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                    let _ = s.write_all(
-                        b"GET / HTTP/1.1\r\nHost: victim\r\nUser-Agent: curl/8.14\r\nAccept: */*\r\n\r\n",
-                    );
-                    let mut out = Vec::new();
-                    let _ = s.read_to_end(&mut out);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-        .join()
-        .unwrap();
-}
-
-/// A listener on an attacker that takes whatever is sent to its port.
-fn listen(lan: &Lan, host: usize) {
-    let addr = SocketAddr::from((lan.ips[host], C2_PORT));
-    let (tx, rx) = std::sync::mpsc::channel();
-    lan.hosts[host].spawn("dt-c2", move || {
-        let l = TcpListener::bind(addr).unwrap();
-        tx.send(()).unwrap();
-        for mut c in l.incoming().flatten() {
-            let _ = std::io::copy(&mut c, &mut std::io::sink());
-        }
-    });
-    rx.recv().unwrap();
-}
-
-/// One beaconing session: the compromised victim calls `to` every half second, a short
-/// message over a new connection each time.
-fn beacon(lan: &Lan, to: usize) {
+/// One beaconing session from the victim to `to`'s C2 port, every half second.
+fn beacon_to(lan: &Lan, to: usize) {
     let addr = SocketAddr::from((lan.ips[to], C2_PORT));
-    lan.hosts[VICTIM]
-        .spawn("dt-beacon", move || {
-            for i in 0..BEACONS {
-                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-                s.write_all(format!("beacon 601 {i}\n").as_bytes()).unwrap();
-                s.shutdown(std::net::Shutdown::Write).unwrap();
-                let _ = s.read_to_end(&mut Vec::new());
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        })
-        .join()
-        .unwrap();
-}
-
-/// Alerts on flows to or from `addr`.
-fn alerts_about<'a>(lines: &'a [Value], addr: &str) -> Vec<&'a Value> {
-    lines
-        .iter()
-        .filter(|l| {
-            l["type"] == "alert" && (l["flow"]["src_addr"] == addr || l["flow"]["dst_addr"] == addr)
-        })
-        .collect()
+    beacon(
+        &lan.hosts[VICTIM],
+        addr,
+        BEACONS,
+        Duration::from_millis(500),
+    );
 }
 
 #[test]
@@ -139,10 +59,10 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
     require_root();
     let model = holdout_model();
     let lan = Lan::new(4);
-    let stop = Arc::new(AtomicBool::new(false));
-    serve(&lan, stop.clone());
-    listen(&lan, ATTACKER);
-    listen(&lan, SECOND_ATTACKER);
+    let _web = WebService::start(&lan.hosts[VICTIM], web_addr(&lan));
+    for host in [ATTACKER, SECOND_ATTACKER] {
+        sink(&lan.hosts[host], SocketAddr::from((lan.ips[host], C2_PORT)));
+    }
     let dir = AgentDir::new();
     let agent = Agent::start_in(
         &lan.hosts[VICTIM],
@@ -158,8 +78,8 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
     );
 
     // Benign traffic, then the first beaconing session: the held-out model does not flag it.
-    browse(&lan, 150);
-    beacon(&lan, ATTACKER);
+    browse(&lan.hosts[CLIENT], web_addr(&lan), 150);
+    beacon_to(&lan, ATTACKER);
     std::thread::sleep(Duration::from_millis(500));
     let before = agent.lines();
     let early = alerts_about(&before, &lan.ip(ATTACKER));
@@ -190,15 +110,14 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
     );
 
     // A later session of the same family, towards another attacker: flagged.
-    beacon(&lan, SECOND_ATTACKER);
-    browse(&lan, 50);
+    beacon_to(&lan, SECOND_ATTACKER);
+    browse(&lan.hosts[CLIENT], web_addr(&lan), 50);
     std::thread::sleep(Duration::from_millis(500));
     let history = dir.client(&["model", "history"]);
     assert!(history.status.success());
     let history: Value = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(history["current"], "host-1");
     let lines = agent.stop();
-    stop.store(true, Ordering::Relaxed);
     let flagged = alerts_about(&lines, &lan.ip(SECOND_ATTACKER));
     assert!(
         !flagged.is_empty(),

@@ -98,6 +98,8 @@ pub struct StatsJson {
     pub scored: u64,
     /// Active blocklist entries.
     pub blocks: usize,
+    /// Alert events held back by `policy.max_alerts_per_s` since the start.
+    pub alerts_rate_limited: u64,
 }
 
 /// Sums the per-CPU STATS counters.
@@ -565,7 +567,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     warn!(lost = lost - last_lost, "records lost: ring buffer full (raise flows.ringbuf_bytes)");
                     last_lost = lost;
                 }
-                out.record(&stats_json(&c, read, &metrics, blocks.len()))?;
+                out.record(&stats_json(&c, read, &metrics, blocks.len(), detector.policy.rate_limited_alerts))?;
                 out.flush()?;
             }
             Some((req, reply)) = ctl_rx.recv() => {
@@ -583,6 +585,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             "records_read": read,
                             "records_per_s": read as f64 / started.elapsed().as_secs_f64().max(1e-3),
                             "scored": metrics.scored.load(Relaxed),
+                            "alerts_rate_limited": detector.policy.rate_limited_alerts,
                             "blocks": blocks.blocks().map(|b| serde_json::json!({"what": blocklist::describe(&b.key), "expires_unix_ns": b.expires_unix_ns, "alert_id": b.alert_id, "family": b.family})).collect::<Vec<_>>(),
                             "kernel": stat::NAMES.iter().zip(c.iter()).map(|(n, v)| (n.to_string(), *v)).collect::<StdHashMap<_, _>>(),
                             "tracked_sources": detector.tracked().0,
@@ -776,7 +779,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         out: &mut out,
     })?;
     let c = read_stats(&stats)?;
-    out.record(&stats_json(&c, read, &metrics, blocks.len()))?;
+    out.record(&stats_json(
+        &c,
+        read,
+        &metrics,
+        blocks.len(),
+        detector.policy.rate_limited_alerts,
+    ))?;
     out.flush()?;
     // Blocks stay in the state file; the kernel map goes with this process.
     if let Err(e) = blocks.persist() {
@@ -832,7 +841,13 @@ fn fit_baseline(
     Ok(Some(n))
 }
 
-fn stats_json(c: &[u64; stat::COUNT as usize], read: u64, m: &Metrics, blocks: usize) -> StatsJson {
+fn stats_json(
+    c: &[u64; stat::COUNT as usize],
+    read: u64,
+    m: &Metrics,
+    blocks: usize,
+    alerts_rate_limited: u64,
+) -> StatsJson {
     StatsJson {
         kind: "stats",
         ts_ns: TimeBase::monotonic().to_unix_ns(clock::monotonic_ns()),
@@ -848,5 +863,6 @@ fn stats_json(c: &[u64; stat::COUNT as usize], read: u64, m: &Metrics, blocks: u
         read,
         scored: m.scored.load(Relaxed),
         blocks,
+        alerts_rate_limited,
     }
 }

@@ -293,6 +293,12 @@ pub struct PolicySection {
     pub allow_ssh_client: bool,
     /// After an alert for a source, further alerts for it are counted, not written, this long.
     pub alert_cooldown: Dur,
+    /// At most this many alert events per second over all sources (token bucket; the rest are
+    /// counted in each source's `suppressed`): a spoofed flood is one new source per packet,
+    /// and the per-source cooldown alone would write an alert for every one of them.
+    pub max_alerts_per_s: f64,
+    /// ... with bursts up to this many.
+    pub alert_burst: u32,
 }
 
 impl Default for PolicySection {
@@ -311,6 +317,8 @@ impl Default for PolicySection {
             ],
             allow_ssh_client: true,
             alert_cooldown: Dur(Duration::from_secs(60)),
+            max_alerts_per_s: 20.0,
+            alert_burst: 100,
         }
     }
 }
@@ -384,6 +392,9 @@ impl Config {
         }
         if !(p.max_drops_per_s.is_finite() && p.max_drops_per_s >= 0.0) {
             bail!("policy.max_drops_per_s must be a number ≥ 0");
+        }
+        if !(p.max_alerts_per_s.is_finite() && p.max_alerts_per_s > 0.0) || p.alert_burst == 0 {
+            bail!("policy.max_alerts_per_s must be a number > 0 and policy.alert_burst at least 1");
         }
         if !["auto", "native", "skb"].contains(&self.agent.xdp_mode.as_str()) {
             bail!(

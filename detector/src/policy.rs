@@ -1,5 +1,6 @@
-//! What a score leads to: an alert (with a per-source cooldown), and a drop decision that
-//! respects the allowlist, the drop mode (off / shadow / drop) and a rate limit on new drops.
+//! What a score leads to: an alert (with a per-source cooldown and a global rate limit), and a
+//! drop decision that respects the allowlist, the drop mode (off / shadow / drop) and a rate
+//! limit on new drops.
 //! Pure logic over a clock passed in: the same code decides live and in `replay --detect`.
 
 use std::{collections::HashMap, net::IpAddr};
@@ -109,6 +110,10 @@ pub struct Policy {
     model_threshold: f32,
     allowlist: Vec<Cidr>,
     bucket: Bucket,
+    /// Alert events over all sources.
+    alert_bucket: Bucket,
+    /// Alerts held back by `alert_bucket` since the agent started.
+    pub rate_limited_alerts: u64,
     cooldowns: HashMap<IpAddr, Cooldown>,
     /// Shadow drops still "in force": a shadow drop is reported once per TTL, as a real one
     /// would be (the blocked source would not be seen again).
@@ -120,11 +125,14 @@ impl Policy {
     /// A policy from its config section and the effective allowlist.
     pub fn new(cfg: PolicySection, allowlist: Vec<Cidr>) -> Self {
         let bucket = Bucket::new(cfg.max_drops_per_s, cfg.drop_burst);
+        let alert_bucket = Bucket::new(cfg.max_alerts_per_s, cfg.alert_burst);
         Self {
             cfg,
             model_threshold: 0.5,
             allowlist,
             bucket,
+            alert_bucket,
+            rate_limited_alerts: 0,
             cooldowns: HashMap::new(),
             shadow: HashMap::new(),
             last_prune_ns: 0,
@@ -149,6 +157,7 @@ impl Policy {
     /// Replaces the configuration (SIGHUP), keeping cooldowns.
     pub fn reconfigure(&mut self, cfg: PolicySection, allowlist: Vec<Cidr>) {
         self.bucket = Bucket::new(cfg.max_drops_per_s, cfg.drop_burst);
+        self.alert_bucket = Bucket::new(cfg.max_alerts_per_s, cfg.alert_burst);
         self.cfg = cfg;
         self.allowlist = allowlist;
     }
@@ -179,13 +188,17 @@ impl Policy {
                 until_ns: 0,
                 suppressed: 0,
             });
-            if now_ns >= cd.until_ns {
+            if now_ns < cd.until_ns {
+                cd.suppressed += 1;
+            } else if !self.alert_bucket.take(now_ns) {
+                // Over the global rate: counted for this source's next alert.
+                cd.suppressed += 1;
+                self.rate_limited_alerts += 1;
+            } else {
                 d.alert = true;
                 d.suppressed = cd.suppressed;
                 cd.suppressed = 0;
                 cd.until_ns = now_ns.saturating_add(self.cfg.alert_cooldown.0.as_nanos() as u64);
-            } else {
-                cd.suppressed += 1;
             }
         }
         if score >= self.cfg.drop_threshold && self.cfg.drop != DropMode::Off {
@@ -220,10 +233,16 @@ impl Policy {
         d
     }
 
-    /// Forgets cooldowns that ended (bounded memory under spoofed floods).
+    /// Forgets cooldowns that ended (bounded memory under spoofed floods): every 10 s, every
+    /// second once there are many. Not on every record: a scan of 65,536 entries per record is
+    /// what made the agent fall seconds behind under a spoofed flood.
     fn prune(&mut self, now_ns: u64) {
-        if self.cooldowns.len() < 4096 && now_ns < self.last_prune_ns.saturating_add(10_000_000_000)
-        {
+        let every_ns = if self.cooldowns.len() < 4096 {
+            10_000_000_000
+        } else {
+            1_000_000_000
+        };
+        if now_ns < self.last_prune_ns.saturating_add(every_ns) && self.cooldowns.len() <= 65_536 {
             return;
         }
         self.last_prune_ns = now_ns;
@@ -288,6 +307,35 @@ mod tests {
         assert!(d.alert);
         assert_eq!(d.suppressed, 2);
         assert_eq!(d.drop, None, "drops are off");
+    }
+
+    #[test]
+    fn alerts_over_all_sources_are_rate_limited_and_counted() {
+        let mut p = policy(DropMode::Off);
+        p.reconfigure(
+            PolicySection {
+                max_alerts_per_s: 2.0,
+                alert_burst: 3,
+                ..p.config().clone()
+            },
+            vec![],
+        );
+        // A spoofed flood: a new source per record, all within one second.
+        let written = (0..50u8)
+            .filter(|i| {
+                let src: IpAddr = format!("198.51.100.{i}").parse().unwrap();
+                p.decide(src, &t(&src.to_string()), 0.9, S, false, false)
+                    .alert
+            })
+            .count();
+        assert_eq!(written, 3, "the burst, then nothing");
+        assert_eq!(p.rate_limited_alerts, 47);
+        // Two seconds later the bucket has refilled by four, capped at the burst; a held-back
+        // source reports what it missed.
+        let src: IpAddr = "198.51.100.10".parse().unwrap();
+        let d = p.decide(src, &t(&src.to_string()), 0.9, 3 * S, false, false);
+        assert!(d.alert);
+        assert_eq!(d.suppressed, 1);
     }
 
     #[test]

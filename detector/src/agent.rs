@@ -322,6 +322,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             batch_size: cfg.scoring.batch_size,
             batch_deadline: cfg.scoring.batch_deadline.0,
             recent: cfg.adaptation.recent_records,
+            context: cfg.context.tracker(),
             ..DetectConfig::default()
         },
         TimeBase::monotonic(),
@@ -727,6 +728,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             }).copied().collect::<Vec<_>>();
                             if !ignored.is_empty() {
                                 warn!("SIGHUP: changes to [{}] take effect at the next start", ignored.join("], ["));
+                            }
+                            if new.context != cfg.context {
+                                detector.set_context(new.context.tracker());
+                                info!("SIGHUP: [context] changed: the per-source and per-service windows start again");
                             }
                             cfg.policy = new.policy.clone();
                             cfg.flows = new.flows.clone();

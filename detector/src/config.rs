@@ -208,15 +208,32 @@ impl Default for FlowsSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ContextSection {
+    /// The sliding window of the per-source and per-service features. The embedded model was
+    /// trained with 10 s: another value changes what those features mean to it.
     pub window: Dur,
+    /// Sources (and services) tracked at once; beyond, the least recently seen are forgotten.
+    /// About 1 KB each, and a spoofed flood fills the table: at 16,384 the agent peaked at
+    /// 66 MiB under a random-source flood where 65,536 took it to 128 MiB (BENCHMARKS.md),
+    /// while far more hosts than a server talks to within one window keep their context.
     pub max_sources: usize,
+}
+
+impl ContextSection {
+    /// The tracker settings these describe.
+    pub fn tracker(&self) -> crate::context::ContextConfig {
+        crate::context::ContextConfig {
+            window_ns: self.window.0.as_nanos().min(u64::MAX as u128) as u64,
+            max_sources: self.max_sources,
+            ..crate::context::ContextConfig::default()
+        }
+    }
 }
 
 impl Default for ContextSection {
     fn default() -> Self {
         Self {
             window: Dur(Duration::from_secs(10)),
-            max_sources: 65536,
+            max_sources: 16_384,
         }
     }
 }

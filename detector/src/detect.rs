@@ -38,6 +38,8 @@ pub struct DetectConfig {
     pub recent: usize,
     /// Offline: drops are reported as shadow drops, never inserted.
     pub forced_shadow: bool,
+    /// Per-source and per-service context windows.
+    pub context: crate::context::ContextConfig,
 }
 
 impl Default for DetectConfig {
@@ -48,6 +50,7 @@ impl Default for DetectConfig {
             top_features: 5,
             recent: 50_000,
             forced_shadow: false,
+            context: crate::context::ContextConfig::default(),
         }
     }
 }
@@ -148,7 +151,7 @@ impl Detector {
         policy.set_model_threshold(pipeline.rule().alert_threshold);
         let start = TimeBase::monotonic().to_unix_ns(crate::clock::monotonic_ns()) / 1_000_000_000;
         Ok(Self {
-            featurizer: Featurizer::default(),
+            featurizer: Featurizer::new(cfg.context),
             pipeline,
             model,
             model_version,
@@ -348,6 +351,12 @@ impl Detector {
         Ok(())
     }
 
+    /// New context settings (SIGHUP): the windows start again, empty.
+    pub fn set_context(&mut self, context: crate::context::ContextConfig) {
+        self.featurizer = Featurizer::new(context);
+        self.cfg.context = context;
+    }
+
     /// True when the model has novelty prototypes for the live feature set.
     pub fn has_baseline(&self) -> bool {
         self.pipeline.has_prototypes()
@@ -439,5 +448,55 @@ impl Actions for ShadowActions<'_> {
     fn alert(&mut self, alert: &AlertJson) -> anyhow::Result<()> {
         self.alerts += 1;
         self.out.write(alert)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detector_common::{
+        flow::{
+            process_packet,
+            user::{MemEnv, MemTable},
+            FlowConfig,
+        },
+        packet::{Captured, TCP_SYN},
+        testpkt::tcp4,
+    };
+
+    #[test]
+    fn the_configured_context_bounds_the_sources_tracked() {
+        let context = crate::context::ContextConfig {
+            max_sources: 8,
+            ..Default::default()
+        };
+        let mut det = Detector::new(
+            Arc::new(crate::model::default_model().unwrap()),
+            "test".into(),
+            ScorePath::Reference,
+            Policy::new(Default::default(), vec![]),
+            DetectConfig {
+                context,
+                ..DetectConfig::default()
+            },
+            TimeBase::Unix,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let (mut t, mut env) = (MemTable::default(), MemEnv::default());
+        for i in 0..100u8 {
+            let f = tcp4([10, 0, 1, i], 40000, [10, 0, 0, 1], 80, TCP_SYN, 1, 0);
+            process_packet(
+                &Captured::whole(&f),
+                1_000_000_000 + u64::from(i),
+                &FlowConfig::DEFAULT,
+                &mut t,
+                &mut env,
+            );
+        }
+        for (k, s, r) in env.records.drain(..) {
+            det.push(&k, &s, r, None);
+        }
+        assert!(det.tracked().0 <= 8, "{} sources tracked", det.tracked().0);
     }
 }

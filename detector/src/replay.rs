@@ -245,6 +245,7 @@ pub fn detect(
                 batch_size: cfg.scoring.batch_size,
                 forced_shadow: true,
                 recent: 0,
+                context: cfg.context.tracker(),
                 ..DetectConfig::default()
             },
             TimeBase::Unix,

@@ -17,7 +17,7 @@ use aya::{
     Ebpf,
 };
 use detector_common::{
-    block::{BlockEntry, BlockKey},
+    block::BlockKey,
     flow::{self, stat, FlowConfig, FlowKey, FlowRecord, FlowState, Reason},
     proc::{ProcEvent, SockKey, SockOwner},
     user::read_item,
@@ -171,7 +171,7 @@ impl Outputs {
 
 /// Live actions: the kernel blocklist and the events output.
 struct LiveActions<'a> {
-    blocklist: &'a mut Blocklist<HashMap<MapData, BlockKey, BlockEntry>>,
+    blocklist: &'a mut Blocklist<blocklist::KernelStore>,
     out: &'a mut Outputs,
 }
 
@@ -422,7 +422,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     let mut attribution = Attribution::new(Some(sockets));
     let mut blocks = Blocklist::new(
-        take::<HashMap<MapData, BlockKey, BlockEntry>>(&mut ebpf, maps::BLOCKLIST)?,
+        blocklist::KernelStore {
+            map: take(&mut ebpf, maps::BLOCKLIST)?,
+            active: take(&mut ebpf, maps::BLOCKLIST_ACTIVE)?,
+        },
         Some(blocklist::state_path(&cfg.agent.state_dir)),
     );
     let now_unix = || TimeBase::monotonic().to_unix_ns(clock::monotonic_ns());

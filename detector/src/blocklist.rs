@@ -26,13 +26,25 @@ pub trait BlockStore {
     fn hits(&self, key: &BlockKey) -> u64;
 }
 
-impl BlockStore for aya::maps::HashMap<aya::maps::MapData, BlockKey, BlockEntry> {
+/// The kernel's blocklist map and the flag that turns its lookups on.
+pub struct KernelStore {
+    pub map: aya::maps::HashMap<aya::maps::MapData, BlockKey, BlockEntry>,
+    pub active: aya::maps::Array<aya::maps::MapData, u32>,
+}
+
+impl BlockStore for KernelStore {
     fn insert(&mut self, key: &BlockKey, entry: &BlockEntry) -> anyhow::Result<()> {
-        aya::maps::HashMap::insert(self, key, entry, 0)
-            .context("cannot insert into the blocklist map")
+        self.map
+            .insert(key, entry, 0)
+            .context("cannot insert into the blocklist map")?;
+        // Set after the entry is in, on every insert, and never cleared: a flag left set costs
+        // two lookups per packet; one left clear would let blocked traffic through.
+        self.active
+            .set(0, 1, 0)
+            .context("cannot switch the blocklist on")
     }
     fn remove(&mut self, key: &BlockKey) -> anyhow::Result<()> {
-        match aya::maps::HashMap::remove(self, key) {
+        match self.map.remove(key) {
             Ok(()) => Ok(()),
             // Already gone (e.g. removed by hand): nothing to do.
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -40,7 +52,7 @@ impl BlockStore for aya::maps::HashMap<aya::maps::MapData, BlockKey, BlockEntry>
         }
     }
     fn hits(&self, key: &BlockKey) -> u64 {
-        self.get(key, 0).map(|e| e.hits).unwrap_or(0)
+        self.map.get(key, 0).map(|e| e.hits).unwrap_or(0)
     }
 }
 

@@ -33,6 +33,8 @@ pub mod maps {
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const CONFIG: &str = "CONFIG";
     pub const BLOCKLIST: &str = "BLOCKLIST";
+    /// One u32: non-zero once BLOCKLIST may hold entries (the program skips it while zero).
+    pub const BLOCKLIST_ACTIVE: &str = "BLOCKLIST_ACTIVE";
     pub const STATS: &str = "STATS";
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
     pub const SOCKETS: &str = "SOCKETS";

@@ -23,6 +23,15 @@ use aya::{
 use detector::ebpf::{self, maps, Sizes};
 use detector_common::flow::{stat, FlowConfig, FlowKey, FlowRecord, FlowState};
 
+/// Turns the program's blocklist lookups on (the agent does so with its first entry): tests
+/// that insert into BLOCKLIST directly call this after inserting.
+pub fn enable_blocklist(ebpf: &mut Ebpf) {
+    let mut active: aya::maps::Array<&mut MapData, u32> =
+        aya::maps::Array::try_from(ebpf.map_mut(maps::BLOCKLIST_ACTIVE).expect("the map"))
+            .expect("an array");
+    active.set(0, 1, 0).expect("set BLOCKLIST_ACTIVE");
+}
+
 /// Fails the test unless it runs as root: these tests load eBPF and create namespaces.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

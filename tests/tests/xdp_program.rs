@@ -17,7 +17,7 @@ use detector_common::{
     },
     testpkt::*,
 };
-use integration_tests::{corpus_files, untimed, Loaded};
+use integration_tests::{corpus_files, enable_blocklist, untimed, Loaded};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -197,6 +197,15 @@ fn only_blocklisted_traffic_is_dropped() {
         )
         .unwrap();
     }
+    // Entries are consulted only once user space has switched the blocklist on (the agent does
+    // with its first entry); until then the program skips the lookups.
+    let a_to_b_other = udp4(A, 1001, B, 53, 10);
+    assert_eq!(
+        prog.run(&a_to_b_other),
+        XDP_PASS,
+        "blocklist not switched on yet"
+    );
+    enable_blocklist(&mut prog.ebpf);
     assert_eq!(prog.run(&a_to_b), XDP_DROP, "blocked source");
     assert_eq!(
         prog.run(&b_to_a),

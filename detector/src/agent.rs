@@ -331,7 +331,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     detector.families = store
         .signatures()
         .into_iter()
-        .map(|(family, centroid)| FamilySignature { family, centroid })
+        .map(|(family, exemplars)| FamilySignature { family, exemplars })
         .collect();
     let mut out = Outputs::open(&cfg.agent.records, &cfg.agent.events)?;
     let listener = control::bind(&cfg.agent.control_socket)?;
@@ -616,7 +616,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             };
                             match detector.set_model(Arc::new(m), v.clone(), score_path) {
                                 Ok(()) => {
-                                    detector.families = store.signatures().into_iter().map(|(family, centroid)| FamilySignature { family, centroid }).collect();
+                                    detector.families = store.signatures().into_iter().map(|(family, exemplars)| FamilySignature { family, exemplars }).collect();
                                     info!(model = %v, "rolled back");
                                     serde_json::json!({"ok": true, "model": v})
                                 }
@@ -640,7 +640,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                                     adapting = true;
                                     let model = detector.model().clone();
                                     let budget = cfg.adaptation.fpr_budget;
-                                    let signature = detector.centroid(&support.positives);
+                                    let signature = crate::detect::exemplars(&support.positives);
                                     let tx = adapt_tx.clone();
                                     info!(%family, flows = support.flows, "incident confirmed: adapting");
                                     tokio::task::spawn_blocking(move || {
@@ -682,7 +682,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                                 Err(e) => control::error(format!("{e:#}")),
                                 Ok(()) => {
                                     detector.families.retain(|f| f.family != family);
-                                    detector.families.push(FamilySignature { family: family.clone(), centroid: signature });
+                                    detector.families.push(FamilySignature { family: family.clone(), exemplars: signature });
                                     metrics.adaptations.fetch_add(1, Relaxed);
                                     info!(model = %entry.version, %family, flows = k, "adapted model serving");
                                     serde_json::json!({"ok": true, "model": entry.version, "family": family, "flows": k, "report": report})

@@ -113,7 +113,7 @@ struct Pending {
 #[derive(Clone, Debug)]
 pub struct FamilySignature {
     pub family: String,
-    pub centroid: Vec<f32>,
+    pub exemplars: Vec<f32>,
 }
 
 /// The detection engine.
@@ -372,7 +372,7 @@ impl Detector {
         }
         let mut values = row.to_vec();
         for f in &self.families {
-            values.extend_from_slice(&f.centroid[..f.centroid.len() / LIVE_COUNT * LIVE_COUNT]);
+            values.extend_from_slice(&f.exemplars[..f.exemplars.len() / LIVE_COUNT * LIVE_COUNT]);
         }
         let rows = Rows {
             feature_set: LIVE_FEATURE_SET,
@@ -389,7 +389,7 @@ impl Detector {
         let mut exemplars = rest.chunks_exact(d);
         let mut best: Option<(f32, &String)> = None;
         for f in &self.families {
-            for e in exemplars.by_ref().take(f.centroid.len() / LIVE_COUNT) {
+            for e in exemplars.by_ref().take(f.exemplars.len() / LIVE_COUNT) {
                 let sim = e.iter().zip(e0).map(|(a, b)| a * b).sum::<f32>() / (norm(e) * n0);
                 if sim >= 0.8 && best.is_none_or(|(s, _)| sim > s) {
                     best = Some((sim, &f.family));
@@ -398,24 +398,24 @@ impl Detector {
         }
         best.map_or_else(|| "unknown".into(), |(_, f)| f.clone())
     }
-
-    /// A family signature from an incident's rows: up to [`SIGNATURE_EXEMPLARS`] of them (raw,
-    /// concatenated), evenly spread. Exemplars rather than one mean: an incident's records are
-    /// of several kinds (a flow's first packet, its reply, its end), and their mean resembles
-    /// none of them.
-    pub fn centroid(&self, rows: &[f32]) -> Vec<f32> {
-        let n = rows.len() / LIVE_COUNT;
-        let step = n.div_ceil(SIGNATURE_EXEMPLARS).max(1);
-        rows.chunks_exact(LIVE_COUNT)
-            .step_by(step)
-            .flatten()
-            .copied()
-            .collect()
-    }
 }
 
 /// Rows kept per confirmed family to name later alerts.
 pub const SIGNATURE_EXEMPLARS: usize = 64;
+
+/// A family signature from an incident's rows: up to [`SIGNATURE_EXEMPLARS`] of them (raw,
+/// concatenated), evenly spread. Exemplars rather than one mean: an incident's records are of
+/// several kinds (a flow's first packet, its reply, its end), and their mean resembles none of
+/// them.
+pub fn exemplars(rows: &[f32]) -> Vec<f32> {
+    let n = rows.len() / LIVE_COUNT;
+    let step = n.div_ceil(SIGNATURE_EXEMPLARS).max(1);
+    rows.chunks_exact(LIVE_COUNT)
+        .step_by(step)
+        .flatten()
+        .copied()
+        .collect()
+}
 
 /// The scoring pipeline of the live feature set, or an error naming what the model has.
 fn pipeline_for(model: &Model, path: ScorePath) -> anyhow::Result<Pipeline> {

@@ -1,6 +1,6 @@
 //! Traffic the agent tests make inside their namespaces: a web service and its clients (the
-//! benign side), a listener and beaconing towards it (a C2 channel), and filters over the
-//! agent's alert events.
+//! benign side), a listener and beaconing towards it (a C2 channel), an nmap scan, and filters
+//! over the agent's alert events.
 //!
 //! The benign exchange is a real HTTP request and a 1.2 KB page, as the lab's benign clients
 //! make, not a bare ping-pong of a few bytes that no real service sees.
@@ -129,6 +129,32 @@ pub fn beacon(ns: &Netns, to: SocketAddr, count: usize, gap: Duration) {
     })
     .join()
     .unwrap();
+}
+
+/// A bounded nmap SYN scan of ports 1-1000 of `target` from a namespace (one minute at most,
+/// no retries); fails the test when nmap fails.
+pub fn nmap_syn_scan(ns: &Netns, target: &str) {
+    let out = std::process::Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", &ns.name])
+        .args([
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sS",
+            "-T4",
+            "--max-retries",
+            "0",
+            "-p",
+            "1-1000",
+            target,
+        ])
+        .output()
+        .expect("run nmap");
+    assert!(
+        out.status.success(),
+        "nmap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Alert events whose flow was initiated by `src`.

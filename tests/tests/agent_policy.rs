@@ -7,7 +7,7 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use integration_tests::{
     require_root,
-    traffic::{alerts_from, web_get, WebService},
+    traffic::{alerts_from, nmap_syn_scan, web_get, WebService},
     Agent, AgentDir, Lan,
 };
 use serde_json::Value;
@@ -43,31 +43,6 @@ fn last_stats(lines: &[Value]) -> &Value {
         .rev()
         .find(|l| l["type"] == "stats")
         .expect("a stats line")
-}
-
-/// A bounded SYN scan of 1000 ports from the attacker.
-fn nmap_scan(lan: &Lan) {
-    let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", &lan.hosts[ATTACKER].name])
-        .args([
-            "nmap",
-            "-n",
-            "-Pn",
-            "-sS",
-            "-T4",
-            "--max-retries",
-            "0",
-            "-p",
-            "1-1000",
-            &lan.ip(VICTIM),
-        ])
-        .output()
-        .expect("run nmap");
-    assert!(
-        out.status.success(),
-        "nmap: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A SYN flood from the attacker, bounded in time (3 s) and count.
@@ -113,7 +88,7 @@ fn scan_and_flood_are_alerted_and_dropped_while_a_benign_client_keeps_working() 
         request(&lan, CLIENT, svc.port),
         "benign client before the attack"
     );
-    nmap_scan(&lan);
+    nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     std::thread::sleep(Duration::from_millis(500));
     // The attacker is blocked now; the benign client still gets through.
@@ -187,7 +162,7 @@ fn shadow_mode_logs_would_be_drops_and_drops_nothing() {
         &lan.hosts[VICTIM],
         &["--iface", &lan.ifaces[VICTIM], "--drop", "shadow"],
     );
-    nmap_scan(&lan);
+    nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -222,7 +197,7 @@ fn the_allowlist_holds_under_a_flood() {
         &dir,
         &["--iface", &lan.ifaces[VICTIM], "--drop", "drop"],
     );
-    nmap_scan(&lan);
+    nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     assert!(
         request(&lan, ATTACKER, svc.port),
@@ -256,7 +231,7 @@ fn a_killed_agent_fails_open_and_its_restart_restores_the_blocks() {
         &["--iface", &lan.ifaces[VICTIM], "--drop", "drop"],
     );
     assert_eq!(xdp_programs(&lan, VICTIM), 1);
-    nmap_scan(&lan);
+    nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     std::thread::sleep(Duration::from_millis(500));
     assert!(

@@ -25,7 +25,7 @@ use aya::maps::{HashMap, Map, MapData, MapInfo};
 use detector_common::flow::{FlowKey, FlowState};
 use integration_tests::{
     require_root,
-    traffic::{alerts_from, web_get, WebService},
+    traffic::{alerts_from, nmap_syn_scan, web_get, WebService},
     Agent, AgentDir, Lan,
 };
 use serde_json::Value;
@@ -90,31 +90,6 @@ fn spoofed_flood(lan: &Lan, port: u16) {
         ])
         .output()
         .expect("run hping3");
-}
-
-/// A bounded SYN scan of 1000 ports from the scanner.
-fn nmap_scan(lan: &Lan) {
-    let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", &lan.hosts[SCANNER].name])
-        .args([
-            "nmap",
-            "-n",
-            "-Pn",
-            "-sS",
-            "-T4",
-            "--max-retries",
-            "0",
-            "-p",
-            "1-1000",
-            &lan.ip(VICTIM),
-        ])
-        .output()
-        .expect("run nmap");
-    assert!(
-        out.status.success(),
-        "nmap: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A field (in kB) of /proc/<pid>/status.
@@ -260,7 +235,7 @@ fn a_spoofed_flood_beyond_the_flow_table_stays_bounded_and_a_scan_is_still_caugh
     // Right after the flood, with the table full of its flows: the scan's new flows must
     // still get in (evicting the least recently used) and be scored.
     let full_at_scan = flow_map_entries(map_id, max_entries);
-    nmap_scan(&lan);
+    nmap_syn_scan(&lan.hosts[SCANNER], &lan.ip(VICTIM));
     std::thread::sleep(Duration::from_millis(1000));
 
     let after_ok = (0..3).filter(|_| request(&lan, CLIENT, svc.port)).count();

@@ -100,6 +100,8 @@ pub struct StatsJson {
     pub blocks: usize,
     /// Alert events held back by `policy.max_alerts_per_s` since the start.
     pub alerts_rate_limited: u64,
+    /// Records that reached a threshold on too little evidence (`policy.min_evidence`).
+    pub thin_evidence: u64,
 }
 
 /// Sums the per-CPU STATS counters.
@@ -571,7 +573,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     warn!(lost = lost - last_lost, "records lost: ring buffer full (raise flows.ringbuf_bytes)");
                     last_lost = lost;
                 }
-                out.record(&stats_json(&c, read, &metrics, blocks.len(), detector.policy.rate_limited_alerts))?;
+                out.record(&stats_json(&c, read, &metrics, blocks.len(), &detector.policy))?;
                 out.flush()?;
             }
             Some((req, reply)) = ctl_rx.recv() => {
@@ -590,6 +592,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             "records_per_s": read as f64 / started.elapsed().as_secs_f64().max(1e-3),
                             "scored": metrics.scored.load(Relaxed),
                             "alerts_rate_limited": detector.policy.rate_limited_alerts,
+                            "thin_evidence": detector.policy.thin_evidence,
                             "blocks": blocks.blocks().map(|b| serde_json::json!({"what": blocklist::describe(&b.key), "expires_unix_ns": b.expires_unix_ns, "alert_id": b.alert_id, "family": b.family})).collect::<Vec<_>>(),
                             "kernel": stat::NAMES.iter().zip(c.iter()).map(|(n, v)| (n.to_string(), *v)).collect::<StdHashMap<_, _>>(),
                             "tracked_sources": detector.tracked().0,
@@ -792,7 +795,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         read,
         &metrics,
         blocks.len(),
-        detector.policy.rate_limited_alerts,
+        &detector.policy,
     ))?;
     out.flush()?;
     // Blocks stay in the state file; the kernel map goes with this process.
@@ -854,7 +857,7 @@ fn stats_json(
     read: u64,
     m: &Metrics,
     blocks: usize,
-    alerts_rate_limited: u64,
+    policy: &crate::policy::Policy,
 ) -> StatsJson {
     StatsJson {
         kind: "stats",
@@ -871,6 +874,7 @@ fn stats_json(
         read,
         scored: m.scored.load(Relaxed),
         blocks,
-        alerts_rate_limited,
+        alerts_rate_limited: policy.rate_limited_alerts,
+        thin_evidence: policy.thin_evidence,
     }
 }

@@ -316,6 +316,13 @@ pub struct PolicySection {
     pub max_alerts_per_s: f64,
     /// ... with bursts up to this many.
     pub alert_burst: u32,
+    /// A record is alerted or dropped only when its score rests on at least this much: its
+    /// flow's packets (both directions) plus the other flows its source and its service had in
+    /// the context window. A lone DNS query, ping or handshake from a source that does nothing
+    /// else cannot be told from a beacon's or a probe's first packet, whatever the model says;
+    /// scans and floods fill their source's or service's window and are not held back.
+    /// Held-back records are counted (`thin_evidence` in stats). 0 or 1: no gate.
+    pub min_evidence: u32,
 }
 
 impl Default for PolicySection {
@@ -336,6 +343,7 @@ impl Default for PolicySection {
             alert_cooldown: Dur(Duration::from_secs(60)),
             max_alerts_per_s: 20.0,
             alert_burst: 100,
+            min_evidence: 3,
         }
     }
 }

@@ -185,8 +185,15 @@ impl ContextTracker {
     }
 
     /// Feeds one record and writes its flow's context into `out` ([`COUNT`] values). The
-    /// record's last packet is the clock.
-    pub fn observe(&mut self, key: &FlowKey, s: &FlowState, reason: Reason, out: &mut [f32]) {
+    /// record's last packet is the clock. Returns how many *other* flows the source's and the
+    /// service's windows hold: what the context values rest on (0 for a lone flow).
+    pub fn observe(
+        &mut self,
+        key: &FlowKey,
+        s: &FlowState,
+        reason: Reason,
+        out: &mut [f32],
+    ) -> u32 {
         let now = s.last_seen_ns;
         let (src, dst, dport) = if s.initiator_is_hi() {
             (key.addr_hi, key.addr_lo, key.port_lo)
@@ -239,6 +246,7 @@ impl ContextTracker {
             0.0
         };
         out[4] = w.failed.len() as f32;
+        let src_events = w.events.len();
 
         let svc = self.services.entry((dst, dport, key.proto)).or_default();
         svc.expire(now, window);
@@ -253,7 +261,9 @@ impl ContextTracker {
         );
         out[5] = svc.rate(window);
         out[6] = svc.peers.len() as f32;
+        let others = (svc.events.len().saturating_sub(1) + src_events.saturating_sub(1)) as u32;
         self.prune(now);
+        others
     }
 
     /// Forgets windows idle for longer than the window, at most once per second of record
@@ -449,5 +459,30 @@ mod tests {
         }
         assert_eq!(ctx.tracked(), (1, 1));
         assert_eq!(v[6], 1.0);
+    }
+
+    #[test]
+    fn observe_counts_the_other_flows_of_source_and_service() {
+        let (a, b, v) = ([10, 0, 0, 7], [10, 0, 0, 8], [10, 0, 0, 1]);
+        let mut t = MemTable::default();
+        let mut env = MemEnv::default();
+        let mut ctx = ContextTracker::default();
+        let mut others = Vec::new();
+        // a's first flow is alone; a's second has a's first (source and service); b's first
+        // flow to the same service has a's two.
+        for (i, (src, sport)) in [(a, 40000), (a, 40001), (b, 40000)].into_iter().enumerate() {
+            let f = tcp4(src, sport, v, 53, TCP_SYN, 1, 0);
+            process_packet(
+                &Captured::whole(&f),
+                SEC + i as u64,
+                &FlowConfig::DEFAULT,
+                &mut t,
+                &mut env,
+            );
+            for (k, s, r) in env.records.drain(..) {
+                others.push(ctx.observe(&k, &s, r, &mut [0f32; COUNT]));
+            }
+        }
+        assert_eq!(others, [0, 2, 2]);
     }
 }

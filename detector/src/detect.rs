@@ -107,6 +107,8 @@ struct Pending {
     reason: Reason,
     process: Option<ProcessRef>,
     read_at: Instant,
+    /// Packets and neighbouring flows the score rests on (see [`Featurizer::features`]).
+    evidence: u64,
 }
 
 /// A confirmed family's exemplar rows (raw features, concatenated), to name alerts.
@@ -210,7 +212,8 @@ impl Detector {
     ) -> bool {
         let start = self.values.len();
         self.values.resize(start + LIVE_COUNT, 0.0);
-        self.featurizer
+        let evidence = self
+            .featurizer
             .features(key, state, reason, &mut self.values[start..]);
         let now = Instant::now();
         self.oldest.get_or_insert(now);
@@ -220,6 +223,7 @@ impl Detector {
             reason,
             process,
             read_at: now,
+            evidence,
         });
         self.batch.len() >= self.cfg.batch_size
     }
@@ -269,6 +273,7 @@ impl Detector {
                 src,
                 &target_key,
                 s.score,
+                p.evidence,
                 p.state.last_seen_ns,
                 actions.blocked(&target_key),
                 self.cfg.forced_shadow,

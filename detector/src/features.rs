@@ -187,17 +187,22 @@ impl Featurizer {
         }
     }
 
-    /// Features of one record ([`LIVE_COUNT`] values); updates the context windows.
+    /// Features of one record ([`LIVE_COUNT`] values); updates the context windows. Returns
+    /// the record's evidence: its flow's packets (both directions) plus the other flows of its
+    /// source and its service in the context window.
     pub fn features(
         &mut self,
         key: &FlowKey,
         state: &FlowState,
         reason: detector_common::flow::Reason,
         out: &mut [f32],
-    ) {
+    ) -> u64 {
         let (flow, ctx) = out.split_at_mut(COUNT);
         flow_features(key, state, flow);
-        self.ctx.observe(key, state, reason, ctx);
+        let others = self.ctx.observe(key, state, reason, ctx);
+        state.packets[0]
+            .saturating_add(state.packets[1])
+            .saturating_add(u64::from(others))
     }
 
     /// Sources and services the context tracks now.

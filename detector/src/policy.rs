@@ -114,6 +114,9 @@ pub struct Policy {
     alert_bucket: Bucket,
     /// Alerts held back by `alert_bucket` since the agent started.
     pub rate_limited_alerts: u64,
+    /// Records that reached a threshold but rested on less than `min_evidence` (not alerted,
+    /// not dropped) since the agent started.
+    pub thin_evidence: u64,
     cooldowns: HashMap<IpAddr, Cooldown>,
     /// Shadow drops still "in force": a shadow drop is reported once per TTL, as a real one
     /// would be (the blocked source would not be seen again).
@@ -133,6 +136,7 @@ impl Policy {
             bucket,
             alert_bucket,
             rate_limited_alerts: 0,
+            thin_evidence: 0,
             cooldowns: HashMap::new(),
             shadow: HashMap::new(),
             last_prune_ns: 0,
@@ -170,19 +174,28 @@ impl Policy {
     }
 
     /// Decides for one record whose initiator is `src`; `target` is what a drop would block.
-    /// `blocked` says whether a kernel entry for it is already active. `forced_shadow` turns
-    /// drops into shadow drops (offline detection never touches a kernel).
+    /// `evidence` is what the score rests on (the flow's packets and the other flows of its
+    /// source and service). `blocked` says whether a kernel entry for it is already active.
+    /// `forced_shadow` turns drops into shadow drops (offline detection never touches a kernel).
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,
         src: IpAddr,
         target: &BlockKey,
         score: f32,
+        evidence: u64,
         now_ns: u64,
         blocked: bool,
         forced_shadow: bool,
     ) -> Decision {
-        let blocked = blocked || self.shadow.get(target).is_some_and(|&until| now_ns < until);
         let mut d = Decision::default();
+        if score >= self.alert_threshold().min(self.cfg.drop_threshold)
+            && evidence < u64::from(self.cfg.min_evidence)
+        {
+            self.thin_evidence += 1;
+            return d;
+        }
+        let blocked = blocked || self.shadow.get(target).is_some_and(|&until| now_ns < until);
         if score >= self.alert_threshold() {
             let cd = self.cooldowns.entry(src).or_insert(Cooldown {
                 until_ns: 0,
@@ -288,22 +301,28 @@ mod tests {
         let mut p = policy(DropMode::Off);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(!p.decide(a, &t(&a.to_string()), 0.4, S, false, false).alert);
-        assert!(p.decide(a, &t(&a.to_string()), 0.6, S, false, false).alert);
         assert!(
-            !p.decide(a, &t(&a.to_string()), 0.7, 2 * S, false, false)
+            !p.decide(a, &t(&a.to_string()), 0.4, 10, S, false, false)
                 .alert
         );
         assert!(
-            !p.decide(a, &t(&a.to_string()), 0.7, 3 * S, false, false)
+            p.decide(a, &t(&a.to_string()), 0.6, 10, S, false, false)
                 .alert
         );
         assert!(
-            p.decide(b, &t(&b.to_string()), 0.7, 3 * S, false, false)
+            !p.decide(a, &t(&a.to_string()), 0.7, 10, 2 * S, false, false)
+                .alert
+        );
+        assert!(
+            !p.decide(a, &t(&a.to_string()), 0.7, 10, 3 * S, false, false)
+                .alert
+        );
+        assert!(
+            p.decide(b, &t(&b.to_string()), 0.7, 10, 3 * S, false, false)
                 .alert,
             "other sources are not held back"
         );
-        let d = p.decide(a, &t(&a.to_string()), 0.7, 12 * S, false, false);
+        let d = p.decide(a, &t(&a.to_string()), 0.7, 10, 12 * S, false, false);
         assert!(d.alert);
         assert_eq!(d.suppressed, 2);
         assert_eq!(d.drop, None, "drops are off");
@@ -324,7 +343,7 @@ mod tests {
         let written = (0..50u8)
             .filter(|i| {
                 let src: IpAddr = format!("198.51.100.{i}").parse().unwrap();
-                p.decide(src, &t(&src.to_string()), 0.9, S, false, false)
+                p.decide(src, &t(&src.to_string()), 0.9, 10, S, false, false)
                     .alert
             })
             .count();
@@ -333,7 +352,7 @@ mod tests {
         // Two seconds later the bucket has refilled by four, capped at the burst; a held-back
         // source reports what it missed.
         let src: IpAddr = "198.51.100.10".parse().unwrap();
-        let d = p.decide(src, &t(&src.to_string()), 0.9, 3 * S, false, false);
+        let d = p.decide(src, &t(&src.to_string()), 0.9, 10, 3 * S, false, false);
         assert!(d.alert);
         assert_eq!(d.suppressed, 1);
     }
@@ -347,6 +366,7 @@ mod tests {
                 "10.1.2.3".parse().unwrap(),
                 &t("10.1.2.3"),
                 0.99,
+                10,
                 S,
                 false,
                 false
@@ -363,7 +383,7 @@ mod tests {
             "224.0.0.251",
         ] {
             assert_eq!(
-                out(p.decide(infra.parse().unwrap(), &t(infra), 0.99, S, false, false)),
+                out(p.decide(infra.parse().unwrap(), &t(infra), 0.99, 10, S, false, false)),
                 Some(DropOutcome::Allowlisted),
                 "{infra} is never dropped"
             );
@@ -373,6 +393,7 @@ mod tests {
                 "192.0.2.9".parse().unwrap(),
                 &t("192.0.2.9"),
                 0.8,
+                10,
                 S,
                 false,
                 false
@@ -385,6 +406,7 @@ mod tests {
                 "192.0.2.1".parse().unwrap(),
                 &t("192.0.2.1"),
                 0.99,
+                10,
                 S,
                 false,
                 false
@@ -396,6 +418,7 @@ mod tests {
                 "192.0.2.2".parse().unwrap(),
                 &t("192.0.2.2"),
                 0.99,
+                10,
                 S,
                 false,
                 false
@@ -407,6 +430,7 @@ mod tests {
                 "192.0.2.3".parse().unwrap(),
                 &t("192.0.2.3"),
                 0.99,
+                10,
                 S,
                 false,
                 false
@@ -419,6 +443,7 @@ mod tests {
                 "192.0.2.3".parse().unwrap(),
                 &t("192.0.2.3"),
                 0.99,
+                10,
                 2 * S,
                 false,
                 false
@@ -431,6 +456,7 @@ mod tests {
                 "192.0.2.1".parse().unwrap(),
                 &t("192.0.2.1"),
                 0.99,
+                10,
                 9 * S,
                 true,
                 false
@@ -442,6 +468,7 @@ mod tests {
                 "192.0.2.4".parse().unwrap(),
                 &t("192.0.2.4"),
                 0.99,
+                10,
                 20 * S,
                 false,
                 true
@@ -454,6 +481,7 @@ mod tests {
             "192.0.2.5".parse().unwrap(),
             &t("192.0.2.5"),
             0.95,
+            10,
             S,
             false,
             false,
@@ -465,11 +493,43 @@ mod tests {
             "192.0.2.5".parse().unwrap(),
             &t("192.0.2.5"),
             0.95,
+            10,
             2 * S,
             false,
             false,
         );
         assert_eq!(again.drop.unwrap().outcome, DropOutcome::AlreadyBlocked);
         assert!(!again.alert, "inside the cooldown, nothing new to say");
+    }
+
+    #[test]
+    fn thin_evidence_is_counted_not_alerted_or_dropped() {
+        let mut p = policy(DropMode::Drop);
+        let src: IpAddr = "192.0.2.7".parse().unwrap();
+        // A lone first packet (evidence 1) and a lone handshake (2), however high the score.
+        for evidence in [1, 2] {
+            let d = p.decide(src, &t("192.0.2.7"), 0.99, evidence, S, false, false);
+            assert!(!d.alert && d.drop.is_none(), "evidence {evidence}");
+        }
+        assert_eq!(p.thin_evidence, 2);
+        // Below both thresholds there is nothing to hold back.
+        p.decide(src, &t("192.0.2.7"), 0.1, 1, S, false, false);
+        assert_eq!(p.thin_evidence, 2);
+        let d = p.decide(src, &t("192.0.2.7"), 0.99, 3, S, false, false);
+        assert!(d.alert);
+        assert_eq!(d.drop.unwrap().outcome, DropOutcome::Dropped);
+        // The gate can be switched off.
+        p.reconfigure(
+            PolicySection {
+                min_evidence: 0,
+                ..p.config().clone()
+            },
+            vec![],
+        );
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(
+            p.decide(other, &t("192.0.2.8"), 0.99, 1, S, false, false)
+                .alert
+        );
     }
 }

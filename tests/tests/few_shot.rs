@@ -8,6 +8,11 @@
 //! (Beaconing rather than a port scan or an upload: a model without the scan family still flags
 //! nmap from what scans share with the floods it learned, and one without exfiltration still
 //! flags a large upload to an odd port; beacons look like any small request, one by one.)
+//!
+//! The agent runs with a strict `policy.alert_threshold` of 0.9, as an operator who wants few
+//! alerts would set it: the held-out model scores these beacons around 0.6 (above its own
+//! calibrated threshold, which is floored at 0.5), so the loop shows as the family moving from
+//! below the operator's bar to above it.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -63,7 +68,7 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
     for host in [ATTACKER, SECOND_ATTACKER] {
         sink(&lan.hosts[host], SocketAddr::from((lan.ips[host], C2_PORT)));
     }
-    let dir = AgentDir::new();
+    let dir = AgentDir::with_config("[policy]\nalert_threshold = 0.9\n");
     let agent = Agent::start_in(
         &lan.hosts[VICTIM],
         &dir,

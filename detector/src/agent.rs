@@ -330,11 +330,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         TimeBase::monotonic(),
         metrics.clone(),
     )?;
-    detector.families = store
-        .signatures()
-        .into_iter()
-        .map(|(family, exemplars)| FamilySignature { family, exemplars })
-        .collect();
+    detector.set_families(
+        store
+            .signatures()
+            .into_iter()
+            .map(|(family, exemplars)| FamilySignature { family, exemplars })
+            .collect(),
+    );
     let mut out = Outputs::open(&cfg.agent.records, &cfg.agent.events)?;
     let listener = control::bind(&cfg.agent.control_socket)?;
     let metrics_listener = match cfg.agent.metrics_listen.as_str() {
@@ -578,7 +580,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             Some((req, reply)) = ctl_rx.recv() => {
                 let answer = match req {
-                    Request::Status => {
+                    Request::Status {} => {
                         let c = read_stats(&stats).unwrap_or_default();
                         serde_json::json!({
                             "ok": true,
@@ -600,13 +602,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             "adaptations": metrics.adaptations.load(Relaxed),
                         })
                     }
-                    Request::ModelHistory => serde_json::json!({
+                    Request::ModelHistory {} => serde_json::json!({
                         "ok": true,
                         "current": detector.model_version,
                         "base": base_version,
                         "history": store.entries(),
                     }),
-                    Request::ModelRollback => match store.rollback() {
+                    Request::ModelRollback {} => match store.rollback() {
                         Err(e) => control::error(format!("{e:#}")),
                         Ok(prev) => {
                             let (m, v) = match &prev {
@@ -619,7 +621,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             };
                             match detector.set_model(Arc::new(m), v.clone(), score_path) {
                                 Ok(()) => {
-                                    detector.families = store.signatures().into_iter().map(|(family, exemplars)| FamilySignature { family, exemplars }).collect();
+                                    detector.set_families(store.signatures().into_iter().map(|(family, exemplars)| FamilySignature { family, exemplars }).collect());
                                     info!(model = %v, "rolled back");
                                     serde_json::json!({"ok": true, "model": v})
                                 }
@@ -684,8 +686,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             Ok(entry) => match detector.set_model(Arc::new(adapted.model), entry.version.clone(), score_path) {
                                 Err(e) => control::error(format!("{e:#}")),
                                 Ok(()) => {
-                                    detector.families.retain(|f| f.family != family);
-                                    detector.families.push(FamilySignature { family: family.clone(), exemplars: signature });
+                                    detector.add_family(FamilySignature { family: family.clone(), exemplars: signature });
                                     metrics.adaptations.fetch_add(1, Relaxed);
                                     info!(model = %entry.version, %family, flows = k, "adapted model serving");
                                     serde_json::json!({"ok": true, "model": entry.version, "family": family, "flows": k, "report": report})

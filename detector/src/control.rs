@@ -20,12 +20,14 @@ use tracing::{info, warn};
 /// Longest request accepted, bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-/// What a client asks.
+/// What a client asks. Every variant has braces, even without fields: serde's
+/// `deny_unknown_fields` does not reach unit variants, and `{"cmd":"status","x":1}` must be
+/// refused like any other request with a field that means nothing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Attached programs, model, rates, drops, losses.
-    Status,
+    Status {},
     /// Confirm an incident: the selected recent flows are attacks of `family`; the agent adapts
     /// its model from them.
     Incident {
@@ -41,9 +43,9 @@ pub enum Request {
         until_ns: Option<u64>,
     },
     /// The models this host has used, newest first.
-    ModelHistory,
+    ModelHistory {},
     /// Go back to the previous model.
-    ModelRollback,
+    ModelRollback {},
 }
 
 /// A request with the channel its answer goes back on.
@@ -175,7 +177,7 @@ mod tests {
 
     #[test]
     fn requests_parse_and_bad_ones_say_why() {
-        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status {}));
         let r = parse_request(r#"{"cmd":"incident","family":"brute-force","source":"10.0.0.9"}"#)
             .unwrap();
         assert!(matches!(r, Request::Incident { ref family, .. } if family == "brute-force"));
@@ -188,6 +190,24 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown field")
         );
+        // Requests without fields refuse them too.
+        for line in [
+            r#"{"cmd":"status","extra":1}"#,
+            r#"{"cmd":"model_rollback","to":"host-1"}"#,
+        ] {
+            assert!(
+                parse_request(line).unwrap_err().contains("unknown field"),
+                "{line}"
+            );
+        }
+        // What the client sends parses back to the same request.
+        for r in [
+            Request::Status {},
+            Request::ModelHistory {},
+            Request::ModelRollback {},
+        ] {
+            assert_eq!(parse_request(&serde_json::to_string(&r).unwrap()), Ok(r));
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -221,7 +241,7 @@ mod tests {
         if uid == 0 {
             assert!(garbage.contains("bad request"), "{garbage}");
             let p = path.clone();
-            let v = tokio::task::spawn_blocking(move || call(&p, &Request::Status))
+            let v = tokio::task::spawn_blocking(move || call(&p, &Request::Status {}))
                 .await
                 .unwrap()
                 .unwrap();

@@ -125,7 +125,12 @@ pub struct Detector {
     model: Arc<Model>,
     pub model_version: String,
     pub policy: Policy,
-    pub families: Vec<FamilySignature>,
+    /// Confirmed families, to name alerts ([`Detector::set_families`], [`Detector::add_family`]).
+    families: Vec<FamilySignature>,
+    /// The families' exemplars embedded by the serving model (unit length, `embed_dim` each)
+    /// with the index of their family; built on the first alert after the model or the
+    /// families change, not for every alert.
+    exemplar_embeddings: Option<(Vec<f32>, Vec<usize>)>,
     cfg: DetectConfig,
     time: TimeBase,
     batch: Vec<Pending>,
@@ -159,6 +164,7 @@ impl Detector {
             model_version,
             policy,
             families: Vec::new(),
+            exemplar_embeddings: None,
             batch: Vec::with_capacity(cfg.batch_size),
             values: Vec::with_capacity(cfg.batch_size * LIVE_COUNT),
             cfg,
@@ -189,7 +195,26 @@ impl Detector {
         self.pipeline = pipeline;
         self.model = model;
         self.model_version = version;
+        self.exemplar_embeddings = None;
         Ok(())
+    }
+
+    /// Replaces the confirmed families (at start and after a rollback).
+    pub fn set_families(&mut self, families: Vec<FamilySignature>) {
+        self.families = families;
+        self.exemplar_embeddings = None;
+    }
+
+    /// Adds a confirmed family, replacing an earlier signature of the same name.
+    pub fn add_family(&mut self, signature: FamilySignature) {
+        self.families.retain(|f| f.family != signature.family);
+        self.families.push(signature);
+        self.exemplar_embeddings = None;
+    }
+
+    /// The confirmed families.
+    pub fn families(&self) -> &[FamilySignature] {
+        &self.families
     }
 
     /// The scoring path in use.
@@ -371,38 +396,60 @@ impl Detector {
     /// serving model's embedding space: the space the model separates attacks in, where the
     /// records of one family lie together even when raw features such as a source's context
     /// differ between sessions.
-    fn family_of(&self, row: &[f32]) -> String {
+    fn family_of(&mut self, row: &[f32]) -> String {
         if self.families.is_empty() {
             return "unknown".into();
         }
-        let mut values = row.to_vec();
-        for f in &self.families {
-            values.extend_from_slice(&f.exemplars[..f.exemplars.len() / LIVE_COUNT * LIVE_COUNT]);
+        let d = self.model.embed_dim();
+        if self.exemplar_embeddings.is_none() {
+            let mut values = Vec::new();
+            let mut owner = Vec::new();
+            for (i, f) in self.families.iter().enumerate() {
+                let n = f.exemplars.len() / LIVE_COUNT;
+                values.extend_from_slice(&f.exemplars[..n * LIVE_COUNT]);
+                owner.extend(std::iter::repeat_n(i, n));
+            }
+            let Some(mut emb) = self.embed(&values) else {
+                return "unknown".into();
+            };
+            emb.chunks_exact_mut(d).for_each(unit);
+            self.exemplar_embeddings = Some((emb, owner));
         }
+        let Some(mut e0) = self.embed(row) else {
+            return "unknown".into();
+        };
+        unit(&mut e0);
+        let Some((exemplars, owner)) = &self.exemplar_embeddings else {
+            return "unknown".into();
+        };
+        let mut best: Option<(f32, usize)> = None;
+        for (e, &i) in exemplars.chunks_exact(d).zip(owner) {
+            let sim = e.iter().zip(&e0).map(|(a, b)| a * b).sum::<f32>();
+            if sim >= 0.8 && best.is_none_or(|(s, _)| sim > s) {
+                best = Some((sim, i));
+            }
+        }
+        best.map_or_else(
+            || "unknown".into(),
+            |(_, i)| self.families[i].family.clone(),
+        )
+    }
+
+    /// Embeddings of live-feature rows under the serving model; None when it fails.
+    fn embed(&self, values: &[f32]) -> Option<Vec<f32>> {
         let rows = Rows {
             feature_set: LIVE_FEATURE_SET,
             features: &self.pipeline.features,
-            values: &values,
+            values,
         };
-        let Ok((_, emb)) = self.model.forward(&rows) else {
-            return "unknown".into();
-        };
-        let d = self.model.embed_dim();
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
-        let (e0, rest) = emb.split_at(d);
-        let n0 = norm(e0);
-        let mut exemplars = rest.chunks_exact(d);
-        let mut best: Option<(f32, &String)> = None;
-        for f in &self.families {
-            for e in exemplars.by_ref().take(f.exemplars.len() / LIVE_COUNT) {
-                let sim = e.iter().zip(e0).map(|(a, b)| a * b).sum::<f32>() / (norm(e) * n0);
-                if sim >= 0.8 && best.is_none_or(|(s, _)| sim > s) {
-                    best = Some((sim, &f.family));
-                }
-            }
-        }
-        best.map_or_else(|| "unknown".into(), |(_, f)| f.clone())
+        self.model.forward(&rows).ok().map(|(_, emb)| emb)
     }
+}
+
+/// Scales `v` to unit length (cosine similarity is then a dot product).
+fn unit(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+    v.iter_mut().for_each(|x| *x /= n);
 }
 
 /// Rows kept per confirmed family to name later alerts.
@@ -503,5 +550,56 @@ mod tests {
             det.push(&k, &s, r, None);
         }
         assert!(det.tracked().0 <= 8, "{} sources tracked", det.tracked().0);
+    }
+
+    #[test]
+    fn alerts_are_named_by_the_nearest_confirmed_family_and_a_new_signature_is_used() {
+        let mut det = Detector::new(
+            Arc::new(crate::model::default_model().unwrap()),
+            "test".into(),
+            ScorePath::Reference,
+            Policy::new(Default::default(), vec![]),
+            DetectConfig::default(),
+            TimeBase::Unix,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        // Two distinct rows: a port scan's SYN and a large upload's end.
+        let row = |f: &[u8], ts: u64| {
+            let (mut t, mut env) = (MemTable::default(), MemEnv::default());
+            process_packet(
+                &Captured::whole(f),
+                ts,
+                &FlowConfig::DEFAULT,
+                &mut t,
+                &mut env,
+            );
+            let (k, st, r) = env.records.pop().unwrap();
+            let mut v = vec![0f32; LIVE_COUNT];
+            Featurizer::new(Default::default()).features(&k, &st, r, &mut v);
+            v
+        };
+        let syn = row(
+            &tcp4([10, 0, 0, 9], 40000, [10, 0, 0, 1], 22, TCP_SYN, 1, 0),
+            1,
+        );
+        let mut big = syn.clone();
+        big.iter_mut().for_each(|x| *x = *x * 50.0 + 1e5);
+        assert_eq!(det.family_of(&syn), "unknown", "no family confirmed yet");
+        det.add_family(FamilySignature {
+            family: "scan".into(),
+            exemplars: syn.clone(),
+        });
+        assert_eq!(det.family_of(&syn), "scan");
+        assert_eq!(det.family_of(&big), "unknown", "far from the first exemplar");
+        // The same name again with other exemplars: the cached embeddings are rebuilt.
+        det.add_family(FamilySignature {
+            family: "scan".into(),
+            exemplars: big.clone(),
+        });
+        assert_eq!(det.families().len(), 1);
+        assert_eq!(det.family_of(&big), "scan");
+        det.set_families(vec![]);
+        assert_eq!(det.family_of(&syn), "unknown");
     }
 }

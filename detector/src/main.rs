@@ -365,7 +365,7 @@ fn main() -> ExitCode {
         Command::Train(args) => detector::model::cli::train(args),
         Command::Adapt(args) => detector::model::cli::adapt_cmd(args),
         Command::Eval(args) => detector::model::cli::eval(args),
-        Command::Status(c) => client(&c, &Request::Status).and_then(|v| print(&v)),
+        Command::Status(c) => client(&c, &Request::Status {}).and_then(|v| print(&v)),
         Command::Incident {
             command:
                 IncidentCommand::Confirm {
@@ -393,10 +393,10 @@ fn main() -> ExitCode {
         }
         Command::Model {
             command: ModelCommand::History(c),
-        } => client(&c, &Request::ModelHistory).and_then(|v| print(&v)),
+        } => client(&c, &Request::ModelHistory {}).and_then(|v| print(&v)),
         Command::Model {
             command: ModelCommand::Rollback(c),
-        } => client(&c, &Request::ModelRollback).and_then(|v| print(&v)),
+        } => client(&c, &Request::ModelRollback {}).and_then(|v| print(&v)),
         Command::Config { check } => match check {
             None => {
                 print!("{}", Config::defaults_toml());

@@ -524,7 +524,7 @@ fn check_model(m: &Model) {
 
 /// Probability and novelty in [0, 1] when present (NaN let through, see `model_load`).
 fn check_score(name: &str, s: &detector::model::Score) {
-    let unit = |v: Option<f32>| v.is_none_or(|v| v.is_nan() || (0.0..=1.0).contains(&v));
+    let unit = |v: Option<f32>| v.is_none_or(|v| (0.0..=1.0).contains(&v));
     assert!(
         unit(s.probability) && unit(s.novelty),
         "`{name}`: score parts out of [0, 1]: {s:?}"

@@ -101,9 +101,14 @@ impl Calibration {
         }
     }
 
-    /// True when the map is finite and increasing.
+    /// True when the map is finite, increasing and within the bounds of any other parameter.
     pub fn is_valid(&self) -> bool {
-        self.a.is_finite() && self.b.is_finite() && self.a > 0.0
+        use crate::model::layers::MAX_PARAM;
+        self.a.is_finite()
+            && self.b.is_finite()
+            && self.a > 0.0
+            && self.a <= MAX_PARAM
+            && self.b.abs() <= MAX_PARAM
     }
 }
 

@@ -426,4 +426,29 @@ mod tests {
         let e = Model::from_bytes(&plain, "plain").unwrap_err();
         assert!(e.to_string().contains("metadata"), "{e}");
     }
+
+    #[test]
+    fn out_of_range_parameters_are_refused() {
+        // Finite but huge values would make scores NaN (inf - inf in the network or distances).
+        let mut m = model();
+        m.head.weight[0] = 1e30;
+        assert!(m.validate().unwrap_err().contains("head"));
+        let mut m = model();
+        m.inputs.get_mut("a").unwrap().calibration.a = 1e20;
+        assert!(m.validate().unwrap_err().contains("calibration"));
+        let mut m = model();
+        let dim = m.embed_dim();
+        m.prototypes.get_mut("a").unwrap().centroids[0] = 1e30;
+        assert!(m.prototypes["a"]
+            .validate(dim)
+            .unwrap_err()
+            .contains("exceed"));
+        // The embedded default model is well inside the bounds.
+        let d = crate::model::default_model().unwrap();
+        assert!(d.validate().is_ok());
+        assert!(d
+            .inputs
+            .values()
+            .all(|l| l.linear.weight.iter().all(|w| w.abs() < 100.0)));
+    }
 }

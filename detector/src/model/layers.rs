@@ -4,6 +4,11 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// Largest magnitude a weight or bias in a model file may have. Trained values stay within a few
+/// units; with inputs clipped to ±`normalise::CLIP`, this bound keeps every activation, the logit
+/// and the novelty distances finite, so a model file cannot make scores NaN (found by fuzzing).
+pub const MAX_PARAM: f32 = 1e3;
+
 /// Layer widths: input layer → `hidden[0]` → … → `hidden[last]` (the embedding) → 1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arch {
@@ -93,11 +98,16 @@ impl Linear {
         }
     }
 
-    /// True when every value is finite and the lengths match the widths.
+    /// True when every value is finite and within [`MAX_PARAM`], and the lengths match the
+    /// widths.
     pub fn is_valid(&self) -> bool {
         self.weight.len() == self.out_dim * self.in_dim
             && self.bias.len() == self.out_dim
-            && self.weight.iter().chain(&self.bias).all(|v| v.is_finite())
+            && self
+                .weight
+                .iter()
+                .chain(&self.bias)
+                .all(|v| v.is_finite() && v.abs() <= MAX_PARAM)
     }
 }
 

@@ -5,6 +5,11 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Largest magnitude of a prototype value or distance in a model file: far above any embedding
+/// a valid network produces (weights within `layers::MAX_PARAM`, inputs clipped), low enough that
+/// squared distances stay finite.
+pub const MAX_VALUE: f32 = 1e15;
+
 /// Prototypes per feature set, fitted by default.
 pub const DEFAULT_K: usize = 8;
 /// Fewest benign rows [`Prototypes::fit`] accepts.
@@ -213,10 +218,12 @@ impl Prototypes {
             .centroids
             .iter()
             .chain(&self.benign_distances)
-            .all(|v| v.is_finite())
+            .all(|v| v.is_finite() && v.abs() <= MAX_VALUE)
             || self.benign_distances.windows(2).any(|w| w[0] > w[1])
         {
-            return Err("prototype values are not finite or distances are not sorted".into());
+            return Err(format!(
+                "prototype values are not finite, exceed {MAX_VALUE:e}, or distances are not sorted"
+            ));
         }
         Ok(())
     }

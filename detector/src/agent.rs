@@ -175,6 +175,7 @@ impl Outputs {
 struct LiveActions<'a> {
     blocklist: &'a mut Blocklist<blocklist::KernelStore>,
     out: &'a mut Outputs,
+    attribution: &'a Attribution,
 }
 
 impl Actions for LiveActions<'_> {
@@ -194,6 +195,9 @@ impl Actions for LiveActions<'_> {
     }
     fn alert(&mut self, a: &AlertJson) -> anyhow::Result<()> {
         self.out.event(a)
+    }
+    fn process_of(&self, key: &FlowKey) -> Option<crate::record::ProcessRef> {
+        self.attribution.lookup(key)
     }
 }
 
@@ -475,7 +479,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     macro_rules! on_flow {
         ($key:expr, $state:expr, $reason:expr) => {{
             let (key, state, reason) = ($key, $state, $reason);
-            let process = attribution.lookup(key);
+            // Up to three map lookups (syscalls) per TCP record: only when the record is
+            // written; otherwise an alert looks its process up itself (`process_of`).
+            let process = if out.records.is_some() {
+                attribution.lookup(key)
+            } else {
+                None
+            };
             read += 1;
             metrics.flow_records.fetch_add(1, Relaxed);
             if out.records.is_some() {
@@ -487,6 +497,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 detector.flush(&mut LiveActions {
                     blocklist: &mut blocks,
                     out: &mut out,
+                    attribution: &attribution,
                 })?;
             }
         }};
@@ -527,7 +538,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 out.flush()?;
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {
-                detector.flush(&mut LiveActions { blocklist: &mut blocks, out: &mut out })?;
+                detector.flush(&mut LiveActions { blocklist: &mut blocks, out: &mut out, attribution: &attribution })?;
                 out.flush()?;
             }
             _ = sweep_tick.tick() => {
@@ -789,6 +800,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     detector.flush(&mut LiveActions {
         blocklist: &mut blocks,
         out: &mut out,
+        attribution: &attribution,
     })?;
     let c = read_stats(&stats)?;
     out.record(&stats_json(

@@ -86,6 +86,11 @@ pub trait Actions {
     fn block(&mut self, block: Block) -> anyhow::Result<()>;
     /// Writes an alert.
     fn alert(&mut self, alert: &AlertJson) -> anyhow::Result<()>;
+    /// The process owning the flow's local socket, for an alert whose record came without one
+    /// (the agent looks processes up per record only when it writes records).
+    fn process_of(&self, _key: &FlowKey) -> Option<ProcessRef> {
+        None
+    }
 }
 
 /// A scored record kept for incidents.
@@ -287,11 +292,8 @@ impl Detector {
         for (i, (p, s)) in batch.iter().zip(&scores).enumerate() {
             self.metrics.latency(p.read_at.elapsed());
             let row = &values[i * LIVE_COUNT..(i + 1) * LIVE_COUNT];
-            let json = {
-                let mut j = FlowJson::new(&p.key, &p.state, p.reason, self.time);
-                j.process = p.process.clone();
-                j
-            };
+            let mut json = FlowJson::new(&p.key, &p.state, p.reason, self.time);
+            json.process = p.process.clone();
             let src = json.src_addr;
             let target_key = key_for(self.policy.config().drop_target, src, &p.key);
             let d = self.policy.decide(
@@ -305,6 +307,9 @@ impl Detector {
             );
             let mut alert_id = None;
             if d.alert {
+                if json.process.is_none() {
+                    json.process = actions.process_of(&p.key);
+                }
                 let id = format!("{}-{}", self.alert_prefix, self.next_alert);
                 self.next_alert += 1;
                 let family = self.family_of(row);
@@ -591,7 +596,11 @@ mod tests {
             exemplars: syn.clone(),
         });
         assert_eq!(det.family_of(&syn), "scan");
-        assert_eq!(det.family_of(&big), "unknown", "far from the first exemplar");
+        assert_eq!(
+            det.family_of(&big),
+            "unknown",
+            "far from the first exemplar"
+        );
         // The same name again with other exemplars: the cached embeddings are rebuilt.
         det.add_family(FamilySignature {
             family: "scan".into(),

@@ -297,10 +297,17 @@ impl Agent {
         Self::start_in(ns, &AgentDir::new(), args)
     }
 
-    /// Like [`Agent::start`], with a given directory (to restart an agent on its state).
+    /// Like [`Agent::start`], with a given directory (to restart an agent on its state). Records
+    /// go to the same file as the alerts unless `args` has an `--output` of its own (`""`: none,
+    /// as the packaged configuration has it).
     pub fn start_in(ns: &Netns, dir: &AgentDir, args: &[&str]) -> Self {
         let out = dir.path.join("out.jsonl");
         let log = dir.path.join(format!("{}.log", unique("agent")));
+        let records = if args.contains(&"--output") {
+            vec![]
+        } else {
+            vec!["--output".to_string(), out.display().to_string()]
+        };
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
             .arg(detector_bin())
@@ -308,8 +315,7 @@ impl Agent {
             .arg("--config")
             .arg(&dir.config)
             .args(args)
-            .arg("--output")
-            .arg(&out)
+            .args(&records)
             .arg("--events")
             .arg(&out)
             .arg("--state-dir")

@@ -69,6 +69,7 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
         sink(&lan.hosts[host], SocketAddr::from((lan.ips[host], C2_PORT)));
     }
     let dir = AgentDir::with_config("[policy]\nalert_threshold = 0.9\n");
+    // Without flow records, as installed: alerts then look up their process themselves.
     let agent = Agent::start_in(
         &lan.hosts[VICTIM],
         &dir,
@@ -79,6 +80,8 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
             "off",
             "--model",
             &model,
+            "--output",
+            "",
         ],
     );
 
@@ -132,6 +135,11 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
     assert_eq!(
         flagged[0]["family"], "beaconing",
         "alerts name the confirmed family"
+    );
+    assert_eq!(
+        flagged[0]["flow"]["process"]["comm"], "dt-beacon",
+        "the alert names the process that beacons: {}",
+        flagged[0]
     );
     // Benign traffic stays within the budget: the client raises no alert at all.
     let client = alerts_about(&lines, &lan.ip(CLIENT));

@@ -720,6 +720,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     g.insert("detector_tracked_sources".into(), detector.tracked().0 as f64);
                     g.insert(format!("detector_model_info{{version=\"{}\"}}", detector.model_version), 1.0);
                     g.insert("detector_records_per_second".into(), read as f64 / started.elapsed().as_secs_f64().max(1e-3));
+                    g.insert("detector_alerts_rate_limited_total".into(), detector.policy.rate_limited_alerts as f64);
+                    g.insert("detector_thin_evidence_total".into(), detector.policy.thin_evidence as f64);
                 }
                 let _ = done.send(());
             }

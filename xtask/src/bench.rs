@@ -908,11 +908,15 @@ fn bench_ringbuf(bin: &Path, step_secs: u64, no_perf: bool) -> anyhow::Result<St
     );
     let configs: [(&str, &str, u32); 4] = [
         (
-            "records as JSON (to /dev/null), as deployed; 64 sources",
+            "records as JSON (to /dev/null), a flow log; 64 sources",
             "/dev/null",
             64,
         ),
-        ("records not written (`--output \"\"`); 64 sources", "", 64),
+        (
+            "records not written (`--output \"\"`, as installed); 64 sources",
+            "",
+            64,
+        ),
         (
             "records as JSON; 4096 sources (each alerts once: a spoofed-flood pattern)",
             "/dev/null",

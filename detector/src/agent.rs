@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
     programs::XdpMode,
     Ebpf,
 };
@@ -172,6 +172,12 @@ impl Outputs {
 }
 
 /// Live actions: the kernel blocklist and the events output.
+/// Records taken from the flow ring buffer before the outputs are flushed and the other work
+/// (batch deadlines, the control socket, stats) gets its turn. Without a bound, a flood that
+/// keeps the ring buffer from ever running dry kept the loop inside one wakeup for the whole
+/// flood, and its alerts sat in the output buffer: seconds of alert latency (BENCHMARKS.md).
+const DRAIN_MAX: usize = 4096;
+
 struct LiveActions<'a> {
     blocklist: &'a mut Blocklist<blocklist::KernelStore>,
     out: &'a mut Outputs,
@@ -229,6 +235,49 @@ pub fn sweep(
         let _ = flows.remove(key);
     }
     expired
+}
+
+/// The idle-timeout sweep on a thread of its own, over a second handle to the flow table: a
+/// walk of a full table is two syscalls per entry (130,000 for 65,536 flows, ~0.1 s), and on the
+/// agent's loop it held up every alert behind it once a second under a flood (BENCHMARKS.md).
+/// Expired flows come back through `tx`; the thread ends when `stop` is set or the loop is gone.
+fn spawn_sweeper(
+    flows: &HashMap<MapData, FlowKey, FlowState>,
+    cfg: Arc<std::sync::Mutex<FlowConfig>>,
+    every: Duration,
+    tx: mpsc::Sender<Vec<(FlowKey, FlowState)>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use std::os::fd::AsFd;
+    let fd = flows
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate the flow table's descriptor")?;
+    let data = MapData::from_fd(fd).context("cannot open the flow table a second time")?;
+    let mut table: HashMap<MapData, FlowKey, FlowState> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(data))
+            .context("the flow table has an unexpected type")?;
+    std::thread::Builder::new()
+        .name("detector-sweep".into())
+        .spawn(move || {
+            let tick = Duration::from_millis(20).min(every);
+            let mut next = Instant::now() + every;
+            while !stop.load(Relaxed) {
+                std::thread::sleep(tick);
+                if Instant::now() < next {
+                    continue;
+                }
+                next += every;
+                let cfg = *cfg.lock().unwrap_or_else(|e| e.into_inner());
+                let expired = sweep(&mut table, &cfg, clock::monotonic_ns(), false);
+                if !expired.is_empty() && tx.blocking_send(expired).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the sweep thread")
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -469,6 +518,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut sweep_tick = tokio::time::interval(opts.sweep_interval);
+    let sweep_cfg = Arc::new(std::sync::Mutex::new(flow_cfg));
+    let sweep_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sweep_tx, mut sweep_rx) = mpsc::channel::<Vec<(FlowKey, FlowState)>>(4);
+    let sweeper = spawn_sweeper(
+        &flows,
+        sweep_cfg.clone(),
+        opts.sweep_interval,
+        sweep_tx,
+        sweep_stop.clone(),
+    )?;
     let mut stats_tick = tokio::time::interval(opts.stats_interval);
     stats_tick.tick().await;
     let mut last_lost = 0u64;
@@ -508,13 +567,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             guard = flow_rb.readable_mut() => {
                 let mut guard = guard.context("flow ring buffer poll failed")?;
+                let mut taken = 0;
                 while let Some(item) = guard.get_inner_mut().next() {
                     match read_item::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r))) {
                         Some((reason, rec)) => on_flow!(&rec.key, &rec.state, reason),
                         None => warn!(len = item.len(), "skipped a malformed flow record"),
                     }
+                    taken += 1;
+                    if taken == DRAIN_MAX {
+                        break;
+                    }
                 }
-                guard.clear_ready();
+                // Left ready when records remain: the loop comes straight back, after the
+                // alerts written so far have gone out and the other branches had their turn.
+                if taken < DRAIN_MAX {
+                    guard.clear_ready();
+                }
                 out.flush()?;
             }
             guard = proc_rb.readable_mut() => {
@@ -541,6 +609,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 detector.flush(&mut LiveActions { blocklist: &mut blocks, out: &mut out, attribution: &attribution })?;
                 out.flush()?;
             }
+            Some(expired) = sweep_rx.recv() => {
+                for (key, state) in expired {
+                    on_flow!(&key, &state, Reason::IdleTimeout);
+                }
+                out.flush()?;
+            }
             _ = sweep_tick.tick() => {
                 attribution.refresh();
                 watched.retain(|(name, idx)| {
@@ -551,9 +625,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     removed.push(name.clone());
                     false
                 });
-                for (key, state) in sweep(&mut flows, &flow_cfg, clock::monotonic_ns(), false) {
-                    on_flow!(&key, &state, Reason::IdleTimeout);
-                }
                 let due = match baseline_at {
                     None => !detector.has_baseline(),
                     Some(t) => t.elapsed() >= cfg.adaptation.baseline_refresh.0,
@@ -739,6 +810,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         Ok(new) => {
                             detector.policy.reconfigure(new.policy.clone(), new.effective_allowlist());
                             flow_cfg = new.flow_config();
+                            *sweep_cfg.lock().unwrap_or_else(|e| e.into_inner()) = flow_cfg;
                             if let Err(e) = ebpf::write_config(&mut ebpf, &flow_cfg) {
                                 error!("SIGHUP: cannot update the flow configuration: {e:#}");
                             }
@@ -794,6 +866,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             out.record(&json)?;
         }
     }
+    sweep_stop.store(true, Relaxed);
+    sweep_rx.close();
+    while let Some(expired) = sweep_rx.recv().await {
+        for (key, state) in expired {
+            on_flow!(&key, &state, Reason::IdleTimeout);
+        }
+    }
+    let _ = sweeper.join();
     let open = sweep(&mut flows, &flow_cfg, clock::monotonic_ns(), true);
     let flushed = open.len();
     for (key, state) in open {

@@ -329,6 +329,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             malformed = s.malformed,
             not_ip = s.not_ip,
             alerts = s.alerts,
+            thin_evidence = s.thin_evidence,
             "replayed"
         );
         if let Some(t) = &s.truncated {

@@ -38,6 +38,8 @@ pub struct FileSummary {
     pub truncated: Option<String>,
     /// Alerts written (`--detect`).
     pub alerts: u64,
+    /// Records that reached a threshold on too little evidence (`--detect`; policy.min_evidence).
+    pub thin_evidence: u64,
 }
 
 /// Replays one capture; `on_record` gets every record in the order the kernel would emit them,
@@ -271,6 +273,7 @@ pub fn detect(
         alerts += act.alerts;
         out.flush()?;
         summary.alerts = alerts;
+        summary.thin_evidence = det.policy.thin_evidence;
         summaries.push(summary);
     }
     Ok(summaries)

@@ -215,9 +215,21 @@ pub fn sweep(
     now_mono: u64,
     all: bool,
 ) -> Vec<(FlowKey, FlowState)> {
+    sweep_counting(flows, cfg, now_mono, all).0
+}
+
+/// [`sweep`], also returning how many entries the table held when walked.
+fn sweep_counting(
+    flows: &mut HashMap<MapData, FlowKey, FlowState>,
+    cfg: &FlowConfig,
+    now_mono: u64,
+    all: bool,
+) -> (Vec<(FlowKey, FlowState)>, u64) {
     // Collect first: deleting while walking with get_next_key restarts the walk.
     let mut expired = Vec::new();
+    let mut seen = 0u64;
     for entry in flows.iter() {
+        seen += 1;
         match entry {
             Ok((key, state)) if all || flow::idle_expired(&state, now_mono, cfg) => {
                 expired.push((key, state))
@@ -234,7 +246,7 @@ pub fn sweep(
         // on its next packet. Losing that one packet's count is the price of not locking.
         let _ = flows.remove(key);
     }
-    expired
+    (expired, seen)
 }
 
 /// The idle-timeout sweep on a thread of its own, over a second handle to the flow table: a
@@ -247,6 +259,7 @@ fn spawn_sweeper(
     every: Duration,
     tx: mpsc::Sender<Vec<(FlowKey, FlowState)>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    entries: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use std::os::fd::AsFd;
     let fd = flows
@@ -271,7 +284,9 @@ fn spawn_sweeper(
                 }
                 next += every;
                 let cfg = *cfg.lock().unwrap_or_else(|e| e.into_inner());
-                let expired = sweep(&mut table, &cfg, clock::monotonic_ns(), false);
+                let (expired, seen) =
+                    sweep_counting(&mut table, &cfg, clock::monotonic_ns(), false);
+                entries.store(seen.saturating_sub(expired.len() as u64), Relaxed);
                 if !expired.is_empty() && tx.blocking_send(expired).is_err() {
                     break;
                 }
@@ -520,6 +535,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sweep_tick = tokio::time::interval(opts.sweep_interval);
     let sweep_cfg = Arc::new(std::sync::Mutex::new(flow_cfg));
     let sweep_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Flow-table occupancy as of the last sweep, for the metrics: counting it at each scrape
+    // was one more full walk of the table on the agent's loop.
+    let table_entries = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<Vec<(FlowKey, FlowState)>>(4);
     let sweeper = spawn_sweeper(
         &flows,
@@ -527,6 +545,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.sweep_interval,
         sweep_tx,
         sweep_stop.clone(),
+        table_entries.clone(),
     )?;
     let mut stats_tick = tokio::time::interval(opts.stats_interval);
     stats_tick.tick().await;
@@ -785,7 +804,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     for (n, v) in stat::NAMES.iter().zip(c.iter()) {
                         g.insert(format!("detector_kernel_{n}_total"), *v as f64);
                     }
-                    g.insert("detector_flow_table_entries".into(), flows.keys().count() as f64);
+                    g.insert("detector_flow_table_entries".into(), table_entries.load(Relaxed) as f64);
                     g.insert("detector_flow_table_capacity".into(), cfg.flows.table_size as f64);
                     g.insert("detector_blocklist_entries".into(), blocks.len() as f64);
                     g.insert("detector_tracked_sources".into(), detector.tracked().0 as f64);

@@ -286,15 +286,33 @@ pub enum DropTarget {
     Flow,
 }
 
+/// Writes an f32 as the shortest decimal that reads back to it (`0.9`, not the f64 widening
+/// `0.8999999761581421` TOML would print): `detector config` output is read by people.
+fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse::<f64>().unwrap_or(f64::from(*v)))
+}
+
+fn short_f32_opt<S: serde::Serializer>(v: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => short_f32(v, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// `[policy]`: thresholds and actions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySection {
     /// A record whose score reaches this raises an alert. Unset: the model's own threshold,
     /// calibrated on its training data for a low false-alert rate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "short_f32_opt"
+    )]
     pub alert_threshold: Option<f32>,
     /// A record whose score reaches this is dropped (per `drop`).
+    #[serde(serialize_with = "short_f32")]
     pub drop_threshold: f32,
     pub drop: DropMode,
     pub drop_target: DropTarget,
@@ -521,6 +539,17 @@ mod tests {
         let text = Config::defaults_toml();
         assert_eq!(Config::parse(&text, "defaults").unwrap(), Config::default());
         assert_eq!(Config::parse("", "empty").unwrap(), Config::default());
+        assert!(text.contains("drop_threshold = 0.9\n"), "{text}");
+        // Thresholds are written as people typed them, and read back to the same f32.
+        for v in [0.9f32, 0.97, 1e-7, 0.123_456_79, 1.0] {
+            let mut c = Config::default();
+            c.policy.drop_threshold = v;
+            c.policy.alert_threshold = Some(v);
+            let text = toml::to_string(&c).unwrap();
+            let back = Config::parse(&text, "t").unwrap();
+            assert_eq!(back.policy.drop_threshold, v, "{text}");
+            assert_eq!(back.policy.alert_threshold, Some(v));
+        }
     }
 
     /// Found by the `config_parse` fuzz target's round trip (docs/fuzzing.md).

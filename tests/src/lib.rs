@@ -299,7 +299,7 @@ impl Agent {
 
     /// Like [`Agent::start`], with a given directory (to restart an agent on its state). Records
     /// go to the same file as the alerts unless `args` has an `--output` of its own (`""`: none,
-    /// as the packaged configuration has it).
+    /// as the packaged configuration has it); no metrics unless it has a `--metrics-listen`.
     pub fn start_in(ns: &Netns, dir: &AgentDir, args: &[&str]) -> Self {
         let out = dir.path.join("out.jsonl");
         let log = dir.path.join(format!("{}.log", unique("agent")));
@@ -307,6 +307,11 @@ impl Agent {
             vec![]
         } else {
             vec!["--output".to_string(), out.display().to_string()]
+        };
+        let metrics = if args.contains(&"--metrics-listen") {
+            vec![]
+        } else {
+            vec!["--metrics-listen", ""]
         };
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
@@ -322,8 +327,7 @@ impl Agent {
             .arg(dir.path.join("state"))
             .arg("--control-socket")
             .arg(dir.socket())
-            .arg("--metrics-listen")
-            .arg("")
+            .args(&metrics)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()

@@ -352,3 +352,35 @@ fn tcp_transfer_matches_the_wire_and_names_the_processes() {
         .unwrap_or_else(|| panic!("no ESTABLISHED event on the server side in {events:?}"));
     assert_eq!(established["comm"], "dt-server");
 }
+
+#[test]
+fn metrics_report_records_table_occupancy_and_held_back_records() {
+    require_root();
+    let pair = Pair::new();
+    let listen = format!("127.0.0.1:{}", port(900));
+    let agent = Agent::start(
+        &pair.b,
+        &["--iface", &pair.b_if, "--metrics-listen", &listen],
+    );
+    pair.a
+        .sh(&format!("ping -c 3 -i 0.2 {}", Ipv4Addr::from(pair.b_ip)));
+    // Occupancy comes from the sweep thread's walk, once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = pair
+        .b
+        .sh(&format!("curl -s --max-time 5 http://{listen}/metrics"));
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+    };
+    assert!(value("detector_flow_records_total") >= 2.0, "{text}");
+    assert!(
+        value("detector_flow_table_entries") >= 1.0,
+        "the ping's flow is in the table"
+    );
+    assert!(value("detector_flow_table_capacity") >= value("detector_flow_table_entries"));
+    assert!(value("detector_thin_evidence_total") >= 0.0);
+    assert!(value("detector_alerts_rate_limited_total") >= 0.0);
+    agent.stop();
+}

@@ -171,13 +171,13 @@ impl Outputs {
     }
 }
 
-/// Live actions: the kernel blocklist and the events output.
 /// Records taken from the flow ring buffer before the outputs are flushed and the other work
 /// (batch deadlines, the control socket, stats) gets its turn. Without a bound, a flood that
 /// keeps the ring buffer from ever running dry kept the loop inside one wakeup for the whole
 /// flood, and its alerts sat in the output buffer: seconds of alert latency (BENCHMARKS.md).
 const DRAIN_MAX: usize = 4096;
 
+/// Live actions: the kernel blocklist, the events output, and process lookups for alerts.
 struct LiveActions<'a> {
     blocklist: &'a mut Blocklist<blocklist::KernelStore>,
     out: &'a mut Outputs,
@@ -398,13 +398,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         TimeBase::monotonic(),
         metrics.clone(),
     )?;
-    detector.set_families(
-        store
-            .signatures()
-            .into_iter()
-            .map(|(family, exemplars)| FamilySignature { family, exemplars })
-            .collect(),
-    );
+    detector.set_families(families(&store));
     let mut out = Outputs::open(&cfg.agent.records, &cfg.agent.events)?;
     let listener = control::bind(&cfg.agent.control_socket)?;
     let metrics_listener = match cfg.agent.metrics_listen.as_str() {
@@ -722,7 +716,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             };
                             match detector.set_model(Arc::new(m), v.clone(), score_path) {
                                 Ok(()) => {
-                                    detector.set_families(store.signatures().into_iter().map(|(family, exemplars)| FamilySignature { family, exemplars }).collect());
+                                    detector.set_families(families(&store));
                                     info!(model = %v, "rolled back");
                                     serde_json::json!({"ok": true, "model": v})
                                 }
@@ -964,6 +958,15 @@ fn fit_baseline(
     let version = detector.model_version.clone();
     detector.set_model(Arc::new(m), version, path)?;
     Ok(Some(n))
+}
+
+/// The confirmed families the model store holds, as the detector names alerts by them.
+fn families(store: &ModelStore) -> Vec<FamilySignature> {
+    store
+        .signatures()
+        .into_iter()
+        .map(|(family, exemplars)| FamilySignature { family, exemplars })
+        .collect()
 }
 
 fn stats_json(

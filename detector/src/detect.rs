@@ -569,7 +569,7 @@ mod tests {
             Arc::new(Metrics::default()),
         )
         .unwrap();
-        // Two distinct rows: a port scan's SYN and a large upload's end.
+        // A port scan's SYN, and a row far from it (the same, scaled).
         let row = |f: &[u8], ts: u64| {
             let (mut t, mut env) = (MemTable::default(), MemEnv::default());
             process_packet(

@@ -69,6 +69,21 @@ pub fn corpus_files(sub: &str) -> Vec<PathBuf> {
     v
 }
 
+/// The model trained without the beaconing family (`cargo xtask train-default
+/// --holdout-family beaconing --out detector/models/test/holdout-beaconing.safetensors`): a
+/// beaconing session is new to it, so confirming one makes the agent adapt.
+pub fn holdout_beaconing_model() -> String {
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../detector/models/test/holdout-beaconing.safetensors"
+    );
+    assert!(
+        Path::new(p).is_file(),
+        "{p} missing: run cargo xtask train-default --holdout-family beaconing --out {p}"
+    );
+    p.to_string()
+}
+
 /// The agent binary built by `cargo xtask test` ($DETECTOR_BIN, else target/debug/detector).
 pub fn detector_bin() -> PathBuf {
     let p = std::env::var_os("DETECTOR_BIN")

@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::Netns;
+use crate::{Lan, Netns};
 
 /// The request every client sends.
 const REQUEST: &[u8] =
@@ -76,6 +76,33 @@ impl Drop for WebService {
 /// One request from a namespace; true when the whole page came back.
 pub fn web_get(ns: &Netns, addr: SocketAddr) -> bool {
     ns.spawn("dt-client", move || get(addr)).join().unwrap()
+}
+
+/// A [`WebService`] on one host of a [`Lan`], and requests to it from the others.
+pub struct LanService {
+    _web: WebService,
+    host: usize,
+    pub port: u16,
+}
+
+impl LanService {
+    /// Starts the service on `host`'s address and `port`; it stops when dropped.
+    pub fn start(lan: &Lan, host: usize, port: u16) -> Self {
+        let addr = SocketAddr::from((lan.ips[host], port));
+        Self {
+            _web: WebService::start(&lan.hosts[host], addr),
+            host,
+            port,
+        }
+    }
+
+    /// One request from host `from`; true when it got the page.
+    pub fn request(&self, lan: &Lan, from: usize) -> bool {
+        web_get(
+            &lan.hosts[from],
+            SocketAddr::from((lan.ips[self.host], self.port)),
+        )
+    }
 }
 
 /// `n` requests from a namespace, 20 ms apart (failures ignored).

@@ -3,11 +3,11 @@
 //! logs; the allowlist holds under a flood; a killed agent leaves traffic flowing and its
 //! restart restores its blocks; the control socket refuses non-root users.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use integration_tests::{
     require_root,
-    traffic::{alerts_from, nmap_syn_scan, web_get, WebService},
+    traffic::{alerts_from, nmap_syn_scan, LanService},
     Agent, AgentDir, Lan,
 };
 use serde_json::Value;
@@ -15,27 +15,6 @@ use serde_json::Value;
 const VICTIM: usize = 0;
 const ATTACKER: usize = 1;
 const CLIENT: usize = 2;
-
-/// The victim's web service on `port` (stops when dropped).
-struct Service {
-    _web: WebService,
-    port: u16,
-}
-
-impl Service {
-    fn start(lan: &Lan, port: u16) -> Self {
-        let addr = SocketAddr::from((lan.ips[VICTIM], port));
-        Self {
-            _web: WebService::start(&lan.hosts[VICTIM], addr),
-            port,
-        }
-    }
-}
-
-/// One request from host `from` to the victim's service; true when it got the page.
-fn request(lan: &Lan, from: usize, port: u16) -> bool {
-    web_get(&lan.hosts[from], SocketAddr::from((lan.ips[VICTIM], port)))
-}
 
 fn last_stats(lines: &[Value]) -> &Value {
     lines
@@ -77,26 +56,23 @@ fn hping3_flood(lan: &Lan, from: usize, port: u16) {
 fn scan_and_flood_are_alerted_and_dropped_while_a_benign_client_keeps_working() {
     require_root();
     let lan = Lan::new(3);
-    let svc = Service::start(&lan, 8080);
+    let svc = LanService::start(&lan, VICTIM, 8080);
     let dir = AgentDir::new();
     let agent = Agent::start_in(
         &lan.hosts[VICTIM],
         &dir,
         &["--iface", &lan.ifaces[VICTIM], "--drop", "drop"],
     );
-    assert!(
-        request(&lan, CLIENT, svc.port),
-        "benign client before the attack"
-    );
+    assert!(svc.request(&lan, CLIENT), "benign client before the attack");
     nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     std::thread::sleep(Duration::from_millis(500));
     // The attacker is blocked now; the benign client still gets through.
     assert!(
-        !request(&lan, ATTACKER, svc.port),
+        !svc.request(&lan, ATTACKER),
         "the attacker's connection should be dropped"
     );
-    if !request(&lan, CLIENT, svc.port) {
+    if !svc.request(&lan, CLIENT) {
         let lines = agent.stop();
         let client_alerts = alerts_from(&lines, &lan.ip(CLIENT));
         panic!(
@@ -157,7 +133,7 @@ fn scan_and_flood_are_alerted_and_dropped_while_a_benign_client_keeps_working() 
 fn shadow_mode_logs_would_be_drops_and_drops_nothing() {
     require_root();
     let lan = Lan::new(3);
-    let svc = Service::start(&lan, 8080);
+    let svc = LanService::start(&lan, VICTIM, 8080);
     let agent = Agent::start(
         &lan.hosts[VICTIM],
         &["--iface", &lan.ifaces[VICTIM], "--drop", "shadow"],
@@ -165,10 +141,7 @@ fn shadow_mode_logs_would_be_drops_and_drops_nothing() {
     nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        request(&lan, ATTACKER, svc.port),
-        "shadow mode must not drop"
-    );
+    assert!(svc.request(&lan, ATTACKER), "shadow mode must not drop");
     let lines = agent.stop();
     let alerts = alerts_from(&lines, &lan.ip(ATTACKER));
     assert!(
@@ -187,7 +160,7 @@ fn shadow_mode_logs_would_be_drops_and_drops_nothing() {
 fn the_allowlist_holds_under_a_flood() {
     require_root();
     let lan = Lan::new(3);
-    let svc = Service::start(&lan, 8080);
+    let svc = LanService::start(&lan, VICTIM, 8080);
     let dir = AgentDir::with_config(&format!(
         "[policy]\nallowlist = [\"{}/32\"]\n",
         lan.ip(ATTACKER)
@@ -200,7 +173,7 @@ fn the_allowlist_holds_under_a_flood() {
     nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     assert!(
-        request(&lan, ATTACKER, svc.port),
+        svc.request(&lan, ATTACKER),
         "an allowlisted address is never dropped"
     );
     let lines = agent.stop();
@@ -223,7 +196,7 @@ fn xdp_programs(lan: &Lan, host: usize) -> usize {
 fn a_killed_agent_fails_open_and_its_restart_restores_the_blocks() {
     require_root();
     let lan = Lan::new(3);
-    let svc = Service::start(&lan, 8080);
+    let svc = LanService::start(&lan, VICTIM, 8080);
     let dir = AgentDir::new();
     let agent = Agent::start_in(
         &lan.hosts[VICTIM],
@@ -234,18 +207,15 @@ fn a_killed_agent_fails_open_and_its_restart_restores_the_blocks() {
     nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
     hping3_flood(&lan, ATTACKER, svc.port);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !request(&lan, ATTACKER, svc.port),
-        "blocked while the agent runs"
-    );
+    assert!(!svc.request(&lan, ATTACKER), "blocked while the agent runs");
     agent.kill9();
     // Fail-open: nothing of the agent is left in the data path.
     assert_eq!(xdp_programs(&lan, VICTIM), 0, "XDP detached with the agent");
     assert!(
-        request(&lan, ATTACKER, svc.port),
+        svc.request(&lan, ATTACKER),
         "traffic flows while the agent is dead"
     );
-    assert!(request(&lan, CLIENT, svc.port));
+    assert!(svc.request(&lan, CLIENT));
     // Restart on the same state: the unexpired block is back, one XDP program, not two.
     let again = Agent::start_in(
         &lan.hosts[VICTIM],
@@ -254,10 +224,10 @@ fn a_killed_agent_fails_open_and_its_restart_restores_the_blocks() {
     );
     assert_eq!(xdp_programs(&lan, VICTIM), 1);
     assert!(
-        !request(&lan, ATTACKER, svc.port),
+        !svc.request(&lan, ATTACKER),
         "the restored block drops again"
     );
-    assert!(request(&lan, CLIENT, svc.port));
+    assert!(svc.request(&lan, CLIENT));
     let lines = again.stop();
     assert!(last_stats(&lines)["blocks"].as_u64().unwrap() >= 1);
 }

@@ -12,7 +12,6 @@
 
 use std::{
     collections::HashSet,
-    net::SocketAddr,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -25,7 +24,7 @@ use aya::maps::{HashMap, Map, MapData, MapInfo};
 use detector_common::flow::{FlowKey, FlowState};
 use integration_tests::{
     require_root,
-    traffic::{alerts_from, nmap_syn_scan, web_get, WebService},
+    traffic::{alerts_from, nmap_syn_scan, LanService},
     Agent, AgentDir, Lan,
 };
 use serde_json::Value;
@@ -41,27 +40,6 @@ const TABLE: u32 = 4096;
 const FLOOD_PACKETS: u32 = 100_000;
 /// Peak RSS the agent may reach.
 const RSS_LIMIT_KIB: u64 = 128 * 1024;
-
-/// The victim's web service on `port` (stops when dropped).
-struct Service {
-    _web: WebService,
-    port: u16,
-}
-
-impl Service {
-    fn start(lan: &Lan, port: u16) -> Self {
-        let addr = SocketAddr::from((lan.ips[VICTIM], port));
-        Self {
-            _web: WebService::start(&lan.hosts[VICTIM], addr),
-            port,
-        }
-    }
-}
-
-/// One request from host `from` to the victim's service; true when it got the page.
-fn request(lan: &Lan, from: usize, port: u16) -> bool {
-    web_get(&lan.hosts[from], SocketAddr::from((lan.ips[VICTIM], port)))
-}
 
 /// A random-source SYN flood to `port`, bounded in time (10 s) and in count.
 fn spoofed_flood(lan: &Lan, port: u16) {
@@ -168,7 +146,7 @@ fn a_spoofed_flood_beyond_the_flow_table_stays_bounded_and_a_scan_is_still_caugh
     require_root();
     let t0 = Instant::now();
     let lan = Lan::new(4);
-    let svc = Service::start(&lan, 8080);
+    let svc = LanService::start(&lan, VICTIM, 8080);
     let client = lan.ip(CLIENT);
     let scanner = lan.ip(SCANNER);
     let dir = AgentDir::with_config(&format!("[policy]\nallowlist = [\"{client}/32\"]\n"));
@@ -192,7 +170,7 @@ fn a_spoofed_flood_beyond_the_flow_table_stays_bounded_and_a_scan_is_still_caugh
         max_entries, TABLE,
         "the kernel flow table has the configured size"
     );
-    assert!(request(&lan, CLIENT, svc.port), "client before the flood");
+    assert!(svc.request(&lan, CLIENT), "client before the flood");
     let hwm_before = proc_status_kib(pid, "VmHWM");
 
     // During the flood: the client keeps requesting, and the table and RSS are sampled.
@@ -219,7 +197,7 @@ fn a_spoofed_flood_beyond_the_flow_table_stays_bounded_and_a_scan_is_still_caugh
             let (mut ok, mut total) = (0, 0);
             while flooding.load(Ordering::Relaxed) {
                 total += 1;
-                if request(&lan, CLIENT, svc.port) {
+                if svc.request(&lan, CLIENT) {
                     ok += 1;
                 }
                 std::thread::sleep(Duration::from_millis(250));
@@ -238,7 +216,7 @@ fn a_spoofed_flood_beyond_the_flow_table_stays_bounded_and_a_scan_is_still_caugh
     nmap_syn_scan(&lan.hosts[SCANNER], &lan.ip(VICTIM));
     std::thread::sleep(Duration::from_millis(1000));
 
-    let after_ok = (0..3).filter(|_| request(&lan, CLIENT, svc.port)).count();
+    let after_ok = (0..3).filter(|_| svc.request(&lan, CLIENT)).count();
     let occupancy = flow_map_entries(map_id, max_entries);
     let st = status(&dir);
     let hwm = proc_status_kib(pid, "VmHWM");

@@ -16,7 +16,7 @@ use std::{
 };
 
 use integration_tests::{
-    require_root, sh,
+    holdout_beaconing_model, require_root, sh,
     traffic::{beacon, browse, sink, WebService},
     unique, Agent, AgentDir, Lan, Netns,
 };
@@ -27,20 +27,6 @@ const ATTACKER: usize = 1;
 const CLIENT: usize = 2;
 const C2_PORT: u16 = 4444;
 const BEACONS: usize = 12;
-
-/// The model trained without the beaconing family (see few_shot.rs): a beaconing session is
-/// new to it, so confirming one makes the agent adapt and save a host model.
-fn holdout_model() -> String {
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector/models/test/holdout-beaconing.safetensors"
-    );
-    assert!(
-        Path::new(p).is_file(),
-        "{p} missing: run cargo xtask train-default --holdout-family beaconing --out {p}"
-    );
-    p.to_string()
-}
 
 /// Runs a client subcommand that must succeed; returns its JSON answer.
 fn client_ok(dir: &AgentDir, args: &[&str]) -> Value {
@@ -94,7 +80,7 @@ impl Incident {
         Self {
             lan,
             _web: web,
-            model: holdout_model(),
+            model: holdout_beaconing_model(),
         }
     }
 

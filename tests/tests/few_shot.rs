@@ -17,7 +17,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use integration_tests::{
-    require_root,
+    holdout_beaconing_model, require_root,
     traffic::{alerts_about, beacon, browse, sink, WebService},
     Agent, AgentDir, Lan,
 };
@@ -30,18 +30,6 @@ const SECOND_ATTACKER: usize = 3;
 /// The attackers' listening port (as the lab's beacon-tcp scenario), and beacons per session.
 const C2_PORT: u16 = 4444;
 const BEACONS: usize = 12;
-
-fn holdout_model() -> String {
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../detector/models/test/holdout-beaconing.safetensors"
-    );
-    assert!(
-        std::path::Path::new(p).is_file(),
-        "{p} missing: run cargo xtask train-default --holdout-family beaconing --out {p}"
-    );
-    p.to_string()
-}
 
 /// The victim's web service.
 fn web_addr(lan: &Lan) -> SocketAddr {
@@ -62,7 +50,7 @@ fn beacon_to(lan: &Lan, to: usize) {
 #[test]
 fn a_confirmed_first_session_teaches_the_agent_the_family() {
     require_root();
-    let model = holdout_model();
+    let model = holdout_beaconing_model();
     let lan = Lan::new(4);
     let _web = WebService::start(&lan.hosts[VICTIM], web_addr(&lan));
     for host in [ATTACKER, SECOND_ATTACKER] {

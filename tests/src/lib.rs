@@ -302,6 +302,9 @@ pub struct Agent {
     child: Option<Child>,
     pub out: PathBuf,
     pub log: PathBuf,
+    /// The directory [`Agent::start`] made for it, removed after the agent (fields drop after
+    /// `Drop::drop` has killed the process).
+    _own_dir: Option<AgentDir>,
 }
 
 impl Agent {
@@ -309,7 +312,10 @@ impl Agent {
     /// visible) with extra arguments, and waits until it runs. Records and alerts go to one
     /// file; state, control socket and metrics are private to this agent (see [`AgentDir`]).
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
-        Self::start_in(ns, &AgentDir::new(), args)
+        let dir = AgentDir::new();
+        let mut agent = Self::start_in(ns, &dir, args);
+        agent._own_dir = Some(dir);
+        agent
     }
 
     /// Like [`Agent::start`], with a given directory (to restart an agent on its state). Records
@@ -351,6 +357,7 @@ impl Agent {
             child: Some(child),
             out,
             log,
+            _own_dir: None,
         };
         agent.wait_for_log("SIGINT or SIGTERM stops", Duration::from_secs(60));
         agent
@@ -450,18 +457,34 @@ impl AgentDir {
 
     /// Runs a client subcommand (`status`, `incident confirm ...`) against this agent.
     pub fn client(&self, args: &[&str]) -> std::process::Output {
-        Command::new(detector_bin())
-            .args(args)
-            .arg("--socket")
-            .arg(self.socket())
-            .output()
-            .expect("run the client")
+        client_at(&self.socket(), args)
     }
+}
+
+/// Runs a client subcommand against the agent listening on `socket` (from a thread that cannot
+/// borrow the [`AgentDir`]).
+pub fn client_at(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(detector_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run the client")
 }
 
 impl Default for AgentDir {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Removed with what the agent wrote there (its records can be tens of MB), except when the
+/// test failed: then it stays for a look.
+impl Drop for AgentDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }
 

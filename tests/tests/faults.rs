@@ -16,7 +16,7 @@ use std::{
 };
 
 use integration_tests::{
-    holdout_beaconing_model, require_root, sh,
+    client_at, holdout_beaconing_model, require_root, sh,
     traffic::{beacon, browse, sink, WebService},
     unique, Agent, AgentDir, Lan, Netns,
 };
@@ -396,14 +396,11 @@ fn an_agent_killed_during_adaptation_restarts_on_its_last_saved_model() {
     inc.traffic();
 
     // Confirm from another thread (the answer never comes) and kill as the adaptation starts.
-    let socket_dir = AgentDir {
-        path: dir.path.clone(),
-        config: dir.config.clone(),
-    };
+    let socket = dir.socket();
     let args = inc.confirm_args();
     let confirm = std::thread::spawn(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        socket_dir.client(&args)
+        client_at(&socket, &args)
     });
     agent.wait_for_log("incident confirmed: adapting", Duration::from_secs(30));
     agent.kill9();

@@ -29,7 +29,7 @@ pub const REV: usize = 1;
 /// is `lo`. IPv4 addresses occupy the first 4 bytes of the 16-byte fields, the rest is zero.
 /// 8-byte alignment lets the BPF program compare and swap addresses as two u64 words.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub addr_lo: [u8; 16],
     pub addr_hi: [u8; 16],
@@ -41,6 +41,24 @@ pub struct FlowKey {
     pub family: u8,
     /// Outermost 802.1Q/802.1ad VLAN id, 0 when untagged.
     pub vlan: u16,
+}
+
+/// One `write` of the key's 40 bytes. The derived impl made nine (a length prefix and the
+/// bytes per address, then a call per field), and the agent hashes flow keys with SipHash, whose
+/// per-call overhead made up most of its context lookups (BENCHMARKS.md).
+impl core::hash::Hash for FlowKey {
+    #[inline]
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        let mut b = [0u8; 40];
+        b[..16].copy_from_slice(&self.addr_lo);
+        b[16..32].copy_from_slice(&self.addr_hi);
+        b[32..34].copy_from_slice(&self.port_lo.to_ne_bytes());
+        b[34..36].copy_from_slice(&self.port_hi.to_ne_bytes());
+        b[36] = self.proto;
+        b[37] = self.family;
+        b[38..40].copy_from_slice(&self.vlan.to_ne_bytes());
+        h.write(&b);
+    }
 }
 
 impl FlowKey {

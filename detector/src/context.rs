@@ -110,8 +110,9 @@ impl Window {
         }
     }
 
-    /// Records the flow (first time) or its answer (later); returns true the first time.
-    fn note(&mut self, e: Event, max_events: usize) -> bool {
+    /// Records the flow (first time) or its answer (later); returns the flow's event as the
+    /// window now holds it.
+    fn note(&mut self, e: Event, max_events: usize) -> Event {
         if let Some(&seq) = self.index.get(&e.key) {
             if let Some(old) = self.events.get_mut((seq - self.front_seq) as usize) {
                 if e.answered && !old.answered {
@@ -120,8 +121,9 @@ impl Window {
                         self.unanswered -= 1;
                     }
                 }
+                return *old;
             }
-            return false;
+            return e;
         }
         if self.events.len() >= max_events {
             self.pop_front();
@@ -137,12 +139,33 @@ impl Window {
         self.index
             .insert(e.key, self.front_seq + self.events.len() as u64);
         self.events.push_back(e);
-        true
+        e
     }
 
     fn rate(&self, window: u64) -> f32 {
         self.events.len() as f32 / (window as f32 / 1e9)
     }
+}
+
+/// A map key hashed with one `write` of its bytes (a `[u8; N]` or a tuple would make several,
+/// and SipHash pays per call).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Bytes<const N: usize>([u8; N]);
+
+impl<const N: usize> std::hash::Hash for Bytes<N> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write(&self.0);
+    }
+}
+
+/// A service: responder address, port and protocol.
+fn service_key(addr: &[u8; 16], port: u16, proto: u8) -> Bytes<19> {
+    let mut b = [0u8; 19];
+    b[..16].copy_from_slice(addr);
+    b[16..18].copy_from_slice(&port.to_ne_bytes());
+    b[18] = proto;
+    Bytes(b)
 }
 
 /// A 64-bit digest of a 16-byte address, for compact distinct counting.
@@ -158,8 +181,8 @@ fn addr_id(a: &[u8; 16]) -> u64 {
 /// Source and service windows for every recent initiator and service.
 pub struct ContextTracker {
     cfg: ContextConfig,
-    sources: HashMap<[u8; 16], Window>,
-    services: HashMap<([u8; 16], u16, u8), Window>,
+    sources: HashMap<Bytes<16>, Window>,
+    services: HashMap<Bytes<19>, Window>,
     last_prune: u64,
 }
 
@@ -213,10 +236,10 @@ impl ContextTracker {
             answered,
         };
 
-        let w = self.sources.entry(src).or_default();
+        let w = self.sources.entry(Bytes(src)).or_default();
         w.expire(now, window);
         w.last_seen = now;
-        w.note(event, max_events);
+        let held = w.note(event, max_events);
         // The kernel emits `rst` once per flow, when the RST first appears.
         if reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0 {
             if w.failed.len() >= max_events {
@@ -229,14 +252,12 @@ impl ContextTracker {
         out[2] = w.peers.len() as f32;
         // Over the source's *other* attempts: at its `new` record every flow is still
         // unanswered, and counting it would make any client's first connection look like a
-        // scan's.
-        let this_pending = event.syn
-            && w.index
-                .get(key)
-                .and_then(|&q| w.events.get((q - w.front_seq) as usize))
-                .is_some_and(|e| !e.answered);
-        let (syn, unanswered) = if event.syn && w.index.contains_key(key) {
-            (w.syn - 1, w.unanswered - this_pending as u32)
+        // scan's. The window holds this flow's event, as `note` returned it.
+        let (syn, unanswered) = if held.syn {
+            (
+                w.syn.saturating_sub(1),
+                w.unanswered.saturating_sub(!held.answered as u32),
+            )
         } else {
             (w.syn, w.unanswered)
         };
@@ -248,7 +269,10 @@ impl ContextTracker {
         out[4] = w.failed.len() as f32;
         let src_events = w.events.len();
 
-        let svc = self.services.entry((dst, dport, key.proto)).or_default();
+        let svc = self
+            .services
+            .entry(service_key(&dst, dport, key.proto))
+            .or_default();
         svc.expire(now, window);
         svc.last_seen = now;
         svc.note(

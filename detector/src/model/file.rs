@@ -82,8 +82,8 @@ fn tensors_of(m: &Model) -> BTreeMap<String, Owned> {
         t.insert(
             format!("prototypes/{name}/benign_distances"),
             Owned {
-                shape: vec![p.benign_distances.len()],
-                bytes: f32_bytes(&p.benign_distances),
+                shape: vec![p.benign_distances().len()],
+                bytes: f32_bytes(p.benign_distances()),
             },
         );
     }
@@ -299,11 +299,7 @@ impl Model {
             let d = format!("prototypes/{name}/benign_distances");
             let m = views.get(&d).and_then(|v| v.shape().first().copied());
             let m = m.ok_or_else(|| bad(format!("tensor `{d}` is missing")))?;
-            let p = Prototypes {
-                dim,
-                centroids: take(&c, &[k, dim])?,
-                benign_distances: take(&d, &[m])?,
-            };
+            let p = Prototypes::new(dim, take(&c, &[k, dim])?, take(&d, &[m])?);
             // NaN or unsorted distances would make novelty meaningless (found by the
             // `model_load` fuzz target: `Model::validate` does not look at prototypes).
             p.validate(dim)

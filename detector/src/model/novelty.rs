@@ -27,10 +27,68 @@ pub struct Prototypes {
     /// `k × dim`, row-major.
     pub centroids: Vec<f32>,
     /// Sorted distances of held-out benign embeddings to their nearest centroid.
-    pub benign_distances: Vec<f32>,
+    benign_distances: Vec<f32>,
+    /// The tail of `benign_distances` ([`Tail::of`]): computed once here, not per score (it
+    /// takes a logarithm per distance above the 90% quantile).
+    tail: Tail,
+}
+
+/// The Pareto tail of the benign distances: threshold `u` (the 90% quantile), the novelty at
+/// `u`, and the index α.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Tail {
+    u: f32,
+    f_u: f32,
+    alpha: f32,
+}
+
+impl Tail {
+    /// Of sorted, non-empty distances.
+    fn of(v: &[f32]) -> Self {
+        let m = v.len();
+        if m == 0 {
+            return Tail {
+                u: 1e-6,
+                f_u: 0.0,
+                alpha: 10.0,
+            };
+        }
+        let u = v[(m * 9 / 10).min(m - 1)].max(1e-6);
+        let r_u = v.partition_point(|&x| x <= u);
+        let f_u = r_u as f32 / (m as f32 + 1.0);
+        let excess = &v[r_u..];
+        let mean = if excess.is_empty() {
+            0.0
+        } else {
+            excess.iter().map(|&x| (x / u).ln()).sum::<f32>() / excess.len() as f32
+        };
+        // Hill: α = 1 / mean log excess; without excesses assume a steep tail.
+        let alpha = if mean > 0.0 { 1.0 / mean } else { 10.0 };
+        Tail {
+            u,
+            f_u,
+            alpha: alpha.clamp(0.5, 50.0),
+        }
+    }
 }
 
 impl Prototypes {
+    /// Prototypes from their parts (a model file); [`Prototypes::validate`] checks them.
+    pub fn new(dim: usize, centroids: Vec<f32>, benign_distances: Vec<f32>) -> Self {
+        let tail = Tail::of(&benign_distances);
+        Prototypes {
+            dim,
+            centroids,
+            benign_distances,
+            tail,
+        }
+    }
+
+    /// Sorted distances of held-out benign embeddings to their nearest centroid.
+    pub fn benign_distances(&self) -> &[f32] {
+        &self.benign_distances
+    }
+
     /// Fits on `n` benign embeddings (`n × dim`): k-means++ and Lloyd on three quarters of the
     /// rows, the distance distribution on the other quarter (so it is not the optimistic
     /// in-sample one). `None` with fewer than [`MIN_ROWS`] rows.
@@ -149,11 +207,7 @@ impl Prototypes {
                 .map(|q| dist[q * (m - 1) / (MAX_DISTANCES - 1)])
                 .collect();
         }
-        Some(Prototypes {
-            dim,
-            centroids,
-            benign_distances: dist,
-        })
+        Some(Prototypes::new(dim, centroids, dist))
     }
 
     /// Distance of an embedding to the nearest prototype.
@@ -171,30 +225,12 @@ impl Prototypes {
         if m == 0 {
             return 0.0;
         }
-        let (u, f_u, alpha) = self.tail();
+        let Tail { u, f_u, alpha } = self.tail;
         if d <= u {
             let r = self.benign_distances.partition_point(|&v| v <= d);
             return r as f32 / (m as f32 + 1.0);
         }
         1.0 - (1.0 - f_u) * (u / d).powf(alpha)
-    }
-
-    /// Tail threshold `u` (the 90% quantile), the novelty at `u`, and the Pareto index α.
-    fn tail(&self) -> (f32, f32, f32) {
-        let v = &self.benign_distances;
-        let m = v.len();
-        let u = v[(m * 9 / 10).min(m - 1)].max(1e-6);
-        let r_u = v.partition_point(|&x| x <= u);
-        let f_u = r_u as f32 / (m as f32 + 1.0);
-        let logs: Vec<f32> = v[r_u..].iter().map(|&x| (x / u).ln()).collect();
-        let mean = if logs.is_empty() {
-            0.0
-        } else {
-            logs.iter().sum::<f32>() / logs.len() as f32
-        };
-        // Hill: α = 1 / mean log excess; without excesses assume a steep tail.
-        let alpha = if mean > 0.0 { 1.0 / mean } else { 10.0 };
-        (u, f_u, alpha.clamp(0.5, 50.0))
     }
 
     /// Number of prototypes.

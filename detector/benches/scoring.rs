@@ -1,6 +1,6 @@
 //! Scoring speed: ns per flow at batch 1, 64 and 1024 for each int8 SIMD level this CPU has and
 //! for candle f32 (and candle CUDA with `--features cuda`), on normalised rows, in one run; plus
-//! the normaliser alone. One thread (`RAYON_NUM_THREADS=1` unless set), the embedded model's
+//! the normaliser and the novelty distance alone. One thread (`RAYON_NUM_THREADS=1` unless set), the embedded model's
 //! shapes. Run: `cargo bench -p detector --bench scoring` (results in BENCHMARKS.md).
 
 use std::hint::black_box;
@@ -60,6 +60,18 @@ fn bench(c: &mut Criterion) {
                     black_box(&out);
                 })
             });
+            // The novelty distance of the scores (nearest benign prototype, its quantile).
+            if let Some(proto) = model.prototypes.get(fs) {
+                let e = proto.dim;
+                let emb = rows(batch, e);
+                g.bench_with_input(BenchmarkId::new("novelty", batch), &batch, |b, _| {
+                    b.iter(|| {
+                        for r in emb.chunks_exact(e) {
+                            black_box(proto.novelty(black_box(r)));
+                        }
+                    })
+                });
+            }
         }
         g.finish();
     }

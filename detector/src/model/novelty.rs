@@ -271,8 +271,25 @@ fn gather_rows(emb: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
         .collect()
 }
 
+/// Squared Euclidean distance, summed in eight lanes: one running sum is a chain of dependent
+/// additions that the compiler may not reorder (float addition is not associative), so it would
+/// not vectorise; this is on the agent's per-record path (novelty, BENCHMARKS.md).
 fn sq(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
 }
 
 /// Index of and Euclidean distance to the nearest centroid.

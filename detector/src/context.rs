@@ -111,19 +111,22 @@ impl Window {
     }
 
     /// Records the flow (first time) or its answer (later); returns the flow's event as the
-    /// window now holds it.
-    fn note(&mut self, e: Event, max_events: usize) -> Event {
+    /// window now holds it, or `None` for a flow that began before the window (`horizon`): a
+    /// long-lived connection's later records are not new flows, and inserting their old start
+    /// time behind newer events would break the oldest-first order that `expire` relies on.
+    fn note(&mut self, e: Event, max_events: usize, horizon: u64) -> Option<Event> {
         if let Some(&seq) = self.index.get(&e.key) {
-            if let Some(old) = self.events.get_mut((seq - self.front_seq) as usize) {
-                if e.answered && !old.answered {
-                    old.answered = true;
-                    if old.syn {
-                        self.unanswered -= 1;
-                    }
+            let old = self.events.get_mut((seq - self.front_seq) as usize)?;
+            if e.answered && !old.answered {
+                old.answered = true;
+                if old.syn {
+                    self.unanswered -= 1;
                 }
-                return *old;
             }
-            return e;
+            return Some(*old);
+        }
+        if e.ts < horizon {
+            return None;
         }
         if self.events.len() >= max_events {
             self.pop_front();
@@ -139,7 +142,7 @@ impl Window {
         self.index
             .insert(e.key, self.front_seq + self.events.len() as u64);
         self.events.push_back(e);
-        e
+        Some(e)
     }
 
     fn rate(&self, window: u64) -> f32 {
@@ -239,7 +242,8 @@ impl ContextTracker {
         let w = self.sources.entry(Bytes(src)).or_default();
         w.expire(now, window);
         w.last_seen = now;
-        let held = w.note(event, max_events);
+        let horizon = now.saturating_sub(window);
+        let held = w.note(event, max_events, horizon);
         // The kernel emits `rst` once per flow, when the RST first appears.
         if reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0 {
             if w.failed.len() >= max_events {
@@ -252,14 +256,13 @@ impl ContextTracker {
         out[2] = w.peers.len() as f32;
         // Over the source's *other* attempts: at its `new` record every flow is still
         // unanswered, and counting it would make any client's first connection look like a
-        // scan's. The window holds this flow's event, as `note` returned it.
-        let (syn, unanswered) = if held.syn {
-            (
+        // scan's. `note` returned this flow's event as the window holds it.
+        let (syn, unanswered) = match held {
+            Some(h) if h.syn => (
                 w.syn.saturating_sub(1),
-                w.unanswered.saturating_sub(!held.answered as u32),
-            )
-        } else {
-            (w.syn, w.unanswered)
+                w.unanswered.saturating_sub(!h.answered as u32),
+            ),
+            _ => (w.syn, w.unanswered),
         };
         out[3] = if syn > 0 {
             unanswered as f32 / syn as f32
@@ -267,7 +270,7 @@ impl ContextTracker {
             0.0
         };
         out[4] = w.failed.len() as f32;
-        let src_events = w.events.len();
+        let src_others = w.events.len() - held.is_some() as usize;
 
         let svc = self
             .services
@@ -275,17 +278,18 @@ impl ContextTracker {
             .or_default();
         svc.expire(now, window);
         svc.last_seen = now;
-        svc.note(
+        let svc_held = svc.note(
             Event {
                 peer: addr_id(&src),
                 port: 0,
                 ..event
             },
             max_events,
+            horizon,
         );
         out[5] = svc.rate(window);
         out[6] = svc.peers.len() as f32;
-        let others = (svc.events.len().saturating_sub(1) + src_events.saturating_sub(1)) as u32;
+        let others = (svc.events.len() - svc_held.is_some() as usize + src_others) as u32;
         self.prune(now);
         others
     }
@@ -508,5 +512,38 @@ mod tests {
             }
         }
         assert_eq!(others, [0, 2, 2]);
+    }
+
+    #[test]
+    fn a_long_lived_flows_later_record_is_not_a_new_flow() {
+        let (a, v) = ([10, 0, 0, 7], [10, 0, 0, 1]);
+        let mut t = MemTable::default();
+        let mut env = MemEnv::default();
+        let mut ctx = ContextTracker::default();
+        let mut first = |ts: u64, sport: u16, env: &mut MemEnv| {
+            let f = tcp4(a, sport, v, 22, TCP_SYN, 1, 0);
+            process_packet(&Captured::whole(&f), ts, &FlowConfig::DEFAULT, &mut t, env);
+            env.records.drain(..).next().expect("a new flow's record")
+        };
+        let mut out = [0f32; COUNT];
+        // A connection opened at 1 s, a second one at 30 s (the first has left the window).
+        let (k_old, mut s_old, r) = first(SEC, 40000, &mut env);
+        ctx.observe(&k_old, &s_old, r, &mut out);
+        let (k, s, r) = first(30 * SEC, 40001, &mut env);
+        ctx.observe(&k, &s, r, &mut out);
+        assert!(
+            (out[0] - 0.1).abs() < 1e-6,
+            "one new flow in 10 s: {}",
+            out[0]
+        );
+        // The first connection reports again at 31 s: it began before the window, so the
+        // window does not take it back in.
+        s_old.last_seen_ns = 31 * SEC;
+        ctx.observe(&k_old, &s_old, Reason::ActiveTimeout, &mut out);
+        assert!((out[0] - 0.1).abs() < 1e-6, "source rate: {}", out[0]);
+        assert!((out[5] - 0.1).abs() < 1e-6, "service rate: {}", out[5]);
+        let (k, s, r) = first(32 * SEC, 40002, &mut env);
+        ctx.observe(&k, &s, r, &mut out);
+        assert!((out[0] - 0.2).abs() < 1e-6, "two new flows: {}", out[0]);
     }
 }

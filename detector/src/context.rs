@@ -7,7 +7,10 @@
 //! `max_sources` sources and services are tracked (the least recently seen are forgotten) and
 //! each window keeps at most `max_events` flows.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{hash_map::RandomState, HashMap, VecDeque},
+    hash::{BuildHasher, BuildHasherDefault, Hasher},
+};
 
 use detector_common::{
     flow::{FlowKey, FlowState, Reason, FWD, REV},
@@ -49,7 +52,8 @@ impl Default for ContextConfig {
 #[derive(Clone, Copy, Debug)]
 struct Event {
     ts: u64,
-    key: FlowKey,
+    /// The flow's digest ([`ContextTracker::observe`]).
+    flow: u64,
     /// The other party: destination host in a source window, source host in a service window.
     peer: u64,
     port: u16,
@@ -63,8 +67,8 @@ struct Event {
 #[derive(Default)]
 struct Window {
     events: VecDeque<Event>,
-    /// Flow key → sequence number of its event (position = seq - `front_seq`).
-    index: HashMap<FlowKey, u64>,
+    /// Flow digest → sequence number of its event (position = seq - `front_seq`).
+    index: HashMap<u64, u64, BuildHasherDefault<Digest>>,
     front_seq: u64,
     peers: HashMap<u64, u32>,
     ports: HashMap<u16, u32>,
@@ -98,7 +102,7 @@ impl Window {
     fn pop_front(&mut self) {
         if let Some(e) = self.events.pop_front() {
             self.front_seq += 1;
-            self.index.remove(&e.key);
+            self.index.remove(&e.flow);
             dec(&mut self.peers, &e.peer);
             dec(&mut self.ports, &e.port);
             if e.syn {
@@ -115,7 +119,7 @@ impl Window {
     /// long-lived connection's later records are not new flows, and inserting their old start
     /// time behind newer events would break the oldest-first order that `expire` relies on.
     fn note(&mut self, e: Event, max_events: usize, horizon: u64) -> Option<Event> {
-        if let Some(&seq) = self.index.get(&e.key) {
+        if let Some(&seq) = self.index.get(&e.flow) {
             let old = self.events.get_mut((seq - self.front_seq) as usize)?;
             if e.answered && !old.answered {
                 old.answered = true;
@@ -140,13 +144,38 @@ impl Window {
             }
         }
         self.index
-            .insert(e.key, self.front_seq + self.events.len() as u64);
+            .insert(e.flow, self.front_seq + self.events.len() as u64);
         self.events.push_back(e);
         Some(e)
     }
 
     fn rate(&self, window: u64) -> f32 {
         self.events.len() as f32 / (window as f32 / 1e9)
+    }
+}
+
+/// The hasher of maps keyed by a flow digest: the digest is already a keyed SipHash of the flow
+/// key, with this process's random key, so it is used as its own hash. A flood cannot aim
+/// its flows at one bucket without knowing the key; and one hash per record, of an 8-byte key,
+/// is what makes the windows' index small and quick (BENCHMARKS.md).
+#[derive(Default)]
+struct Digest(u64);
+
+impl Hasher for Digest {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key is a u64); fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -186,6 +215,8 @@ pub struct ContextTracker {
     cfg: ContextConfig,
     sources: HashMap<Bytes<16>, Window>,
     services: HashMap<Bytes<19>, Window>,
+    /// Keyed (random per process) hash of flow keys into the windows' flow digests.
+    digest: RandomState,
     last_prune: u64,
 }
 
@@ -201,6 +232,7 @@ impl ContextTracker {
             cfg,
             sources: HashMap::new(),
             services: HashMap::new(),
+            digest: RandomState::new(),
             last_prune: 0,
         }
     }
@@ -232,7 +264,7 @@ impl ContextTracker {
         let answered = s.packets[REV] > 0 && (!is_tcp || s.tcp_flags[REV] & TCP_ACK != 0);
         let event = Event {
             ts: s.first_seen_ns,
-            key: *key,
+            flow: self.digest.hash_one(key),
             peer: addr_id(&dst),
             port: dport,
             syn: is_tcp && s.tcp_flags[FWD] & TCP_SYN != 0,

@@ -291,9 +291,12 @@ impl Detector {
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         // Scored now, the whole batch: one clock read, not one per record.
         let scored_at = Instant::now();
+        self.metrics.latencies(
+            batch
+                .iter()
+                .map(|p| scored_at.saturating_duration_since(p.read_at)),
+        );
         for (i, (p, s)) in batch.iter().zip(&scores).enumerate() {
-            self.metrics
-                .latency(scored_at.saturating_duration_since(p.read_at));
             let row = &values[i * LIVE_COUNT..(i + 1) * LIVE_COUNT];
             let mut json = FlowJson::new(&p.key, &p.state, p.reason, self.time);
             json.process = p.process.clone();
@@ -367,9 +370,19 @@ impl Detector {
                 alert_id = Some(id);
             }
             if self.cfg.recent > 0 {
-                if self.recent.len() >= self.cfg.recent {
-                    self.recent.pop_front();
-                }
+                // Once full, the oldest entry's row is reused: no allocation per record.
+                let reused = if self.recent.len() >= self.cfg.recent {
+                    self.recent.pop_front().map(|old| old.row)
+                } else {
+                    None
+                };
+                let kept = match reused {
+                    Some(mut r) if r.len() == LIVE_COUNT => {
+                        r.copy_from_slice(row);
+                        r
+                    }
+                    _ => row.into(),
+                };
                 self.recent.push_back(Recent {
                     ts_unix_ns: json.first_seen_ns,
                     src,
@@ -377,7 +390,7 @@ impl Detector {
                     key: p.key,
                     alert_id,
                     score: s.score,
-                    row: row.into(),
+                    row: kept,
                 });
             }
         }

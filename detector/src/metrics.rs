@@ -57,13 +57,29 @@ impl Metrics {
 
     /// Records one scoring latency (record read → score done).
     pub fn latency(&self, d: Duration) {
-        let us = d.as_micros() as u64;
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.latency[i].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(us, Relaxed);
+        self.latencies(std::iter::once(d));
+    }
+
+    /// Records a batch's scoring latencies: counted locally, then one atomic add per bucket
+    /// used (two atomic adds per record were 2% of the agent's time at full load).
+    pub fn latencies(&self, ds: impl IntoIterator<Item = Duration>) {
+        let mut counts = [0u64; LATENCY_BUCKETS_US.len() + 1];
+        let mut sum = 0u64;
+        for d in ds {
+            let us = d.as_micros() as u64;
+            let i = LATENCY_BUCKETS_US
+                .iter()
+                .position(|&b| us <= b)
+                .unwrap_or(LATENCY_BUCKETS_US.len());
+            counts[i] += 1;
+            sum += us;
+        }
+        for (c, n) in self.latency.iter().zip(counts) {
+            if n > 0 {
+                c.fetch_add(n, Relaxed);
+            }
+        }
+        self.latency_sum_us.fetch_add(sum, Relaxed);
     }
 
     /// The Prometheus text exposition.

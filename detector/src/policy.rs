@@ -261,6 +261,9 @@ impl Policy {
         self.last_prune_ns = now_ns;
         self.cooldowns
             .retain(|_, c| c.until_ns > now_ns || c.suppressed > 0);
+        // Expired shadow drops go too: kept, they grew by up to `max_drops_per_s` entries a
+        // second for as long as the agent ran (shadow is the default mode).
+        self.shadow.retain(|_, &mut until| until > now_ns);
         if self.cooldowns.len() > 65_536 {
             self.cooldowns.clear();
         }
@@ -500,6 +503,21 @@ mod tests {
         );
         assert_eq!(again.drop.unwrap().outcome, DropOutcome::AlreadyBlocked);
         assert!(!again.alert, "inside the cooldown, nothing new to say");
+        // Once its TTL is over, the shadow drop leaves the table (at the next prune).
+        let ttl = PolicySection::default().drop_ttl.0.as_nanos() as u64;
+        shadow.decide(
+            "192.0.2.6".parse().unwrap(),
+            &t("192.0.2.6"),
+            0.1,
+            10,
+            S + ttl + 11 * S,
+            false,
+            false,
+        );
+        assert!(
+            shadow.shadow.is_empty(),
+            "expired shadow drops are forgotten"
+        );
     }
 
     #[test]

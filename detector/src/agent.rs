@@ -252,7 +252,8 @@ fn sweep_counting(
 /// The idle-timeout sweep on a thread of its own, over a second handle to the flow table: a
 /// walk of a full table is two syscalls per entry (130,000 for 65,536 flows, ~0.1 s), and on the
 /// agent's loop it held up every alert behind it once a second under a flood (BENCHMARKS.md).
-/// Expired flows come back through `tx`; the thread ends when `stop` is set or the loop is gone.
+/// Expired flows come back through `tx`, at most [`DRAIN_MAX`] at a time; the thread ends when
+/// `stop` is set or the loop is gone.
 fn spawn_sweeper(
     flows: &HashMap<MapData, FlowKey, FlowState>,
     cfg: Arc<std::sync::Mutex<FlowConfig>>,
@@ -275,6 +276,19 @@ fn spawn_sweeper(
     std::thread::Builder::new()
         .name("detector-sweep".into())
         .spawn(move || {
+            // The lowest priority (nice 19) for this thread alone: a walk of a full table takes
+            // ~0.1 s of CPU, and at equal weight it took half of the core from the agent's loop
+            // for that long (alerts waited behind it under a flood). The loop leaves it the CPU
+            // it does not use; the walk is not urgent.
+            // SAFETY: setpriority on this thread's own id changes its nice value only.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) }
+                != 0
+            {
+                warn!(
+                    "cannot lower the sweep thread's priority: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
             let tick = Duration::from_millis(20).min(every);
             let mut next = Instant::now() + every;
             while !stop.load(Relaxed) {
@@ -287,8 +301,14 @@ fn spawn_sweeper(
                 let (expired, seen) =
                     sweep_counting(&mut table, &cfg, clock::monotonic_ns(), false);
                 entries.store(seen.saturating_sub(expired.len() as u64), Relaxed);
-                if !expired.is_empty() && tx.blocking_send(expired).is_err() {
-                    break;
+                // In pieces of at most DRAIN_MAX: the loop scores one piece per turn, and the
+                // ring buffer has its turns in between. Whole, a spoofed flood's sweep (tens
+                // of thousands of one-packet flows a second) held every alert behind it for
+                // tens of milliseconds (BENCHMARKS.md, flood).
+                for piece in expired.chunks(DRAIN_MAX) {
+                    if tx.blocking_send(piece.to_vec()).is_err() {
+                        return;
+                    }
                 }
             }
         })

@@ -1,7 +1,8 @@
 //! Scoring speed: ns per flow at batch 1, 64 and 1024 for each int8 SIMD level this CPU has and
 //! for candle f32 (and candle CUDA with `--features cuda`), on normalised rows, in one run; plus
-//! the normaliser and the novelty distance alone. One thread (`RAYON_NUM_THREADS=1` unless set), the embedded model's
-//! shapes. Run: `cargo bench -p detector --bench scoring` (results in BENCHMARKS.md).
+//! the normaliser and the novelty distance alone. One thread (`RAYON_NUM_THREADS=1` unless
+//! set), the embedded model's shapes. Run: `cargo bench -p detector --bench scoring` (results
+//! in BENCHMARKS.md).
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -89,8 +89,8 @@ fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: &K) {
 }
 
 impl Window {
-    fn expire(&mut self, now: u64, window: u64) {
-        let horizon = now.saturating_sub(window);
+    /// Forgets the flows and refusals older than `horizon` (now − window).
+    fn expire(&mut self, horizon: u64) {
         while self.events.front().is_some_and(|e| e.ts < horizon) {
             self.pop_front();
         }
@@ -271,10 +271,10 @@ impl ContextTracker {
             answered,
         };
 
-        let w = self.sources.entry(Bytes(src)).or_default();
-        w.expire(now, window);
-        w.last_seen = now;
         let horizon = now.saturating_sub(window);
+        let w = self.sources.entry(Bytes(src)).or_default();
+        w.expire(horizon);
+        w.last_seen = now;
         let held = w.note(event, max_events, horizon);
         // The kernel emits `rst` once per flow, when the RST first appears.
         if reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0 {
@@ -308,7 +308,7 @@ impl ContextTracker {
             .services
             .entry(service_key(&dst, dport, key.proto))
             .or_default();
-        svc.expire(now, window);
+        svc.expire(horizon);
         svc.last_seen = now;
         let svc_held = svc.note(
             Event {

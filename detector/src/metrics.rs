@@ -55,12 +55,7 @@ impl Metrics {
         bump(&self.shadow_drops, family);
     }
 
-    /// Records one scoring latency (record read → score done).
-    pub fn latency(&self, d: Duration) {
-        self.latencies(std::iter::once(d));
-    }
-
-    /// Records a batch's scoring latencies: counted locally, then one atomic add per bucket
+    /// Records a batch's scoring latencies (record read → score done): counted locally, then one atomic add per bucket
     /// used (two atomic adds per record were 2% of the agent's time at full load).
     pub fn latencies(&self, ds: impl IntoIterator<Item = Duration>) {
         let mut counts = [0u64; LATENCY_BUCKETS_US.len() + 1];
@@ -223,9 +218,11 @@ mod tests {
         m.alert("scan");
         m.alert("scan");
         m.dropped("brute\"force");
-        m.latency(Duration::from_micros(40));
-        m.latency(Duration::from_micros(700));
-        m.latency(Duration::from_secs(2));
+        m.latencies([
+            Duration::from_micros(40),
+            Duration::from_micros(700),
+            Duration::from_secs(2),
+        ]);
         m.gauges
             .lock()
             .unwrap()

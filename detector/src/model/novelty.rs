@@ -43,7 +43,8 @@ struct Tail {
 }
 
 impl Tail {
-    /// Of sorted, non-empty distances.
+    /// Of sorted distances. None at all get a placeholder: [`Prototypes::novelty`] returns 0
+    /// for them without reading it, and [`Prototypes::validate`] refuses them.
     fn of(v: &[f32]) -> Self {
         let m = v.len();
         if m == 0 {

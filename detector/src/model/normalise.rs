@@ -116,26 +116,10 @@ impl Normaliser {
         self.features.is_empty()
     }
 
-    /// Normalises `n` raw rows into `out` (both `n · len()` values). Branch-free per value and
-    /// compiled for AVX-512 / AVX2 where the CPU has them (same operations, same bits).
+    /// Normalises `n` raw rows into `out` (both `n · len()` values). Builds a [`Plan`] for the
+    /// call; a caller that normalises batch after batch keeps one instead.
     pub fn apply(&self, raw: &[f32], out: &mut [f32]) {
-        let d = self.len();
-        if d == 0 {
-            return;
-        }
-        let plan = Plan::of(self);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F.
-                return unsafe { apply_avx512(&plan, raw, out) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                return unsafe { apply_avx2(&plan, raw, out) };
-            }
-        }
-        apply_rows(&plan, raw, out)
+        Plan::of(self).apply(raw, out)
     }
 
     /// Normalises `raw` into a new vector.
@@ -168,42 +152,100 @@ impl Normaliser {
     }
 }
 
-/// Per-feature constants of [`Normaliser::apply`] as flat arrays (no enum per value).
-struct Plan<'a> {
+/// Lanes of the widest vector the kernel is compiled for (AVX-512: 16 `f32`).
+const LANES: usize = 16;
+
+/// [`Normaliser::apply`]'s per-value constants, repeated so that a whole batch is one flat run
+/// of values: the arrays hold `period` = lcm(features, [`LANES`]) values (at most 16 rows), so
+/// every full period is whole vectors. Walked row by row instead, 78 features left a 14-value
+/// tail per row that ran as narrow vectors and scalars.
+pub struct Plan {
+    features: usize,
     log: Vec<bool>,
     signed: Vec<bool>,
-    mean: &'a [f32],
-    std: &'a [f32],
+    /// The bits kept of a value before its `ln1p`: all but the sign for signed lanes (|v|),
+    /// all for the others (then `max(v, 0)`). A mask, not a select: with a select, LLVM
+    /// computed `ln1p` of both candidates and picked one.
+    magnitude: Vec<u32>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
 }
 
-impl<'a> Plan<'a> {
-    fn of(n: &'a Normaliser) -> Self {
+impl Plan {
+    /// The constants of `n`.
+    pub fn of(n: &Normaliser) -> Self {
+        let d = n.len();
+        let period = if d == 0 { 0 } else { d / gcd(d, LANES) * LANES };
+        let tile = |j: usize| j % d.max(1);
         Plan {
-            log: n
-                .transform
-                .iter()
-                .map(|&t| t != Transform::Identity)
+            features: d,
+            log: (0..period)
+                .map(|j| n.transform[tile(j)] != Transform::Identity)
                 .collect(),
-            signed: n
-                .transform
-                .iter()
-                .map(|&t| t == Transform::SignedLog1p)
+            signed: (0..period)
+                .map(|j| n.transform[tile(j)] == Transform::SignedLog1p)
                 .collect(),
-            mean: &n.mean,
-            std: &n.std,
+            magnitude: (0..period)
+                .map(|j| match n.transform[tile(j)] {
+                    Transform::SignedLog1p => 0x7fff_ffff,
+                    _ => u32::MAX,
+                })
+                .collect(),
+            mean: (0..period).map(|j| n.mean[tile(j)]).collect(),
+            std: (0..period).map(|j| n.std[tile(j)]).collect(),
         }
+    }
+
+    /// Normalises the whole rows of `raw` into `out` (as [`Normaliser::apply`]). Compiled for
+    /// AVX-512 / AVX2 where the CPU has them (same operations, same bits).
+    pub fn apply(&self, raw: &[f32], out: &mut [f32]) {
+        let d = self.features;
+        if d == 0 {
+            return;
+        }
+        let whole = raw.len().min(out.len()) / d * d;
+        let (raw, out) = (&raw[..whole], &mut out[..whole]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { apply_avx512(self, raw, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { apply_avx2(self, raw, out) };
+            }
+        }
+        apply_flat(self, raw, out)
     }
 }
 
-/// The same arithmetic as [`apply_transform`] and the standardisation, written with selects.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The same arithmetic as [`apply_transform`] and the standardisation, written with selects,
+/// one period of values at a time (the last one may be shorter: whole rows, not whole vectors).
 #[inline(always)]
-fn apply_rows(p: &Plan, raw: &[f32], out: &mut [f32]) {
-    let d = p.mean.len();
-    for (r, o) in raw.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let consts = p.log.iter().zip(&p.signed).zip(p.mean).zip(p.std);
-        for ((oj, &rj), (((&log, &signed), &mean), &std)) in o.iter_mut().zip(r).zip(consts) {
+fn apply_flat(p: &Plan, raw: &[f32], out: &mut [f32]) {
+    let period = p.mean.len();
+    for (r, o) in raw.chunks(period).zip(out.chunks_mut(period)) {
+        let k = r.len();
+        let consts = p.log[..k]
+            .iter()
+            .zip(&p.signed[..k])
+            .zip(&p.magnitude[..k])
+            .zip(&p.mean[..k])
+            .zip(&p.std[..k]);
+        let values = o.iter_mut().zip(r);
+        for ((oj, &rj), ((((&log, &signed), &magnitude), &mean), &std)) in values.zip(consts) {
             let v = clean(rj);
-            let a = if signed { v.abs() } else { v.max(0.0) };
+            // |v| for signed lanes, max(v, 0) for the others.
+            let a = f32::from_bits(v.to_bits() & magnitude).max(0.0);
             let l = ln1p(a);
             let l = if signed && v < 0.0 { -l } else { l };
             let t = if log { l } else { v };
@@ -215,13 +257,13 @@ fn apply_rows(p: &Plan, raw: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn apply_avx512(p: &Plan, raw: &[f32], out: &mut [f32]) {
-    apply_rows(p, raw, out)
+    apply_flat(p, raw, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn apply_avx2(p: &Plan, raw: &[f32], out: &mut [f32]) {
-    apply_rows(p, raw, out)
+    apply_flat(p, raw, out)
 }
 
 /// NaN becomes 0 (the importers already map NaN cells to 0); other values pass.

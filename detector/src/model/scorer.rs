@@ -5,7 +5,8 @@ use candle_core::{Device, Tensor};
 
 use super::{
     int8::{QuantModel, SimdLevel},
-    Calibration, Linear, Model, ModelError, Normaliser, Prototypes, Score, ScoreRule,
+    normalise::Plan,
+    Calibration, Linear, Model, ModelError, Prototypes, Score, ScoreRule,
 };
 
 /// An inference path: the encoder and head on normalised rows.
@@ -288,7 +289,7 @@ pub struct Pipeline {
     pub feature_set: String,
     /// Its columns.
     pub features: Vec<String>,
-    normaliser: Normaliser,
+    normaliser: Plan,
     scorer: Box<dyn Scorer>,
     calibration: Calibration,
     prototypes: Option<Prototypes>,
@@ -303,7 +304,7 @@ impl Pipeline {
         Ok(Pipeline {
             feature_set: feature_set.to_string(),
             features: input.normaliser.features.clone(),
-            normaliser: input.normaliser.clone(),
+            normaliser: Plan::of(&input.normaliser),
             scorer: scorer(model, feature_set, path)?,
             calibration: input.calibration,
             prototypes: model.prototypes.get(feature_set).cloned(),
@@ -382,7 +383,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{tests::names, Arch, Rows};
+    use crate::model::{tests::names, Arch, Normaliser, Rows};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

@@ -24,7 +24,7 @@ use crate::{
     metrics::Metrics,
     model::{Contribution, Model, Pipeline, Rows, ScorePath},
     policy::{DropDecision, DropOutcome, Policy},
-    record::{FlowJson, ProcessRef},
+    record::{endpoints, FlowJson, ProcessRef},
 };
 
 /// Batching and alert detail.
@@ -298,9 +298,8 @@ impl Detector {
         );
         for (i, (p, s)) in batch.iter().zip(&scores).enumerate() {
             let row = &values[i * LIVE_COUNT..(i + 1) * LIVE_COUNT];
-            let mut json = FlowJson::new(&p.key, &p.state, p.reason, self.time);
-            json.process = p.process.clone();
-            let src = json.src_addr;
+            // The full record (three small vectors) is built only for an alert.
+            let ((src, _), (dst, _)) = endpoints(&p.key, &p.state);
             let target_key = key_for(self.policy.config().drop_target, src, &p.key);
             let d = self.policy.decide(
                 src,
@@ -313,9 +312,8 @@ impl Detector {
             );
             let mut alert_id = None;
             if d.alert {
-                if json.process.is_none() {
-                    json.process = actions.process_of(&p.key);
-                }
+                let mut json = FlowJson::new(&p.key, &p.state, p.reason, self.time);
+                json.process = p.process.clone().or_else(|| actions.process_of(&p.key));
                 let id = format!("{}-{}", self.alert_prefix, self.next_alert);
                 self.next_alert += 1;
                 let family = self.family_of(row);
@@ -363,7 +361,7 @@ impl Detector {
                     drop: d.drop,
                     suppressed: d.suppressed,
                     top_features,
-                    flow: json.clone(),
+                    flow: json,
                 };
                 actions.alert(&alert)?;
                 self.metrics.alert(&family);
@@ -384,9 +382,9 @@ impl Detector {
                     _ => row.into(),
                 };
                 self.recent.push_back(Recent {
-                    ts_unix_ns: json.first_seen_ns,
+                    ts_unix_ns: self.time.to_unix_ns(p.state.first_seen_ns),
                     src,
-                    dst: json.dst_addr,
+                    dst,
                     key: p.key,
                     alert_id,
                     score: s.score,

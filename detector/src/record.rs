@@ -23,6 +23,19 @@ pub fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The flow's initiator and responder (address, port): the record's `src` and `dst`.
+pub fn endpoints(key: &FlowKey, s: &FlowState) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let (src, sport, dst, dport) = if s.initiator_is_hi() {
+        (&key.addr_hi, key.port_hi, &key.addr_lo, key.port_lo)
+    } else {
+        (&key.addr_lo, key.port_lo, &key.addr_hi, key.port_hi)
+    };
+    (
+        (addr(key.family, src), sport),
+        (addr(key.family, dst), dport),
+    )
+}
+
 /// Name of an IP protocol number for output.
 pub fn proto_name(proto: u8) -> &'static str {
     match proto {
@@ -107,11 +120,7 @@ fn key_addr(a: &IpAddr) -> [u8; 16] {
 impl FlowJson {
     /// Builds the output form of a record; `time` converts its timestamps to Unix time.
     pub fn new(key: &FlowKey, s: &FlowState, reason: Reason, time: TimeBase) -> Self {
-        let (src, sport, dst, dport) = if s.initiator_is_hi() {
-            (&key.addr_hi, key.port_hi, &key.addr_lo, key.port_lo)
-        } else {
-            (&key.addr_lo, key.port_lo, &key.addr_hi, key.port_hi)
-        };
+        let ((src, sport), (dst, dport)) = endpoints(key, s);
         let n = (s.total_packets() as usize).min(FIRST_PACKETS);
         Self {
             kind: Cow::Borrowed("flow"),
@@ -124,9 +133,9 @@ impl FlowJson {
             proto: key.proto,
             proto_name: Cow::Borrowed(proto_name(key.proto)),
             vlan: key.vlan,
-            src_addr: addr(key.family, src),
+            src_addr: src,
             src_port: sport,
-            dst_addr: addr(key.family, dst),
+            dst_addr: dst,
             dst_port: dport,
             packets_fwd: s.packets[FWD],
             packets_rev: s.packets[REV],

@@ -76,7 +76,7 @@ fn tensors_of(m: &Model) -> BTreeMap<String, Owned> {
             format!("prototypes/{name}/centroids"),
             Owned {
                 shape: vec![p.k(), p.dim],
-                bytes: f32_bytes(&p.centroids),
+                bytes: f32_bytes(p.centroids()),
             },
         );
         t.insert(
@@ -434,7 +434,11 @@ mod tests {
         assert!(m.validate().unwrap_err().contains("calibration"));
         let mut m = model();
         let dim = m.embed_dim();
-        m.prototypes.get_mut("a").unwrap().centroids[0] = 1e30;
+        let p = &m.prototypes["a"];
+        let mut centroids = p.centroids().to_vec();
+        centroids[0] = 1e30;
+        let broken = Prototypes::new(p.dim, centroids, p.benign_distances().to_vec());
+        m.prototypes.insert("a".into(), broken);
         assert!(m.prototypes["a"]
             .validate(dim)
             .unwrap_err()

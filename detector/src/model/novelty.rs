@@ -25,7 +25,9 @@ pub struct Prototypes {
     /// Embedding width.
     pub dim: usize,
     /// `k × dim`, row-major.
-    pub centroids: Vec<f32>,
+    centroids: Vec<f32>,
+    /// The same centroids laid out for the nearest-centroid search.
+    by_dim: ByDim,
     /// Sorted distances of held-out benign embeddings to their nearest centroid.
     benign_distances: Vec<f32>,
     /// The tail of `benign_distances` ([`Tail::of`]): computed once here, not per score (it
@@ -79,10 +81,16 @@ impl Prototypes {
         let tail = Tail::of(&benign_distances);
         Prototypes {
             dim,
+            by_dim: ByDim::of(&centroids, dim),
             centroids,
             benign_distances,
             tail,
         }
+    }
+
+    /// The centroids, `k × dim`, row-major.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
     }
 
     /// Sorted distances of held-out benign embeddings to their nearest centroid.
@@ -163,8 +171,9 @@ impl Prototypes {
         let mut assign = vec![0usize; n_fit];
         for _ in 0..ITERATIONS {
             let mut changed = false;
+            let by_dim = ByDim::of(&centroids, dim);
             for (j, &i) in fit_idx.iter().enumerate() {
-                let (c, _) = nearest(&centroids, dim, row(i));
+                let (c, _) = by_dim.nearest(row(i));
                 if assign[j] != c {
                     assign[j] = c;
                     changed = true;
@@ -197,9 +206,10 @@ impl Prototypes {
         } else {
             fit
         };
+        let by_dim = ByDim::of(&centroids, dim);
         let mut dist: Vec<f32> = source
             .chunks_exact(dim)
-            .map(|e| nearest(&centroids, dim, e).1)
+            .map(|e| by_dim.nearest(e).1)
             .collect();
         dist.sort_by(f32::total_cmp);
         if dist.len() > MAX_DISTANCES {
@@ -213,7 +223,7 @@ impl Prototypes {
 
     /// Distance of an embedding to the nearest prototype.
     pub fn distance(&self, e: &[f32]) -> f32 {
-        nearest(&self.centroids, self.dim, e).1
+        self.by_dim.nearest(e).1
     }
 
     /// Novelty in [0, 1]: up to the benign 90% quantile `u`, the fraction of benign distances
@@ -272,9 +282,8 @@ fn gather_rows(emb: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
         .collect()
 }
 
-/// Squared Euclidean distance, summed in eight lanes: one running sum is a chain of dependent
-/// additions that the compiler may not reorder (float addition is not associative), so it would
-/// not vectorise; this is on the agent's per-record path (novelty, BENCHMARKS.md).
+/// Squared Euclidean distance (k-means++ seeding), summed in eight lanes: one running sum is
+/// a chain of dependent additions that the compiler may not reorder, so it would not vectorise.
 fn sq(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -293,13 +302,99 @@ fn sq(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
-/// Index of and Euclidean distance to the nearest centroid.
-fn nearest(centroids: &[f32], dim: usize, e: &[f32]) -> (usize, f32) {
+/// Centroids per [`ByDim::nearest`] step.
+const GROUP: usize = 8;
+
+/// The centroids laid out by dimension, in groups of [`GROUP`]: value `t` of centroid
+/// `GROUP·g + c` at `values[(g·dim + t)·GROUP + c]`. One step of the search then takes one
+/// dimension of eight centroids, lane by lane: no per-centroid horizontal sum, and eight
+/// independent sums instead of one dependent chain (that chain made the row-major search
+/// latency-bound: ~130 ns for 8 × 32 values). The last group's missing centroids repeat the
+/// first one; the search takes the lowest index among equal distances, so they never win.
+#[derive(Clone, Debug, PartialEq)]
+struct ByDim {
+    k: usize,
+    dim: usize,
+    values: Vec<f32>,
+}
+
+impl ByDim {
+    fn of(centroids: &[f32], dim: usize) -> Self {
+        let k = centroids.len().checked_div(dim).unwrap_or(0);
+        let groups = k.div_ceil(GROUP);
+        let mut values = vec![0f32; groups * dim * GROUP];
+        for g in 0..groups {
+            for t in 0..dim {
+                for c in 0..GROUP {
+                    let i = if g * GROUP + c < k { g * GROUP + c } else { 0 };
+                    values[(g * dim + t) * GROUP + c] = centroids[i * dim + t];
+                }
+            }
+        }
+        ByDim { k, dim, values }
+    }
+
+    /// Index of and Euclidean distance to the nearest centroid (the lowest index among equal
+    /// distances). Compiled for AVX-512 / AVX2 where the CPU has them (same operations, same
+    /// bits).
+    fn nearest(&self, e: &[f32]) -> (usize, f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { nearest_avx512(self, e) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { nearest_avx2(self, e) };
+            }
+        }
+        nearest_any(self, e)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn nearest_avx512(v: &ByDim, e: &[f32]) -> (usize, f32) {
+    nearest_any(v, e)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nearest_avx2(v: &ByDim, e: &[f32]) -> (usize, f32) {
+    nearest_any(v, e)
+}
+
+#[inline(always)]
+fn nearest_any(v: &ByDim, e: &[f32]) -> (usize, f32) {
     let mut best = (0, f32::INFINITY);
-    for (c, cent) in centroids.chunks_exact(dim).enumerate() {
-        let d = sq(cent, e);
-        if d < best.1 {
-            best = (c, d);
+    if v.dim == 0 {
+        return best;
+    }
+    for (g, block) in v.values.chunks_exact(v.dim * GROUP).enumerate() {
+        // Even and odd dimensions in two sums: two chains of additions, not one.
+        let (mut even, mut odd) = ([0f32; GROUP], [0f32; GROUP]);
+        let pairs = block.chunks_exact(2 * GROUP);
+        let last = pairs.remainder();
+        for (col, x) in pairs.zip(e.chunks_exact(2)) {
+            for c in 0..GROUP {
+                let d = col[c] - x[0];
+                even[c] += d * d;
+                let d = col[GROUP + c] - x[1];
+                odd[c] += d * d;
+            }
+        }
+        if let (false, Some(&x)) = (last.is_empty(), e.get(v.dim - 1)) {
+            for c in 0..GROUP {
+                let d = last[c] - x;
+                even[c] += d * d;
+            }
+        }
+        for c in 0..GROUP.min(v.k - g * GROUP) {
+            let d = even[c] + odd[c];
+            if d < best.1 {
+                best = (g * GROUP + c, d);
+            }
         }
     }
     (best.0, best.1.sqrt())
@@ -345,5 +440,48 @@ mod tests {
             .count();
         assert!(above < 80, "{above} of 400 benign above 0.9");
         assert!(Prototypes::fit(&emb[..20], 2, 4, 9).is_none());
+    }
+
+    #[test]
+    fn the_search_by_dimension_finds_the_nearest_centroid() {
+        // k not a multiple of the group, odd and even widths, and a tie (centroid 10 repeats
+        // centroid 3): the nearest by a plain f64 sum, the lowest index on a tie.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for dim in [1usize, 7, 32] {
+            let k = 11;
+            let mut c: Vec<f32> = (0..k * dim).map(|_| rng.random_range(-4.0..4.0)).collect();
+            let third = c[3 * dim..4 * dim].to_vec();
+            c[10 * dim..11 * dim].copy_from_slice(&third);
+            let by_dim = ByDim::of(&c, dim);
+            for q in 0..200 {
+                let e: Vec<f32> = if q == 0 {
+                    third.clone()
+                } else {
+                    (0..dim).map(|_| rng.random_range(-5.0..5.0)).collect()
+                };
+                let plain: Vec<f64> = c
+                    .chunks_exact(dim)
+                    .map(|r| {
+                        r.iter()
+                            .zip(&e)
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum()
+                    })
+                    .collect();
+                let (i, d) = by_dim.nearest(&e);
+                let best = plain.iter().cloned().fold(f64::INFINITY, f64::min);
+                assert!(
+                    (d as f64 - best.sqrt()).abs() < 1e-4,
+                    "dim {dim}: {d} vs {best}"
+                );
+                assert!(
+                    plain[i] <= best + 1e-4,
+                    "dim {dim}: centroid {i} is not nearest"
+                );
+                if q == 0 {
+                    assert_eq!(i, 3, "a tie goes to the lowest index");
+                }
+            }
+        }
     }
 }

@@ -568,8 +568,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let time = TimeBase::monotonic();
     // One record from the kernel (ring buffer or sweep): write it, queue it for scoring.
+    // `$read_at` is when the agent's turn at the records began (one clock read per turn, not
+    // per record): the scoring latency it starts is then at least the true one, never less.
     macro_rules! on_flow {
-        ($key:expr, $state:expr, $reason:expr) => {{
+        ($key:expr, $state:expr, $reason:expr, $read_at:expr) => {{
             let (key, state, reason) = ($key, $state, $reason);
             // Up to three map lookups (syscalls) per TCP record: only when the record is
             // written; otherwise an alert looks its process up itself (`process_of`).
@@ -585,7 +587,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 j.process = process.clone();
                 out.record(&j)?;
             }
-            if detector.push(key, state, reason, process) {
+            if detector.push(key, state, reason, process, $read_at) {
                 detector.flush(&mut LiveActions {
                     blocklist: &mut blocks,
                     out: &mut out,
@@ -600,10 +602,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             guard = flow_rb.readable_mut() => {
                 let mut guard = guard.context("flow ring buffer poll failed")?;
+                let read_at = Instant::now();
                 let mut taken = 0;
                 while let Some(item) = guard.get_inner_mut().next() {
                     match read_item::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r))) {
-                        Some((reason, rec)) => on_flow!(&rec.key, &rec.state, reason),
+                        Some((reason, rec)) => on_flow!(&rec.key, &rec.state, reason, read_at),
                         None => warn!(len = item.len(), "skipped a malformed flow record"),
                     }
                     taken += 1;
@@ -643,8 +646,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 out.flush()?;
             }
             Some(expired) = sweep_rx.recv() => {
+                let read_at = Instant::now();
                 for (key, state) in expired {
-                    on_flow!(&key, &state, Reason::IdleTimeout);
+                    on_flow!(&key, &state, Reason::IdleTimeout, read_at);
                 }
                 out.flush()?;
             }
@@ -890,7 +894,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             read_item::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r)))
         {
             drop(item);
-            on_flow!(&rec.key, &rec.state, reason);
+            on_flow!(&rec.key, &rec.state, reason, Instant::now());
         }
     }
     while let Some(item) = proc_rb.get_mut().next() {
@@ -903,14 +907,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     sweep_rx.close();
     while let Some(expired) = sweep_rx.recv().await {
         for (key, state) in expired {
-            on_flow!(&key, &state, Reason::IdleTimeout);
+            on_flow!(&key, &state, Reason::IdleTimeout, Instant::now());
         }
     }
     let _ = sweeper.join();
     let open = sweep(&mut flows, &flow_cfg, clock::monotonic_ns(), true);
     let flushed = open.len();
     for (key, state) in open {
-        on_flow!(&key, &state, Reason::Flush);
+        on_flow!(&key, &state, Reason::Flush, Instant::now());
     }
     detector.flush(&mut LiveActions {
         blocklist: &mut blocks,

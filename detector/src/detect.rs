@@ -232,27 +232,28 @@ impl Detector {
         &self.recent
     }
 
-    /// Featurises one record and queues it; returns true when the batch is full.
+    /// Featurises one record read at `read_at` (the start of its scoring latency) and queues
+    /// it; returns true when the batch is full.
     pub fn push(
         &mut self,
         key: &FlowKey,
         state: &FlowState,
         reason: Reason,
         process: Option<ProcessRef>,
+        read_at: Instant,
     ) -> bool {
         let start = self.values.len();
         self.values.resize(start + LIVE_COUNT, 0.0);
         let evidence = self
             .featurizer
             .features(key, state, reason, &mut self.values[start..]);
-        let now = Instant::now();
-        self.oldest.get_or_insert(now);
+        self.oldest.get_or_insert(read_at);
         self.batch.push(Pending {
             key: *key,
             state: *state,
             reason,
             process,
-            read_at: now,
+            read_at,
             evidence,
         });
         self.batch.len() >= self.cfg.batch_size
@@ -566,7 +567,7 @@ mod tests {
             );
         }
         for (k, s, r) in env.records.drain(..) {
-            det.push(&k, &s, r, None);
+            det.push(&k, &s, r, None, Instant::now());
         }
         assert!(det.tracked().0 <= 8, "{} sources tracked", det.tracked().0);
     }

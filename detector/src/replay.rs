@@ -3,6 +3,7 @@
 //! same flow records as the live agent.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use detector_common::{
@@ -255,7 +256,7 @@ pub fn detect(
         )?;
         let mut alerts = 0u64;
         let mut summary = replay_file(file, &opts.flow, |k, s, r| {
-            if det.push(k, s, r, None) {
+            if det.push(k, s, r, None, Instant::now()) {
                 let mut act = ShadowActions {
                     out: &mut out,
                     alerts: 0,

@@ -188,7 +188,9 @@ fn bench_scoring(out: &Path) -> anyhow::Result<String> {
     if !output.status.success() {
         bail!("cargo bench --bench scoring failed ({})", output.status);
     }
-    // criterion prints "name\n   time: [lo est hi]" (or both on one line for short names).
+    // criterion prints "name\n   time: [lo est hi]" (or both on one line for short names),
+    // then, when an earlier run left its estimates in target/criterion, the change against it
+    // on a second "time:" line of percentages: not a time, skipped.
     let mut md = format!(
         "Command: `RAYON_NUM_THREADS=1 taskset -c {agent_cpu} cargo bench -p detector --bench scoring` \
          (criterion; the full table and the int8-vs-f32 reading are in BENCHMARKS.md, section Scoring). \
@@ -207,7 +209,7 @@ fn bench_scoring(out: &Path) -> anyhow::Result<String> {
                 .trim_start_matches('[')
                 .trim_end_matches(']');
             let parts: Vec<&str> = inner.split_whitespace().collect();
-            if parts.len() >= 4 {
+            if parts.len() >= 4 && !inner.contains('%') {
                 let _ = writeln!(md, "| {name} | {} {} |", parts[2], parts[3]);
             }
         } else if !t.is_empty() && !t.contains(':') && !t.starts_with("Benchmarking") {

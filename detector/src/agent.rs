@@ -532,7 +532,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let (adapt_tx, mut adapt_rx) = mpsc::channel::<AdaptResult>(1);
     let mut adapting = false;
+    let (baseline_tx, mut baseline_rx) = mpsc::channel::<BaselineDone>(1);
+    let mut fitting = false;
     let mut baseline_at: Option<Instant> = None;
+    // Rows of the last baseline fit this agent made (status).
+    let mut baseline_rows: Option<usize> = None;
 
     info!(
         model = %detector.model_version,
@@ -666,17 +670,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     None => !detector.has_baseline(),
                     Some(t) => t.elapsed() >= cfg.adaptation.baseline_refresh.0,
                 };
-                if due && !adapting {
-                    match fit_baseline(&mut detector, cfg.adaptation.baseline_records, score_path) {
-                        Ok(Some(n)) => {
-                            baseline_at = Some(Instant::now());
-                            info!(records = n, "fitted this host's benign baseline: novelty is on");
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            baseline_at = Some(Instant::now());
-                            warn!("cannot fit the host baseline: {e:#}");
-                        }
+                if due && !adapting && !fitting {
+                    if let Some(job) = BaselineJob::prepare(&detector, cfg.adaptation.baseline_records) {
+                        fitting = true;
+                        let tx = baseline_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.blocking_send(job.run());
+                        });
                     }
                 }
                 match blocks.expire(now_unix()) {
@@ -719,6 +719,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             "tracked_sources": detector.tracked().0,
                             "recent_records": detector.recent().len(),
                             "adaptations": metrics.adaptations.load(Relaxed),
+                            "novelty": detector.has_baseline(),
+                            "baseline_rows": baseline_rows,
                         })
                     }
                     Request::ModelHistory {} => serde_json::json!({
@@ -756,6 +758,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         };
                         if adapting {
                             control::error("an adaptation is already running; try again when it finishes")
+                        } else if fitting {
+                            // The adaptation would start from the model without the new baseline
+                            // and, finishing later, replace the model that has it.
+                            control::error("the host baseline is being refitted (well under a second); try again")
                         } else {
                             let sel = Selector { alert_ids, source, since_ns, until_ns };
                             match incidents::select(detector.recent(), &sel, detector.policy.alert_threshold(), 2000) {
@@ -778,6 +784,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                 };
                 let _ = reply.send(answer);
+            }
+            Some(done) = baseline_rx.recv() => {
+                fitting = false;
+                baseline_at = Some(Instant::now());
+                match done.result {
+                    Err(e) => warn!("cannot fit the host baseline: {e:#}"),
+                    // A rollback while it ran: the fit belongs to a model no longer serving.
+                    Ok(_) if done.version != detector.model_version => info!(
+                        fitted_on = %done.version,
+                        serving = %detector.model_version,
+                        "the model changed while the host baseline was fitted: fit dropped until the next refresh"
+                    ),
+                    Ok(m) => match detector.set_model(Arc::new(m), done.version, score_path) {
+                        Err(e) => warn!("cannot serve the host baseline: {e:#}"),
+                        Ok(()) => {
+                            baseline_rows = Some(done.rows);
+                            info!(records = done.rows, took_ms = done.took.as_millis() as u64, "fitted this host's benign baseline: novelty is on");
+                        }
+                    },
+                }
             }
             Some((result, family, k, signature, reply)) = adapt_rx.recv() => {
                 adapting = false;
@@ -945,43 +971,74 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fits the live feature set's novelty prototypes from recent records that scored below the
-/// alert threshold (an alert held back by the cooldown has no id but is no baseline either),
-/// once at least `min` of them are at hand; returns how many were used.
-fn fit_baseline(
-    detector: &mut Detector,
-    min: usize,
-    path: ScorePath,
-) -> anyhow::Result<Option<usize>> {
-    let threshold = detector.policy.alert_threshold();
-    let quiet: Vec<&crate::detect::Recent> = detector
-        .recent()
-        .iter()
-        .filter(|r| r.alert_id.is_none() && r.score < threshold)
-        .collect();
-    if quiet.len() < min {
-        return Ok(None);
+/// A fit of the host's benign baseline (the live feature set's novelty prototypes), prepared on
+/// the loop and run on a blocking thread: embedding and k-means over up to 10 000 rows take tens
+/// of milliseconds, in which the loop would not read the ring buffer (at a million records a
+/// second, 16 ms fill the default 4 MiB ring buffer).
+struct BaselineJob {
+    model: Model,
+    version: String,
+    values: Vec<f32>,
+    rows: usize,
+}
+
+/// A finished [`BaselineJob`]: the model it was fitted on, and the model with the prototypes.
+struct BaselineDone {
+    version: String,
+    rows: usize,
+    took: Duration,
+    result: anyhow::Result<Model>,
+}
+
+impl BaselineJob {
+    /// From recent records that scored below the alert threshold (an alert held back by the
+    /// cooldown has no id but is no baseline either), once at least `min` of them are at hand.
+    fn prepare(detector: &Detector, min: usize) -> Option<Self> {
+        let threshold = detector.policy.alert_threshold();
+        let quiet: Vec<&crate::detect::Recent> = detector
+            .recent()
+            .iter()
+            .filter(|r| r.alert_id.is_none() && r.score < threshold)
+            .collect();
+        if quiet.len() < min {
+            return None;
+        }
+        // An even spread over the recent past, at most 10 000 rows.
+        let step = (quiet.len() / 10_000).max(1);
+        let mut values = Vec::new();
+        let mut rows = 0;
+        for r in quiet.iter().step_by(step) {
+            values.extend_from_slice(&r.row);
+            rows += 1;
+        }
+        Some(BaselineJob {
+            model: (**detector.model()).clone(),
+            version: detector.model_version.clone(),
+            values,
+            rows,
+        })
     }
-    // An even spread over the recent past, at most 10 000 rows.
-    let step = (quiet.len() / 10_000).max(1);
-    let mut values = Vec::new();
-    let mut n = 0;
-    for r in quiet.iter().step_by(step) {
-        values.extend_from_slice(&r.row);
-        n += 1;
+
+    fn run(mut self) -> BaselineDone {
+        let start = Instant::now();
+        let names = crate::features::live_names();
+        let rows = crate::model::Rows {
+            feature_set: crate::features::LIVE_FEATURE_SET,
+            features: &names,
+            values: &self.values,
+        };
+        let result = self
+            .model
+            .fit_prototypes(&rows, 1)
+            .context("fitting the novelty prototypes")
+            .map(|_| self.model);
+        BaselineDone {
+            version: self.version,
+            rows: self.rows,
+            took: start.elapsed(),
+            result,
+        }
     }
-    let names = crate::features::live_names();
-    let rows = crate::model::Rows {
-        feature_set: crate::features::LIVE_FEATURE_SET,
-        features: &names,
-        values: &values,
-    };
-    let mut m = (**detector.model()).clone();
-    m.fit_prototypes(&rows, 1)
-        .context("fitting the novelty prototypes")?;
-    let version = detector.model_version.clone();
-    detector.set_model(Arc::new(m), version, path)?;
-    Ok(Some(n))
 }
 
 /// The confirmed families the model store holds, as the detector names alerts by them.

@@ -36,6 +36,7 @@ use crate::{
     config::Config,
     control::{self, Envelope, Request},
     detect::{Actions, AlertJson, DetectConfig, Detector, FamilySignature},
+    dismissals::{self, Dismissal, Dismissals},
     ebpf::{self, maps, Link, Sizes},
     iface,
     incidents::{self, HistoryEntry, ModelStore, Selector},
@@ -419,6 +420,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     detector.set_families(families(&store));
+    let dismissed_path = dismissals::path(&cfg.agent.state_dir);
+    // A damaged file is kept as it is (not overwritten by the next dismissal) and reported.
+    let (mut dismissed, dismissed_broken) = match Dismissals::load(&dismissed_path) {
+        Ok(d) => (d, None),
+        Err(e) => {
+            error!("{e:#}; no dismissals apply until the file is fixed or removed");
+            (Dismissals::default(), Some(format!("{e:#}")))
+        }
+    };
+    if !dismissed.dismissals.is_empty() {
+        info!(
+            dismissals = dismissed.dismissals.len(),
+            "dismissed patterns restored from the state directory"
+        );
+    }
+    detector.set_dismissed(dismissed.exemplars());
     let mut out = Outputs::open(&cfg.agent.records, &cfg.agent.events)?;
     let listener = control::bind(&cfg.agent.control_socket)?;
     let metrics_listener = match cfg.agent.metrics_listen.as_str() {
@@ -720,8 +737,53 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             "recent_records": detector.recent().len(),
                             "adaptations": metrics.adaptations.load(Relaxed),
                             "novelty": detector.has_baseline(),
+                            "dismissals": dismissed.dismissals.len(),
+                            "dismissed_alerts": metrics.dismissed_alerts.load(Relaxed),
                             "baseline_rows": baseline_rows,
                         })
+                    }
+                    Request::Dismiss { alert_ids, source, since_ns, until_ns } => {
+                        let source = match source.as_deref().map(str::parse) {
+                            None => None,
+                            Some(Ok(ip)) => Some(ip),
+                            Some(Err(_)) => { reply.send(control::error("source is not an IP address")).ok(); continue; }
+                        };
+                        if let Some(e) = &dismissed_broken {
+                            control::error(format!("dismissals are off: {e}"))
+                        } else {
+                            let selected = describe_selection(&alert_ids, source, since_ns, until_ns);
+                            let sel = Selector { alert_ids, source, since_ns, until_ns };
+                            // The records that scored at the alert threshold: the pattern to
+                            // silence, not the source's other, quiet flows.
+                            let threshold = detector.policy.alert_threshold();
+                            let flagged: std::collections::VecDeque<_> =
+                                detector.recent().iter().filter(|r| r.score >= threshold).cloned().collect();
+                            match incidents::select(&flagged, &sel, threshold, 0) {
+                                Err(e) => control::error(format!("{e:#} (among the recent records that alerted)")),
+                                Ok(support) => {
+                                    let id = format!("dismissal-{:x}", now_unix());
+                                    let mut next = dismissed.clone();
+                                    next.add(Dismissal {
+                                        id: id.clone(),
+                                        created_unix_ns: now_unix(),
+                                        selected: selected.clone(),
+                                        flows: support.flows,
+                                        exemplars: crate::detect::exemplars(&support.positives, dismissals::EXEMPLARS),
+                                    });
+                                    // In force only once on disk: a dismissal lost at the next
+                                    // restart would silently bring the alerts back.
+                                    match next.save(&dismissed_path) {
+                                        Err(e) => { error!("{e:#}"); control::error(format!("{e:#}")) }
+                                        Ok(()) => {
+                                            dismissed = next;
+                                            detector.set_dismissed(dismissed.exemplars());
+                                            info!(%id, flows = support.flows, %selected, "alerts dismissed as benign: patterns like these are no longer raised");
+                                            serde_json::json!({"ok": true, "dismissal": id, "flows": support.flows, "dismissals": dismissed.dismissals.len()})
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                     Request::ModelHistory {} => serde_json::json!({
                         "ok": true,
@@ -756,7 +818,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             Some(Ok(ip)) => Some(ip),
                             Some(Err(_)) => { reply.send(control::error("source is not an IP address")).ok(); continue; }
                         };
-                        if adapting {
+                        if family == dismissals::FAMILY {
+                            control::error(format!("`{family}` is reserved for dismissed alerts (detector incident dismiss)"))
+                        } else if adapting {
                             control::error("an adaptation is already running; try again when it finishes")
                         } else if fitting {
                             // The adaptation would start from the model without the new baseline
@@ -770,7 +834,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                                     adapting = true;
                                     let model = detector.model().clone();
                                     let budget = cfg.adaptation.fpr_budget;
-                                    let signature = crate::detect::exemplars(&support.positives);
+                                    let signature = crate::detect::exemplars(&support.positives, crate::detect::SIGNATURE_EXEMPLARS);
                                     let tx = adapt_tx.clone();
                                     info!(%family, flows = support.flows, "incident confirmed: adapting");
                                     tokio::task::spawn_blocking(move || {
@@ -1039,6 +1103,29 @@ impl BaselineJob {
             result,
         }
     }
+}
+
+/// The operator's selection in words, for the dismissal's record.
+fn describe_selection(
+    alert_ids: &[String],
+    source: Option<std::net::IpAddr>,
+    since_ns: Option<u64>,
+    until_ns: Option<u64>,
+) -> String {
+    let mut parts = Vec::new();
+    if !alert_ids.is_empty() {
+        parts.push(format!("alerts {}", alert_ids.join(", ")));
+    }
+    if let Some(s) = source {
+        parts.push(format!("source {s}"));
+    }
+    if let Some(t) = since_ns {
+        parts.push(format!("since {t}"));
+    }
+    if let Some(t) = until_ns {
+        parts.push(format!("until {t}"));
+    }
+    parts.join("; ")
 }
 
 /// The confirmed families the model store holds, as the detector names alerts by them.

@@ -42,6 +42,18 @@ pub enum Request {
         #[serde(default)]
         until_ns: Option<u64>,
     },
+    /// Dismiss alerts: the selected recent flows were benign. Later alerts that look like them
+    /// (in the serving model's embedding space) are not raised; the model does not change.
+    Dismiss {
+        #[serde(default)]
+        alert_ids: Vec<String>,
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        since_ns: Option<u64>,
+        #[serde(default)]
+        until_ns: Option<u64>,
+    },
     /// The models this host has used, newest first.
     ModelHistory {},
     /// Go back to the previous model.
@@ -181,6 +193,8 @@ mod tests {
         let r = parse_request(r#"{"cmd":"incident","family":"brute-force","source":"10.0.0.9"}"#)
             .unwrap();
         assert!(matches!(r, Request::Incident { ref family, .. } if family == "brute-force"));
+        let r = parse_request(r#"{"cmd":"dismiss","alert_ids":["a-1"]}"#).unwrap();
+        assert!(matches!(r, Request::Dismiss { ref alert_ids, .. } if alert_ids == &["a-1"]));
         assert!(parse_request("{").unwrap_err().starts_with("bad request"));
         assert!(parse_request(r#"{"cmd":"format_disk"}"#)
             .unwrap_err()

@@ -22,8 +22,8 @@ use crate::{
     clock::TimeBase,
     features::{self, Featurizer, LIVE_COUNT, LIVE_FEATURE_SET},
     metrics::Metrics,
-    model::{Contribution, Model, Pipeline, Rows, ScorePath},
-    policy::{DropDecision, DropOutcome, Policy},
+    model::{Contribution, Model, Pipeline, Rows, Score, ScorePath},
+    policy::{Decision, DropDecision, DropOutcome, Policy},
     record::{endpoints, FlowJson, ProcessRef},
 };
 
@@ -136,6 +136,10 @@ pub struct Detector {
     /// with the index of their family; built on the first alert after the model or the
     /// families change, not for every alert.
     exemplar_embeddings: Option<(Vec<f32>, Vec<usize>)>,
+    /// Exemplar rows of the patterns the operator dismissed ([`crate::dismissals`]), and
+    /// their embeddings under the serving model (unit length; built when first needed).
+    dismissed: Vec<f32>,
+    dismissed_embeddings: Option<Vec<f32>>,
     cfg: DetectConfig,
     time: TimeBase,
     batch: Vec<Pending>,
@@ -170,6 +174,8 @@ impl Detector {
             policy,
             families: Vec::new(),
             exemplar_embeddings: None,
+            dismissed: Vec::new(),
+            dismissed_embeddings: None,
             batch: Vec::with_capacity(cfg.batch_size),
             values: Vec::with_capacity(cfg.batch_size * LIVE_COUNT),
             cfg,
@@ -201,6 +207,7 @@ impl Detector {
         self.model = model;
         self.model_version = version;
         self.exemplar_embeddings = None;
+        self.dismissed_embeddings = None;
         Ok(())
     }
 
@@ -220,6 +227,12 @@ impl Detector {
     /// The confirmed families.
     pub fn families(&self) -> &[FamilySignature] {
         &self.families
+    }
+
+    /// Replaces the dismissed patterns' exemplar rows (raw, concatenated).
+    pub fn set_dismissed(&mut self, rows: Vec<f32>) {
+        self.dismissed = rows;
+        self.dismissed_embeddings = None;
     }
 
     /// The scoring path in use.
@@ -286,6 +299,7 @@ impl Detector {
             .context("scoring failed")?;
         let batch = std::mem::take(&mut self.batch);
         let values = std::mem::take(&mut self.values);
+        let dismissed = self.dismissed_among(&batch, &values, &scores);
         self.oldest = None;
         self.metrics
             .scored
@@ -302,15 +316,24 @@ impl Detector {
             // The full record (three small vectors) is built only for an alert.
             let ((src, _), (dst, _)) = endpoints(&p.key, &p.state);
             let target_key = key_for(self.policy.config().drop_target, src, &p.key);
-            let d = self.policy.decide(
-                src,
-                &target_key,
-                s.score,
-                p.evidence,
-                p.state.last_seen_ns,
-                actions.blocked(&target_key),
-                self.cfg.forced_shadow,
-            );
+            // Before the policy, so that a dismissed record takes no cooldown or rate token
+            // that a real alert from the same source would then lack.
+            let d = if dismissed[i] {
+                self.metrics
+                    .dismissed_alerts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Decision::default()
+            } else {
+                self.policy.decide(
+                    src,
+                    &target_key,
+                    s.score,
+                    p.evidence,
+                    p.state.last_seen_ns,
+                    actions.blocked(&target_key),
+                    self.cfg.forced_shadow,
+                )
+            };
             let mut alert_id = None;
             if d.alert {
                 let mut json = FlowJson::new(&p.key, &p.state, p.reason, self.time);
@@ -455,6 +478,51 @@ impl Detector {
         )
     }
 
+    /// Per record of the batch: true when the policy would act on it (its score and evidence)
+    /// and its embedding lies within cosine [`crate::dismissals::SIMILARITY`] of a dismissed
+    /// exemplar. Only those records are embedded, in one call: none while nothing is dismissed.
+    fn dismissed_among(
+        &mut self,
+        batch: &[Pending],
+        values: &[f32],
+        scores: &[Score],
+    ) -> Vec<bool> {
+        let mut out = vec![false; batch.len()];
+        if self.dismissed.is_empty() {
+            return out;
+        }
+        let acts: Vec<usize> = (0..batch.len())
+            .filter(|&i| self.policy.acts_on(scores[i].score, batch[i].evidence))
+            .collect();
+        if acts.is_empty() {
+            return out;
+        }
+        let d = self.model.embed_dim();
+        if self.dismissed_embeddings.is_none() {
+            let Some(mut emb) = self.embed(&self.dismissed) else {
+                return out;
+            };
+            emb.chunks_exact_mut(d).for_each(unit);
+            self.dismissed_embeddings = Some(emb);
+        }
+        let rows: Vec<f32> = acts
+            .iter()
+            .flat_map(|&i| values[i * LIVE_COUNT..(i + 1) * LIVE_COUNT].iter().copied())
+            .collect();
+        let (Some(mut emb), Some(exemplars)) = (self.embed(&rows), &self.dismissed_embeddings)
+        else {
+            return out;
+        };
+        for (&i, e0) in acts.iter().zip(emb.chunks_exact_mut(d)) {
+            unit(e0);
+            out[i] = exemplars.chunks_exact(d).any(|e| {
+                e.iter().zip(e0.iter()).map(|(a, b)| a * b).sum::<f32>()
+                    >= crate::dismissals::SIMILARITY
+            });
+        }
+        out
+    }
+
     /// Embeddings of live-feature rows under the serving model; None when it fails.
     fn embed(&self, values: &[f32]) -> Option<Vec<f32>> {
         let rows = Rows {
@@ -475,17 +543,22 @@ fn unit(v: &mut [f32]) {
 /// Rows kept per confirmed family to name later alerts.
 pub const SIGNATURE_EXEMPLARS: usize = 64;
 
-/// A family signature from an incident's rows: up to [`SIGNATURE_EXEMPLARS`] of them (raw,
-/// concatenated), evenly spread. Exemplars rather than one mean: an incident's records are of
-/// several kinds (a flow's first packet, its reply, its end), and their mean resembles none of
-/// them.
-pub fn exemplars(rows: &[f32]) -> Vec<f32> {
+/// A signature from an incident's (or a dismissal's) rows: up to `max` of them (raw,
+/// concatenated), evenly spread; [`SIGNATURE_EXEMPLARS`] for a family. Exemplars rather than one
+/// mean: an incident's records are of several kinds (a flow's first packet, its reply, its end),
+/// and their mean resembles none of them.
+pub fn exemplars(rows: &[f32], max: usize) -> Vec<f32> {
     let n = rows.len() / LIVE_COUNT;
-    let step = n.div_ceil(SIGNATURE_EXEMPLARS).max(1);
-    rows.chunks_exact(LIVE_COUNT)
-        .step_by(step)
-        .flatten()
-        .copied()
+    let m = n.min(max);
+    if m == 0 {
+        return Vec::new();
+    }
+    // Row k·n/m, moved on by k mod (n/m): a fixed stride can fall in step with the records' own
+    // order (new, reply, early, final per flow) and take one kind only. Stays below n.
+    let stride = n / m;
+    (0..m)
+        .map(|k| k * n / m + k % stride)
+        .flat_map(|i| rows[i * LIVE_COUNT..(i + 1) * LIVE_COUNT].iter().copied())
         .collect()
 }
 
@@ -625,5 +698,25 @@ mod tests {
         assert_eq!(det.family_of(&big), "scan");
         det.set_families(vec![]);
         assert_eq!(det.family_of(&syn), "unknown");
+    }
+
+    #[test]
+    fn exemplars_take_every_kind_of_record_even_in_step_with_their_order() {
+        // Records in a period of four (a flow's new, reply, early, final), as incidents have
+        // them; 256 of them, 32 kept: a fixed stride of 8 would keep one kind only.
+        let rows: Vec<f32> = (0..256)
+            .flat_map(|i| std::iter::repeat_n((i % 4) as f32, LIVE_COUNT))
+            .collect();
+        let kept = exemplars(&rows, 32);
+        assert_eq!(kept.len(), 32 * LIVE_COUNT);
+        let kinds: std::collections::BTreeSet<u32> =
+            kept.chunks_exact(LIVE_COUNT).map(|r| r[0] as u32).collect();
+        assert_eq!(kinds.len(), 4, "kinds kept: {kinds:?}");
+        // Fewer rows than the cap: all of them, in order.
+        assert_eq!(
+            exemplars(&rows[..20 * LIVE_COUNT], 64),
+            rows[..20 * LIVE_COUNT]
+        );
+        assert!(exemplars(&[], 8).is_empty());
     }
 }

@@ -9,6 +9,7 @@ pub mod context;
 pub mod control;
 pub mod dataset;
 pub mod detect;
+pub mod dismissals;
 pub mod ebpf;
 pub mod features;
 pub mod iface;

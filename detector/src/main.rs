@@ -109,6 +109,26 @@ enum IncidentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Dismiss alerts as benign: later alerts whose flows look like the selected ones (cosine
+    /// 0.9 in the serving model's embedding space, unless a confirmed family's exemplar is
+    /// closer) are not raised or acted on, only counted (`dismissed_alerts` in the status and
+    /// metrics). The model does not change. Dismissals persist in the state directory.
+    ///
+    /// Select flows as for `confirm`: by alert id (all recent flows of that alert's source),
+    /// by source address, and/or by a time window.
+    Dismiss {
+        /// An alert id from an alert event (repeatable).
+        #[arg(long = "alert", value_name = "ID")]
+        alerts: Vec<String>,
+        /// The source whose flows were benign.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only flows that started within this long before now (e.g. 10m).
+        #[arg(long, value_parser = parse_duration)]
+        last: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -377,17 +397,28 @@ fn main() -> ExitCode {
                     client: c,
                 },
         } => {
-            let since_ns = last.map(|d| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                now.saturating_sub(d).as_nanos() as u64
-            });
             let req = Request::Incident {
                 family,
                 alert_ids: alerts,
                 source,
-                since_ns,
+                since_ns: last.map(since_now),
+                until_ns: None,
+            };
+            client(&c, &req).and_then(|v| print(&v))
+        }
+        Command::Incident {
+            command:
+                IncidentCommand::Dismiss {
+                    alerts,
+                    source,
+                    last,
+                    client: c,
+                },
+        } => {
+            let req = Request::Dismiss {
+                alert_ids: alerts,
+                source,
+                since_ns: last.map(since_now),
                 until_ns: None,
             };
             client(&c, &req).and_then(|v| print(&v))
@@ -415,4 +446,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Unix ns `d` before now.
+fn since_now(d: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(d).as_nanos() as u64
 }

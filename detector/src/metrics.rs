@@ -29,6 +29,8 @@ pub struct Metrics {
     pub scored: AtomicU64,
     pub adaptations: AtomicU64,
     pub adaptations_refused: AtomicU64,
+    /// Alerts not raised because they matched a dismissed pattern.
+    pub dismissed_alerts: AtomicU64,
     pub alerts: Mutex<BTreeMap<String, u64>>,
     pub drops: Mutex<BTreeMap<String, u64>>,
     pub shadow_drops: Mutex<BTreeMap<String, u64>>,
@@ -106,6 +108,12 @@ impl Metrics {
             "detector_adaptations_total",
             "Models adapted from confirmed incidents.",
             self.adaptations.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "detector_dismissed_alerts_total",
+            "Alerts not raised: they matched a pattern the operator dismissed.",
+            self.dismissed_alerts.load(Relaxed),
         );
         counter(
             &mut o,

@@ -177,6 +177,13 @@ impl Policy {
     /// `evidence` is what the score rests on (the flow's packets and the other flows of its
     /// source and service). `blocked` says whether a kernel entry for it is already active.
     /// `forced_shadow` turns drops into shadow drops (offline detection never touches a kernel).
+    /// True when a record of this score and evidence would be alerted on or dropped, cooldowns
+    /// and rate limits aside.
+    pub fn acts_on(&self, score: f32, evidence: u64) -> bool {
+        let drop = self.cfg.drop != DropMode::Off && score >= self.cfg.drop_threshold;
+        (score >= self.alert_threshold() || drop) && evidence >= u64::from(self.cfg.min_evidence)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,

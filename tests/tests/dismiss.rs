@@ -1,0 +1,138 @@
+//! Dismissing false alerts, live. The agent runs with an alert threshold so low that ordinary
+//! web requests alert (a stand-in for benign traffic that a model flags on some host), and a
+//! one-second alert cooldown. The operator dismisses a client's alert; the client's requests
+//! go on, and are counted as dismissed instead of raised. A port scan, which looks nothing like
+//! them, still alerts. The dismissal survives a restart; a damaged dismissals file is reported
+//! and left alone.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    require_root,
+    traffic::{alerts_from, browse, nmap_syn_scan, WebService},
+    Agent, AgentDir, Lan,
+};
+use serde_json::Value;
+
+const VICTIM: usize = 0;
+const FIRST_CLIENT: usize = 1;
+const SCANNER: usize = 2;
+const CONFIG: &str = "[policy]\nalert_threshold = 0.000001\nalert_cooldown = \"1s\"\n";
+
+fn status(dir: &AgentDir) -> Value {
+    let out = dir.client(&["status"]);
+    assert!(out.status.success(), "status failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status is JSON")
+}
+
+/// The alert events written so far (a line still being written is skipped).
+fn alerts(agent: &Agent, src: &str) -> Vec<Value> {
+    std::fs::read_to_string(&agent.out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["type"] == "alert" && l["flow"]["src_addr"] == src)
+        .collect()
+}
+
+/// Polls `f` until it holds; panics with `what` after `secs`.
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_dismissed_pattern_is_not_raised_again_while_a_scan_still_is() {
+    require_root();
+    let lan = Lan::new(3);
+    let dir = AgentDir::with_config(CONFIG);
+    let iface = lan.ifaces[VICTIM].clone();
+    let agent = Agent::start_in(&lan.hosts[VICTIM], &dir, &["--iface", &iface]);
+    let addr = SocketAddr::from((lan.ips[VICTIM], 8080));
+    let _web = WebService::start(&lan.hosts[VICTIM], addr);
+
+    // The first client's requests alert.
+    browse(&lan.hosts[FIRST_CLIENT], addr, 5);
+    let first = lan.ip(FIRST_CLIENT);
+    let mut id = String::new();
+    wait_until("an alert about the client", 20, || {
+        match alerts(&agent, &first).first() {
+            Some(a) => {
+                id = a["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+
+    // A family name may not take the reserved name.
+    let out = dir.client(&[
+        "incident",
+        "confirm",
+        "--family",
+        "dismissed",
+        "--alert",
+        &id,
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reserved"),
+        "{out:?}"
+    );
+
+    let out = dir.client(&["incident", "dismiss", "--alert", &id]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("dismiss answers JSON");
+    assert_eq!(v["ok"], true, "dismiss: {v}");
+    assert!(v["flows"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(status(&dir)["dismissals"], 1);
+
+    // Its requests go on (past the cooldown): counted as dismissed, not raised.
+    std::thread::sleep(Duration::from_millis(1500));
+    let raised = alerts(&agent, &first).len();
+    browse(&lan.hosts[FIRST_CLIENT], addr, 5);
+    wait_until("alerts counted as dismissed", 20, || {
+        status(&dir)["dismissed_alerts"].as_u64().unwrap() > 0
+    });
+    // A scan alerts: it does not look like the dismissed requests.
+    nmap_syn_scan(&lan.hosts[SCANNER], &lan.ip(VICTIM));
+    let scanner = lan.ip(SCANNER);
+    wait_until("an alert about the scanner", 20, || {
+        !alerts(&agent, &scanner).is_empty()
+    });
+    let lines = agent.stop();
+    let again = alerts_from(&lines, &first);
+    assert_eq!(
+        again.len(),
+        raised,
+        "the dismissed pattern was raised again: {again:?}"
+    );
+
+    // After a restart the dismissal still holds.
+    let again = Agent::start_in(&lan.hosts[VICTIM], &dir, &["--iface", &iface]);
+    assert_eq!(status(&dir)["dismissals"], 1);
+    again.stop();
+
+    // A damaged file is reported, kept, and turns dismissing off rather than overwriting it.
+    let file = dir.path.join("state").join("dismissed.json");
+    std::fs::write(&file, "{ not json").unwrap();
+    let mut damaged = Agent::start_in(&lan.hosts[VICTIM], &dir, &["--iface", &iface]);
+    damaged.wait_for_log("dismissed.json", Duration::from_secs(5));
+    assert_eq!(status(&dir)["dismissals"], 0);
+    let out = dir.client(&["incident", "dismiss", "--source", &first]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dismissed.json"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{ not json");
+    damaged.stop();
+}

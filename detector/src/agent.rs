@@ -541,6 +541,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Envelope>(16);
+    // Requests that wait for a running baseline fit go back through this sender afterwards.
+    let ctl_requeue = ctl_tx.clone();
+    let mut deferred: Vec<Envelope> = Vec::new();
     tokio::spawn(control::serve(listener, ctl_tx));
     let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<()>>(4);
     if let Some(l) = metrics_listener {
@@ -823,9 +826,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         } else if adapting {
                             control::error("an adaptation is already running; try again when it finishes")
                         } else if fitting {
-                            // The adaptation would start from the model without the new baseline
-                            // and, finishing later, replace the model that has it.
-                            control::error("the host baseline is being refitted (well under a second); try again")
+                            // Held until the fit ends (well under a second): an adaptation
+                            // started from the model without the new baseline would, finishing
+                            // later, replace the model that has it.
+                            let source = source.map(|ip: std::net::IpAddr| ip.to_string());
+                            deferred.push((Request::Incident { family, alert_ids, source, since_ns, until_ns }, reply));
+                            continue;
                         } else {
                             let sel = Selector { alert_ids, source, since_ns, until_ns };
                             match incidents::select(detector.recent(), &sel, detector.policy.alert_threshold(), 2000) {
@@ -851,6 +857,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             Some(done) = baseline_rx.recv() => {
                 fitting = false;
+                for (req, reply) in deferred.drain(..) {
+                    if let Err(e) = ctl_requeue.try_send((req, reply)) {
+                        let (_, reply) = e.into_inner();
+                        let _ = reply.send(control::error("the agent is busy; try again"));
+                    }
+                }
                 baseline_at = Some(Instant::now());
                 match done.result {
                     Err(e) => warn!("cannot fit the host baseline: {e:#}"),

@@ -788,6 +788,33 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             }
                         }
                     }
+                    Request::Dismissals {} => serde_json::json!({
+                        "ok": true,
+                        "dismissals": dismissed.dismissals.iter().map(|d| serde_json::json!({
+                            "id": d.id, "created_unix_ns": d.created_unix_ns, "selected": d.selected,
+                            "flows": d.flows, "exemplars": d.exemplars.len() / crate::features::LIVE_COUNT,
+                        })).collect::<Vec<_>>(),
+                    }),
+                    Request::Undismiss { id } => {
+                        if let Some(e) = &dismissed_broken {
+                            control::error(format!("dismissals are off: {e}"))
+                        } else {
+                            let mut next = dismissed.clone();
+                            if next.remove(&id) {
+                                match next.save(&dismissed_path) {
+                                    Err(e) => { error!("{e:#}"); control::error(format!("{e:#}")) }
+                                    Ok(()) => {
+                                        dismissed = next;
+                                        detector.set_dismissed(dismissed.exemplars());
+                                        info!(%id, "dismissal withdrawn: alerts like its flows are raised again");
+                                        serde_json::json!({"ok": true, "withdrawn": id, "dismissals": dismissed.dismissals.len()})
+                                    }
+                                }
+                            } else {
+                                control::error(format!("no dismissal {id} (detector incident dismissals lists them)"))
+                            }
+                        }
+                    }
                     Request::ModelHistory {} => serde_json::json!({
                         "ok": true,
                         "current": detector.model_version,

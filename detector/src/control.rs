@@ -54,6 +54,10 @@ pub enum Request {
         #[serde(default)]
         until_ns: Option<u64>,
     },
+    /// The dismissals in force, oldest first (without their exemplars).
+    Dismissals {},
+    /// Withdraw a dismissal: alerts like its flows are raised again.
+    Undismiss { id: String },
     /// The models this host has used, newest first.
     ModelHistory {},
     /// Go back to the previous model.

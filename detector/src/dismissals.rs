@@ -97,6 +97,13 @@ impl Dismissals {
         self.dismissals.drain(..over);
     }
 
+    /// Removes the dismissal `id`; false when there is none.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let before = self.dismissals.len();
+        self.dismissals.retain(|d| d.id != id);
+        self.dismissals.len() < before
+    }
+
     /// Every exemplar row, concatenated.
     pub fn exemplars(&self) -> Vec<f32> {
         self.dismissals
@@ -159,5 +166,8 @@ mod tests {
         }
         assert_eq!(d.dismissals.len(), MAX);
         assert_eq!(d.dismissals[0].id, "d-3");
+        assert!(d.remove("d-3"));
+        assert!(!d.remove("d-3"));
+        assert_eq!(d.dismissals.len(), MAX - 1);
     }
 }

@@ -129,6 +129,16 @@ enum IncidentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The dismissals in force: id, when, what was selected, how many flows.
+    Dismissals(ClientArgs),
+    /// Withdraw a dismissal (by the id `dismiss` printed, or from `dismissals`): alerts like
+    /// its flows are raised again.
+    Undismiss {
+        /// The dismissal's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -423,6 +433,12 @@ fn main() -> ExitCode {
             };
             client(&c, &req).and_then(|v| print(&v))
         }
+        Command::Incident {
+            command: IncidentCommand::Dismissals(c),
+        } => client(&c, &Request::Dismissals {}).and_then(|v| print(&v)),
+        Command::Incident {
+            command: IncidentCommand::Undismiss { id, client: c },
+        } => client(&c, &Request::Undismiss { id }).and_then(|v| print(&v)),
         Command::Model {
             command: ModelCommand::History(c),
         } => client(&c, &Request::ModelHistory {}).and_then(|v| print(&v)),

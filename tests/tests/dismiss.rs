@@ -92,6 +92,10 @@ fn a_dismissed_pattern_is_not_raised_again_while_a_scan_still_is() {
     let out = dir.client(&["incident", "dismiss", "--alert", &id]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("dismiss answers JSON");
     assert_eq!(v["ok"], true, "dismiss: {v}");
+    let dismissal = v["dismissal"]
+        .as_str()
+        .expect("the dismissal's id")
+        .to_string();
     assert!(v["flows"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(status(&dir)["dismissals"], 1);
 
@@ -116,9 +120,34 @@ fn a_dismissed_pattern_is_not_raised_again_while_a_scan_still_is() {
         "the dismissed pattern was raised again: {again:?}"
     );
 
-    // After a restart the dismissal still holds.
+    // After a restart the dismissal still holds; withdrawn, the requests alert again.
     let again = Agent::start_in(&lan.hosts[VICTIM], &dir, &["--iface", &iface]);
     assert_eq!(status(&dir)["dismissals"], 1);
+    let before = alerts(&again, &first).len();
+    browse(&lan.hosts[FIRST_CLIENT], addr, 5);
+    wait_until("alerts counted as dismissed after the restart", 20, || {
+        status(&dir)["dismissed_alerts"].as_u64().unwrap() > 0
+    });
+    assert_eq!(
+        alerts(&again, &first).len(),
+        before,
+        "raised after the restart"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = dir.client(&["incident", "dismissals"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("dismissals answer JSON");
+    assert_eq!(v["dismissals"][0]["id"], dismissal.as_str(), "{v}");
+    let out = dir.client(&["incident", "undismiss", "no-such-dismissal"]);
+    assert!(!out.status.success(), "{out:?}");
+    let out = dir.client(&["incident", "undismiss", &dismissal]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(status(&dir)["dismissals"], 0);
+    // (The events file is appended to across restarts: count what is new.)
+    let before = alerts(&again, &first).len();
+    browse(&lan.hosts[FIRST_CLIENT], addr, 5);
+    wait_until("an alert about the client once more", 20, || {
+        alerts(&again, &first).len() > before
+    });
     again.stop();
 
     // A damaged file is reported, kept, and turns dismissing off rather than overwriting it.

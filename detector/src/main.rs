@@ -97,35 +97,22 @@ enum IncidentCommand {
         /// Attack family (e.g. brute-force, scan, exfiltration).
         #[arg(long)]
         family: String,
-        /// An alert id from an alert event (repeatable).
-        #[arg(long = "alert", value_name = "ID")]
-        alerts: Vec<String>,
-        /// The attacking address.
-        #[arg(long)]
-        source: Option<String>,
-        /// Only flows that started within this long before now (e.g. 10m).
-        #[arg(long, value_parser = parse_duration)]
-        last: Option<Duration>,
+        #[command(flatten)]
+        selection: Selection,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Dismiss alerts as benign: later alerts whose flows look like the selected ones (cosine
-    /// 0.9 in the serving model's embedding space, unless a confirmed family's exemplar is
-    /// closer) are not raised or acted on, only counted (`dismissed_alerts` in the status and
-    /// metrics). The model does not change. Dismissals persist in the state directory.
+    /// Dismiss alerts as benign: later records that look like the selected ones that alerted
+    /// (cosine 0.9 in the serving model's embedding space) are neither alerted on nor dropped,
+    /// only counted (`dismissed_alerts` in the status and metrics). The model does not change.
+    /// Dismissals persist in the state directory. A dismissal silences whatever looks like it,
+    /// attack or not: select precisely.
     ///
     /// Select flows as for `confirm`: by alert id (all recent flows of that alert's source),
     /// by source address, and/or by a time window.
     Dismiss {
-        /// An alert id from an alert event (repeatable).
-        #[arg(long = "alert", value_name = "ID")]
-        alerts: Vec<String>,
-        /// The source whose flows were benign.
-        #[arg(long)]
-        source: Option<String>,
-        /// Only flows that started within this long before now (e.g. 10m).
-        #[arg(long, value_parser = parse_duration)]
-        last: Option<Duration>,
+        #[command(flatten)]
+        selection: Selection,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -139,6 +126,20 @@ enum IncidentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Which recent flows an incident or a dismissal is about.
+#[derive(clap::Args, Debug)]
+struct Selection {
+    /// An alert id from an alert event (repeatable).
+    #[arg(long = "alert", value_name = "ID")]
+    alerts: Vec<String>,
+    /// The source address: the flows it opened and those opened towards it.
+    #[arg(long)]
+    source: Option<String>,
+    /// Only flows that started within this long before now (e.g. 10m).
+    #[arg(long, value_parser = parse_duration)]
+    last: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -401,9 +402,12 @@ fn main() -> ExitCode {
             command:
                 IncidentCommand::Confirm {
                     family,
-                    alerts,
-                    source,
-                    last,
+                    selection:
+                        Selection {
+                            alerts,
+                            source,
+                            last,
+                        },
                     client: c,
                 },
         } => {
@@ -419,9 +423,12 @@ fn main() -> ExitCode {
         Command::Incident {
             command:
                 IncidentCommand::Dismiss {
-                    alerts,
-                    source,
-                    last,
+                    selection:
+                        Selection {
+                            alerts,
+                            source,
+                            last,
+                        },
                     client: c,
                 },
         } => {

@@ -754,25 +754,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         if let Some(e) = &dismissed_broken {
                             control::error(format!("dismissals are off: {e}"))
                         } else {
-                            let selected = describe_selection(&alert_ids, source, since_ns, until_ns);
                             let sel = Selector { alert_ids, source, since_ns, until_ns };
-                            // The records that scored at the alert threshold: the pattern to
-                            // silence, not the source's other, quiet flows.
-                            let threshold = detector.policy.alert_threshold();
-                            let flagged: std::collections::VecDeque<_> =
-                                detector.recent().iter().filter(|r| r.score >= threshold).cloned().collect();
-                            match incidents::select(&flagged, &sel, threshold, 0) {
-                                Err(e) => control::error(format!("{e:#} (among the recent records that alerted)")),
-                                Ok(support) => {
-                                    let id = format!("dismissal-{:x}", now_unix());
+                            let id = format!("dismissal-{:x}", now_unix());
+                            match Dismissal::select(detector.recent(), &sel, detector.policy.alert_threshold(), id.clone(), now_unix()) {
+                                Err(e) => control::error(format!("{e:#}")),
+                                Ok(dismissal) => {
+                                    let (flows, selected) = (dismissal.flows, dismissal.selected.clone());
                                     let mut next = dismissed.clone();
-                                    next.add(Dismissal {
-                                        id: id.clone(),
-                                        created_unix_ns: now_unix(),
-                                        selected: selected.clone(),
-                                        flows: support.flows,
-                                        exemplars: crate::detect::exemplars(&support.positives, dismissals::EXEMPLARS),
-                                    });
+                                    next.add(dismissal);
                                     // In force only once on disk: a dismissal lost at the next
                                     // restart would silently bring the alerts back.
                                     match next.save(&dismissed_path) {
@@ -780,8 +769,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                                         Ok(()) => {
                                             dismissed = next;
                                             detector.set_dismissed(dismissed.exemplars());
-                                            info!(%id, flows = support.flows, %selected, "alerts dismissed as benign: patterns like these are no longer raised");
-                                            serde_json::json!({"ok": true, "dismissal": id, "flows": support.flows, "dismissals": dismissed.dismissals.len()})
+                                            info!(%id, flows, %selected, "alerts dismissed as benign: patterns like these are no longer raised");
+                                            serde_json::json!({"ok": true, "dismissal": id, "flows": flows, "dismissals": dismissed.dismissals.len()})
                                         }
                                     }
                                 }
@@ -1142,29 +1131,6 @@ impl BaselineJob {
             result,
         }
     }
-}
-
-/// The operator's selection in words, for the dismissal's record.
-fn describe_selection(
-    alert_ids: &[String],
-    source: Option<std::net::IpAddr>,
-    since_ns: Option<u64>,
-    until_ns: Option<u64>,
-) -> String {
-    let mut parts = Vec::new();
-    if !alert_ids.is_empty() {
-        parts.push(format!("alerts {}", alert_ids.join(", ")));
-    }
-    if let Some(s) = source {
-        parts.push(format!("source {s}"));
-    }
-    if let Some(t) = since_ns {
-        parts.push(format!("since {t}"));
-    }
-    if let Some(t) = until_ns {
-        parts.push(format!("until {t}"));
-    }
-    parts.join("; ")
 }
 
 /// The confirmed families the model store holds, as the detector names alerts by them.

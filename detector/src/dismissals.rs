@@ -15,12 +15,19 @@
 //! policy would act on in one call, and compares each with at most [`MAX`] × [`EXEMPLARS`]
 //! exemplars.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::features::LIVE_COUNT;
+use crate::{
+    detect::Recent,
+    features::LIVE_COUNT,
+    incidents::{self, Selector},
+};
 
 /// Cosine similarity at which an alert counts as a dismissed pattern. Stricter than the 0.8 that
 /// names an alert's family: a dismissal silences, so it must match closely.
@@ -43,6 +50,33 @@ pub struct Dismissal {
     pub flows: usize,
     /// Raw live-feature rows ([`LIVE_COUNT`] values each), concatenated.
     pub exemplars: Vec<f32>,
+}
+
+impl Dismissal {
+    /// A dismissal of the recent records that `sel` picks among those that scored at the
+    /// alert `threshold`: the pattern to silence, not the source's other, quiet flows.
+    pub fn select(
+        recent: &VecDeque<Recent>,
+        sel: &Selector,
+        threshold: f32,
+        id: String,
+        created_unix_ns: u64,
+    ) -> anyhow::Result<Self> {
+        let flagged: VecDeque<Recent> = recent
+            .iter()
+            .filter(|r| r.score >= threshold)
+            .cloned()
+            .collect();
+        let support = incidents::select(&flagged, sel, threshold, 0)
+            .context("among the recent records that alerted")?;
+        Ok(Dismissal {
+            id,
+            created_unix_ns,
+            selected: sel.to_string(),
+            flows: support.flows,
+            exemplars: crate::detect::exemplars(&support.positives, EXEMPLARS),
+        })
+    }
 }
 
 /// The dismissals of this host, oldest first.

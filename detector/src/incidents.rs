@@ -29,6 +29,26 @@ pub struct Selector {
     pub until_ns: Option<u64>,
 }
 
+/// The selection in words (alert ids, source, window), for logs and records.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.alert_ids.is_empty() {
+            parts.push(format!("alerts {}", self.alert_ids.join(", ")));
+        }
+        if let Some(s) = self.source {
+            parts.push(format!("source {s}"));
+        }
+        if let Some(t) = self.since_ns {
+            parts.push(format!("since {t}"));
+        }
+        if let Some(t) = self.until_ns {
+            parts.push(format!("until {t}"));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 impl Selector {
     fn is_empty(&self) -> bool {
         self.alert_ids.is_empty()

@@ -330,7 +330,8 @@ impl Detector {
                     s.score,
                     p.evidence,
                     p.state.last_seen_ns,
-                    actions.blocked(&target_key),
+                    // The blocklist is asked only where a drop could follow.
+                    self.policy.may_drop(s.score) && actions.blocked(&target_key),
                     self.cfg.forced_shadow,
                 )
             };

@@ -180,8 +180,13 @@ impl Policy {
     /// True when a record of this score and evidence would be alerted on or dropped, cooldowns
     /// and rate limits aside.
     pub fn acts_on(&self, score: f32, evidence: u64) -> bool {
-        let drop = self.cfg.drop != DropMode::Off && score >= self.cfg.drop_threshold;
-        (score >= self.alert_threshold() || drop) && evidence >= u64::from(self.cfg.min_evidence)
+        (score >= self.alert_threshold() || self.may_drop(score))
+            && evidence >= u64::from(self.cfg.min_evidence)
+    }
+
+    /// True when a record of this score could be dropped (drops on, score at the threshold).
+    pub fn may_drop(&self, score: f32) -> bool {
+        self.cfg.drop != DropMode::Off && score >= self.cfg.drop_threshold
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -202,7 +207,6 @@ impl Policy {
             self.thin_evidence += 1;
             return d;
         }
-        let blocked = blocked || self.shadow.get(target).is_some_and(|&until| now_ns < until);
         if score >= self.alert_threshold() {
             let cd = self.cooldowns.entry(src).or_insert(Cooldown {
                 until_ns: 0,
@@ -221,7 +225,10 @@ impl Policy {
                 cd.until_ns = now_ns.saturating_add(self.cfg.alert_cooldown.0.as_nanos() as u64);
             }
         }
-        if score >= self.cfg.drop_threshold && self.cfg.drop != DropMode::Off {
+        if self.may_drop(score) {
+            // Looked up only where a drop could follow: the 48-byte key is hashed for those
+            // records, not for every record.
+            let blocked = blocked || self.shadow.get(target).is_some_and(|&until| now_ns < until);
             let outcome = if self.allowlisted(&src) {
                 DropOutcome::Allowlisted
             } else if blocked {

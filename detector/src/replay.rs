@@ -211,6 +211,43 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<Vec<FileSummary>> {
     Ok(summaries)
 }
 
+/// The detector `replay --detect` runs over one capture: drops forced to shadow, fresh context
+/// windows and cooldowns, Unix time; `recent` scored records kept (0 for replay itself).
+pub fn offline_detector(
+    model: std::sync::Arc<crate::model::Model>,
+    version: String,
+    cfg: &crate::config::Config,
+    recent: usize,
+) -> anyhow::Result<crate::detect::Detector> {
+    use crate::{
+        clock::TimeBase,
+        detect::{DetectConfig, Detector},
+        metrics::Metrics,
+        model::ScorePath,
+        policy::Policy,
+    };
+    let path: ScorePath = cfg
+        .scoring
+        .path
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    Detector::new(
+        model,
+        version,
+        path,
+        Policy::new(cfg.policy.clone(), cfg.policy.allowlist.clone()),
+        DetectConfig {
+            batch_size: cfg.scoring.batch_size,
+            forced_shadow: true,
+            recent,
+            context: cfg.context.tracker(),
+            ..DetectConfig::default()
+        },
+        TimeBase::Unix,
+        std::sync::Arc::new(Metrics::default()),
+    )
+}
+
 /// `detector replay --detect`: the same context, scoring and policy code as the live agent
 /// (drops forced to shadow), over captures; writes the alert events. Each capture starts with
 /// fresh context windows and alert cooldowns.
@@ -220,40 +257,14 @@ pub fn detect(
 ) -> anyhow::Result<Vec<FileSummary>> {
     use std::sync::Arc;
 
-    use crate::{
-        clock::TimeBase,
-        detect::{DetectConfig, Detector, ShadowActions},
-        metrics::Metrics,
-        model::ScorePath,
-        output::JsonLines,
-        policy::Policy,
-    };
+    use crate::{detect::ShadowActions, output::JsonLines};
 
     let (model, version) = crate::agent::base_model(cfg)?;
     let model = Arc::new(model);
-    let path: ScorePath = cfg
-        .scoring
-        .path
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
     let mut out = JsonLines::open(opts.output.as_deref())?;
     let mut summaries = Vec::new();
     for file in &opts.files {
-        let mut det = Detector::new(
-            model.clone(),
-            version.clone(),
-            path,
-            Policy::new(cfg.policy.clone(), cfg.policy.allowlist.clone()),
-            DetectConfig {
-                batch_size: cfg.scoring.batch_size,
-                forced_shadow: true,
-                recent: 0,
-                context: cfg.context.tracker(),
-                ..DetectConfig::default()
-            },
-            TimeBase::Unix,
-            Arc::new(Metrics::default()),
-        )?;
+        let mut det = offline_detector(model.clone(), version.clone(), cfg, 0)?;
         let mut alerts = 0u64;
         let mut summary = replay_file(file, &opts.flow, |k, s, r| {
             if det.push(k, s, r, None, Instant::now()) {

@@ -18,15 +18,12 @@ use std::{
 
 use detector::{
     blocklist::Block,
-    clock::TimeBase,
     config::Config,
-    detect::{Actions, AlertJson, DetectConfig, Detector},
+    detect::{Actions, AlertJson, Detector},
     dismissals::Dismissal,
     incidents::Selector,
-    metrics::Metrics,
-    model::{Model, ScorePath},
-    policy::Policy,
-    replay::replay_file,
+    model::Model,
+    replay::{offline_detector, replay_file},
 };
 use detector_common::block::BlockKey;
 use integration_tests::corpus_files;
@@ -61,23 +58,7 @@ fn pass(
     model: &Arc<Model>,
     dismissed: Vec<f32>,
 ) -> (Collected, Detector) {
-    let path: ScorePath = cfg.scoring.path.parse().unwrap();
-    let mut det = Detector::new(
-        model.clone(),
-        "base".into(),
-        path,
-        Policy::new(cfg.policy.clone(), cfg.policy.allowlist.clone()),
-        DetectConfig {
-            batch_size: cfg.scoring.batch_size,
-            forced_shadow: true,
-            recent: 1_000_000,
-            context: cfg.context.tracker(),
-            ..DetectConfig::default()
-        },
-        TimeBase::Unix,
-        Arc::new(Metrics::default()),
-    )
-    .unwrap();
+    let mut det = offline_detector(model.clone(), "base".into(), cfg, 1_000_000).unwrap();
     det.set_dismissed(dismissed);
     let mut got = Collected::default();
     replay_file(file, &cfg.flow_config(), |k, s, r| {

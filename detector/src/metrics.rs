@@ -57,8 +57,9 @@ impl Metrics {
         bump(&self.shadow_drops, family);
     }
 
-    /// Records a batch's scoring latencies (record read → score done): counted locally, then one atomic add per bucket
-    /// used (two atomic adds per record were 2% of the agent's time at full load).
+    /// Records a batch's scoring latencies (record read → score done): counted locally, then
+    /// one atomic add per bucket used (two atomic adds per record were 2% of the agent's time
+    /// at full load).
     pub fn latencies(&self, ds: impl IntoIterator<Item = Duration>) {
         let mut counts = [0u64; LATENCY_BUCKETS_US.len() + 1];
         let mut sum = 0u64;

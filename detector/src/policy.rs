@@ -173,10 +173,6 @@ impl Policy {
         infrastructure(ip) || self.allowlist.iter().any(|c| c.contains(ip))
     }
 
-    /// Decides for one record whose initiator is `src`; `target` is what a drop would block.
-    /// `evidence` is what the score rests on (the flow's packets and the other flows of its
-    /// source and service). `blocked` says whether a kernel entry for it is already active.
-    /// `forced_shadow` turns drops into shadow drops (offline detection never touches a kernel).
     /// True when a record of this score and evidence would be alerted on or dropped, cooldowns
     /// and rate limits aside.
     pub fn acts_on(&self, score: f32, evidence: u64) -> bool {
@@ -189,6 +185,10 @@ impl Policy {
         self.cfg.drop != DropMode::Off && score >= self.cfg.drop_threshold
     }
 
+    /// Decides for one record whose initiator is `src`; `target` is what a drop would block.
+    /// `evidence` is what the score rests on (the flow's packets and the other flows of its
+    /// source and service). `blocked` says whether a kernel entry for it is already active.
+    /// `forced_shadow` turns drops into shadow drops (offline detection never touches a kernel).
     #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,

@@ -746,15 +746,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         })
                     }
                     Request::Dismiss { alert_ids, source, since_ns, until_ns } => {
-                        let source = match source.as_deref().map(str::parse) {
-                            None => None,
-                            Some(Ok(ip)) => Some(ip),
-                            Some(Err(_)) => { reply.send(control::error("source is not an IP address")).ok(); continue; }
+                        let sel = match Selector::from_request(alert_ids, source.as_deref(), since_ns, until_ns) {
+                            Ok(sel) => sel,
+                            Err(e) => { reply.send(control::error(e)).ok(); continue; }
                         };
                         if let Some(e) = &dismissed_broken {
                             control::error(format!("dismissals are off: {e}"))
                         } else {
-                            let sel = Selector { alert_ids, source, since_ns, until_ns };
                             let id = format!("dismissal-{:x}", now_unix());
                             match Dismissal::select(detector.recent(), &sel, detector.policy.alert_threshold(), id.clone(), now_unix()) {
                                 Err(e) => control::error(format!("{e:#}")),
@@ -762,13 +760,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                                     let (flows, selected) = (dismissal.flows, dismissal.selected.clone());
                                     let mut next = dismissed.clone();
                                     next.add(dismissal);
-                                    // In force only once on disk: a dismissal lost at the next
-                                    // restart would silently bring the alerts back.
-                                    match next.save(&dismissed_path) {
+                                    match put_dismissals(next, &dismissed_path, &mut dismissed, &mut detector) {
                                         Err(e) => { error!("{e:#}"); control::error(format!("{e:#}")) }
                                         Ok(()) => {
-                                            dismissed = next;
-                                            detector.set_dismissed(dismissed.exemplars());
                                             info!(%id, flows, %selected, "alerts dismissed as benign: patterns like these are no longer raised");
                                             serde_json::json!({"ok": true, "dismissal": id, "flows": flows, "dismissals": dismissed.dismissals.len()})
                                         }
@@ -790,11 +784,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         } else {
                             let mut next = dismissed.clone();
                             if next.remove(&id) {
-                                match next.save(&dismissed_path) {
+                                match put_dismissals(next, &dismissed_path, &mut dismissed, &mut detector) {
                                     Err(e) => { error!("{e:#}"); control::error(format!("{e:#}")) }
                                     Ok(()) => {
-                                        dismissed = next;
-                                        detector.set_dismissed(dismissed.exemplars());
                                         info!(%id, "dismissal withdrawn: alerts like its flows are raised again");
                                         serde_json::json!({"ok": true, "withdrawn": id, "dismissals": dismissed.dismissals.len()})
                                     }
@@ -832,24 +824,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         }
                     },
                     Request::Incident { family, alert_ids, source, since_ns, until_ns } => {
-                        let source = match source.as_deref().map(str::parse) {
-                            None => None,
-                            Some(Ok(ip)) => Some(ip),
-                            Some(Err(_)) => { reply.send(control::error("source is not an IP address")).ok(); continue; }
+                        if fitting {
+                            // Held, as it came, until the fit ends (well under a second): an
+                            // adaptation started from the model without the new baseline would,
+                            // finishing later, replace the model that has it.
+                            deferred.push((Request::Incident { family, alert_ids, source, since_ns, until_ns }, reply));
+                            continue;
+                        }
+                        let sel = match Selector::from_request(alert_ids, source.as_deref(), since_ns, until_ns) {
+                            Ok(sel) => sel,
+                            Err(e) => { reply.send(control::error(e)).ok(); continue; }
                         };
                         if family == dismissals::FAMILY {
                             control::error(format!("`{family}` is reserved for dismissed alerts (detector incident dismiss)"))
                         } else if adapting {
                             control::error("an adaptation is already running; try again when it finishes")
-                        } else if fitting {
-                            // Held until the fit ends (well under a second): an adaptation
-                            // started from the model without the new baseline would, finishing
-                            // later, replace the model that has it.
-                            let source = source.map(|ip: std::net::IpAddr| ip.to_string());
-                            deferred.push((Request::Incident { family, alert_ids, source, since_ns, until_ns }, reply));
-                            continue;
                         } else {
-                            let sel = Selector { alert_ids, source, since_ns, until_ns };
                             match incidents::select(detector.recent(), &sel, detector.policy.alert_threshold(), 2000) {
                                 Err(e) => control::error(format!("{e:#}")),
                                 Ok(support) => {
@@ -1131,6 +1121,21 @@ impl BaselineJob {
             result,
         }
     }
+}
+
+/// Puts `next` in force: on disk first, then in the detector. Not in force unless saved: a
+/// dismissal lost at the next restart would silently bring its alerts back (a withdrawal, its
+/// silence); on error the old set stays, on disk and in force.
+fn put_dismissals(
+    next: Dismissals,
+    path: &std::path::Path,
+    dismissed: &mut Dismissals,
+    detector: &mut Detector,
+) -> anyhow::Result<()> {
+    next.save(path)?;
+    *dismissed = next;
+    detector.set_dismissed(dismissed.exemplars());
+    Ok(())
 }
 
 /// The confirmed families the model store holds, as the detector names alerts by them.

@@ -50,6 +50,26 @@ impl std::fmt::Display for Selector {
 }
 
 impl Selector {
+    /// A selector from a control request's fields; `source` must be an IP address.
+    pub fn from_request(
+        alert_ids: Vec<String>,
+        source: Option<&str>,
+        since_ns: Option<u64>,
+        until_ns: Option<u64>,
+    ) -> Result<Self, String> {
+        let source = match source.map(str::parse) {
+            None => None,
+            Some(Ok(ip)) => Some(ip),
+            Some(Err(_)) => return Err("source is not an IP address".into()),
+        };
+        Ok(Selector {
+            alert_ids,
+            source,
+            since_ns,
+            until_ns,
+        })
+    }
+
     fn is_empty(&self) -> bool {
         self.alert_ids.is_empty()
             && self.source.is_none()

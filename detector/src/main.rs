@@ -398,54 +398,39 @@ fn main() -> ExitCode {
         Command::Adapt(args) => detector::model::cli::adapt_cmd(args),
         Command::Eval(args) => detector::model::cli::eval(args),
         Command::Status(c) => client(&c, &Request::Status {}).and_then(|v| print(&v)),
-        Command::Incident {
-            command:
+        Command::Incident { command } => {
+            let (c, req) = match command {
                 IncidentCommand::Confirm {
                     family,
-                    selection:
-                        Selection {
-                            alerts,
-                            source,
-                            last,
-                        },
-                    client: c,
-                },
-        } => {
-            let req = Request::Incident {
-                family,
-                alert_ids: alerts,
-                source,
-                since_ns: last.map(since_now),
-                until_ns: None,
-            };
-            client(&c, &req).and_then(|v| print(&v))
-        }
-        Command::Incident {
-            command:
+                    selection: s,
+                    client,
+                } => (
+                    client,
+                    Request::Incident {
+                        family,
+                        alert_ids: s.alerts,
+                        source: s.source,
+                        since_ns: s.last.map(since_now),
+                        until_ns: None,
+                    },
+                ),
                 IncidentCommand::Dismiss {
-                    selection:
-                        Selection {
-                            alerts,
-                            source,
-                            last,
-                        },
-                    client: c,
-                },
-        } => {
-            let req = Request::Dismiss {
-                alert_ids: alerts,
-                source,
-                since_ns: last.map(since_now),
-                until_ns: None,
+                    selection: s,
+                    client,
+                } => (
+                    client,
+                    Request::Dismiss {
+                        alert_ids: s.alerts,
+                        source: s.source,
+                        since_ns: s.last.map(since_now),
+                        until_ns: None,
+                    },
+                ),
+                IncidentCommand::Dismissals(client) => (client, Request::Dismissals {}),
+                IncidentCommand::Undismiss { id, client } => (client, Request::Undismiss { id }),
             };
             client(&c, &req).and_then(|v| print(&v))
         }
-        Command::Incident {
-            command: IncidentCommand::Dismissals(c),
-        } => client(&c, &Request::Dismissals {}).and_then(|v| print(&v)),
-        Command::Incident {
-            command: IncidentCommand::Undismiss { id, client: c },
-        } => client(&c, &Request::Undismiss { id }).and_then(|v| print(&v)),
         Command::Model {
             command: ModelCommand::History(c),
         } => client(&c, &Request::ModelHistory {}).and_then(|v| print(&v)),

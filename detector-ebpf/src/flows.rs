@@ -2,6 +2,8 @@
 //! `detector_common::flow::process_packet` against the same flow table, so a host sees both
 //! directions of its flows. Only the XDP side enforces the blocklist.
 
+use core::arch::asm;
+
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
     helpers::generated::{
@@ -120,8 +122,14 @@ fn config() -> FlowConfig {
     }
 }
 
-/// An XDP packet, read through `bpf_xdp_load_bytes`.
+/// An XDP packet. Headers are read straight from the frame's linear part; what lies beyond it
+/// (a multi-buffer frame whose first buffer ends inside the headers) through
+/// `bpf_xdp_load_bytes`, which reads across fragments.
 pub struct XdpPacket<'a>(pub &'a XdpContext);
+
+/// Offsets beyond this take the helper. The verifier only accepts packet-pointer arithmetic with
+/// an offset it can bound, and no header the parser reads starts this deep in a linear part.
+const DIRECT_MAX_OFFSET: usize = 0x3fff;
 
 impl PacketBytes for XdpPacket<'_> {
     #[inline(always)]
@@ -132,6 +140,9 @@ impl PacketBytes for XdpPacket<'_> {
     }
     #[inline(always)]
     fn load(&self, offset: usize, buf: &mut [u8]) -> bool {
+        if load_linear(self.0.data(), self.0.data_end(), offset, buf) {
+            return true;
+        }
         // SAFETY: the helper bounds-checks against the packet and writes buf.len() bytes.
         unsafe {
             bpf_xdp_load_bytes(
@@ -144,6 +155,57 @@ impl PacketBytes for XdpPacket<'_> {
     }
 }
 
+/// Copies `buf.len()` bytes at `offset` from the linear part `data..data_end` of a packet, when
+/// they lie inside it; returns false (and copies nothing) otherwise.
+#[inline(always)]
+fn load_linear(data: usize, data_end: usize, offset: usize, buf: &mut [u8]) -> bool {
+    let len = buf.len();
+    if offset > DIRECT_MAX_OFFSET || data + offset + len > data_end {
+        return false;
+    }
+    // SAFETY: the bytes lie inside the linear part (checked just above, and the verifier checks
+    // it again); `buf` holds `len` bytes.
+    unsafe { copy_words((data + offset) as *const u8, buf.as_mut_ptr(), len) };
+    true
+}
+
+/// Copies `len` (a constant once inlined) bytes in 8-, 4-, 2- and 1-byte moves. A helper call
+/// per header cost more than the parsing itself (three calls deep, and its byte-wise copy into
+/// the stack stalled the wider loads that followed; BENCHMARKS.md). The moves are written in
+/// assembly because the BPF backend splits any load it cannot prove aligned into single bytes,
+/// and packet headers are not aligned (the IP header starts at offset 14); the kernel allows
+/// unaligned packet access on the architectures we run on (x86_64, arm64).
+///
+/// # Safety
+/// `src` and `dst` are valid for `len` bytes.
+#[inline(always)]
+unsafe fn copy_words(src: *const u8, dst: *mut u8, len: usize) {
+    let mut i = 0;
+    while i + 8 <= len {
+        asm!("{v} = *(u64 *)({s} + 0)", "*(u64 *)({d} + 0) = {v}",
+            s = in(reg) src.add(i), d = in(reg) dst.add(i), v = out(reg) _,
+            options(nostack, preserves_flags));
+        i += 8;
+    }
+    if i + 4 <= len {
+        asm!("{v} = *(u32 *)({s} + 0)", "*(u32 *)({d} + 0) = {v}",
+            s = in(reg) src.add(i), d = in(reg) dst.add(i), v = out(reg) _,
+            options(nostack, preserves_flags));
+        i += 4;
+    }
+    if i + 2 <= len {
+        asm!("{v} = *(u16 *)({s} + 0)", "*(u16 *)({d} + 0) = {v}",
+            s = in(reg) src.add(i), d = in(reg) dst.add(i), v = out(reg) _,
+            options(nostack, preserves_flags));
+        i += 2;
+    }
+    if i < len {
+        *dst.add(i) = *src.add(i);
+    }
+}
+
+/// A socket buffer on egress: headers from its linear part, the rest through
+/// `bpf_skb_load_bytes` (which reads paged data too).
 struct SkbPacket<'a>(&'a TcContext);
 
 impl PacketBytes for SkbPacket<'_> {
@@ -153,6 +215,9 @@ impl PacketBytes for SkbPacket<'_> {
     }
     #[inline(always)]
     fn load(&self, offset: usize, buf: &mut [u8]) -> bool {
+        if load_linear(self.0.data(), self.0.data_end(), offset, buf) {
+            return true;
+        }
         // SAFETY: the helper bounds-checks against the skb and writes buf.len() bytes.
         unsafe {
             bpf_skb_load_bytes(

@@ -2,6 +2,8 @@
 //! events on tracepoints. One module per program family; each declares the maps it owns.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for unaligned packet reads (flows.rs).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod baseline;

@@ -125,6 +125,36 @@ fn crafted_packets_produce_the_expected_flow_entries() {
     assert_eq!(st[stat::MALFORMED as usize], 0);
 }
 
+/// Headers are read straight from the frame's linear part, and through `bpf_xdp_load_bytes`
+/// where they lie beyond it. BPF_PROG_TEST_RUN keeps at most a page (less head- and tailroom)
+/// linear and puts the rest of a frags program's frame into fragments: with three 2 KiB IPv6
+/// destination-options headers, the third of them and the UDP header start ~4.2 and ~6.2 KiB
+/// in, so the parser must take the helper for them and still find the ports.
+#[test]
+fn headers_beyond_the_linear_part_are_read_across_fragments() {
+    let s6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let d6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    // 2 + 2046 bytes: the largest extension header (length byte 255).
+    let big = (60u8, vec![1u8; 2046]);
+    let frame = udp6(s6, 7000, d6, 7001, &[big.clone(), big.clone(), big], 100);
+    assert!(
+        frame.len() > 6000,
+        "the UDP header must lie past the first page"
+    );
+    let key = key_of(&frame);
+    assert_eq!((key.port_lo, key.port_hi, key.proto), (7000, 7001, 17));
+
+    let mut prog = Loaded::default_config();
+    assert_eq!(prog.run(&frame), XDP_PASS);
+    let flows = prog.flows();
+    let state = flows
+        .get(&key)
+        .unwrap_or_else(|| panic!("no flow with the ports: {:?}", flows.keys()));
+    assert_eq!(state.packets, [1, 0]);
+    assert_eq!(state.payload_bytes, [100, 0]);
+    assert_eq!(prog.stats()[stat::MALFORMED as usize], 0);
+}
+
 #[test]
 fn malformed_packets_pass_uncounted_as_flows_and_are_counted() {
     let mut prog = Loaded::default_config();

@@ -142,6 +142,10 @@ pub struct FlowState {
     pub len_hist: [u32; HIST_BUCKETS],
     /// Gaps before each of the first packets, µs (the first is 0), saturating.
     pub first_gaps_us: [u32; FIRST_PACKETS],
+    /// Per sending endpoint (0: `hi`, 1: `lo`; a source entry drops one side only), the
+    /// blocklist generation its packets were last looked up in and found clear (ingress; 0 =
+    /// not yet): see [`process_packet`].
+    pub blocklist_gen: [u32; 2],
     /// IP lengths of the first packets.
     pub first_sizes: [u16; FIRST_PACKETS],
     pub min_len: u16,
@@ -325,6 +329,10 @@ pub trait FlowEnv {
     fn emit(&mut self, key: &FlowKey, state: &FlowState, reason: Reason) -> bool;
     /// Adds one to a [`stat`] counter.
     fn count(&mut self, stat: u32);
+    /// The blocklist's generation where this side enforces it: None where it does not
+    /// (egress), Some(0) while nothing was ever blocked, otherwise a number that user space
+    /// moves on with every entry it inserts.
+    fn block_generation(&mut self) -> Option<u32>;
     /// True when the blocklist drops this packet.
     fn blocked(&mut self, parsed: &Parsed, now_ns: u64) -> bool;
 }
@@ -358,11 +366,26 @@ pub fn process_packet<P: PacketBytes, T: FlowTable, E: FlowEnv>(
             return Verdict::Pass;
         }
     };
-    if env.blocked(&p, now_ns) {
-        env.count(stat::BLOCKED);
-        return Verdict::Drop;
+    // Each side of a flow is looked up in the blocklist once per generation of it, not per
+    // packet: the lookups hash two 48-byte keys, a third of an established flow's cost on a
+    // host that had blocked anything (BENCHMARKS.md). Sound because the answer depends only on
+    // the flow and the sender, only an insert can make an entry drop (and moves the generation
+    // on), and entries stop dropping by themselves, on expiry.
+    let generation = match env.block_generation() {
+        Some(g) if g != 0 => Some(g),
+        _ => None,
+    };
+    let existing = table.get(&p.key);
+    if let Some(g) = generation {
+        let checked = existing
+            .as_ref()
+            .is_some_and(|s| s.blocklist_gen[p.from_lo as usize] == g);
+        if !checked && env.blocked(&p, now_ns) {
+            env.count(stat::BLOCKED);
+            return Verdict::Drop;
+        }
     }
-    let state = match table.get(&p.key) {
+    let state = match existing {
         Some(state) => {
             if ends_before(state, &p, now_ns, cfg) {
                 // The old flow is over: its final record goes out, then the slot starts afresh.
@@ -392,6 +415,9 @@ pub fn process_packet<P: PacketBytes, T: FlowTable, E: FlowEnv>(
             }
         },
     };
+    if let Some(g) = generation {
+        state.blocklist_gen[p.from_lo as usize] = g;
+    }
     if let Some(reason) = update(state, &p, now_ns, cfg) {
         emit(env, &p.key, state, reason, now_ns);
     }
@@ -921,7 +947,7 @@ mod tests {
         let mut table = MemTable::default();
         let mut env = MemEnv::default();
         let cfg = FlowConfig::DEFAULT;
-        env.blocklist.insert(
+        env.block(
             BlockKey::source(4, &v4key(A)),
             BlockEntry {
                 expires_ns: 100,
@@ -943,7 +969,7 @@ mod tests {
             Verdict::Pass
         );
         let key = parse(&Captured::whole(&from_a)).unwrap().key;
-        env.blocklist.insert(
+        env.block(
             BlockKey::flow(&key),
             BlockEntry {
                 expires_ns: 0,

@@ -35,7 +35,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
     assert!(size_of::<BlockKey>() == 8 + size_of::<FlowKey>());
     assert!(size_of::<SockKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
-    assert!(size_of::<FlowState>() == 13 * 8 + 17 * 4 + 12 * 2 + 6 + 6);
+    assert!(size_of::<FlowState>() == 13 * 8 + 19 * 4 + 12 * 2 + 6 + 6);
     assert!(size_of::<FlowRecord>() == size_of::<FlowKey>() + 8 + size_of::<FlowState>());
     assert!(size_of::<ProcEvent>() == 8 + 8 + 6 * 4 + 16 + 16 + 2 + 2 + 4 + 16 + 128);
 };

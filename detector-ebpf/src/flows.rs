@@ -36,11 +36,11 @@ static CONFIG: Array<FlowConfig> = Array::with_max_entries(1, 0);
 /// Sources and flows to drop, with an expiry.
 #[map]
 static BLOCKLIST: HashMap<BlockKey, BlockEntry> = HashMap::with_max_entries(65536, 0);
-/// Non-zero once user space has put an entry in BLOCKLIST (and never cleared by it): while
-/// zero, ingress skips the two blocklist lookups, whose key hashing is a fifth of the
-/// program's per-packet cost (BENCHMARKS.md).
+/// The blocklist's generation: 0 until user space puts an entry in BLOCKLIST, then moved on
+/// with every entry it puts there. A flow is looked up in BLOCKLIST once per generation
+/// (`process_packet`), and not at all while this is 0.
 #[map]
-static BLOCKLIST_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+static BLOCKLIST_GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// One all-zero flow state: the value inserted for a new flow, so it never sits on the stack.
 #[map]
 static ZERO_STATE: Array<FlowState> = Array::with_max_entries(1, 0);
@@ -92,10 +92,15 @@ impl FlowEnv for Env {
         count(stat);
     }
     #[inline(always)]
+    fn block_generation(&mut self) -> Option<u32> {
+        if !self.enforce {
+            return None;
+        }
+        Some(BLOCKLIST_GEN.get(0).copied().unwrap_or(0))
+    }
+    #[inline(always)]
     fn blocked(&mut self, p: &Parsed, now_ns: u64) -> bool {
-        self.enforce
-            && BLOCKLIST_ACTIVE.get(0).is_some_and(|a| *a != 0)
-            && (hit(&BlockKey::source_of(p), now_ns) || hit(&BlockKey::flow(&p.key), now_ns))
+        hit(&BlockKey::source_of(p), now_ns) || hit(&BlockKey::flow(&p.key), now_ns)
     }
 }
 

@@ -229,13 +229,14 @@ fn load() -> Ebpf {
         0,
     )
     .unwrap();
-    // The agent switches the lookups on with its first entry; so does the benchmark, so that
-    // every packet pays them as on a host with blocks — unless DETECTOR_BENCH_BLOCKLIST=off:
-    // a host that never blocked anything (the blocklisted packet then passes).
+    // The agent moves the blocklist generation on with every entry; so does the benchmark, as
+    // on a host with blocks (a flow's first packet pays the lookups, later ones use the answer
+    // cached for the generation) — unless DETECTOR_BENCH_BLOCKLIST=off: a host that never
+    // blocked anything (no lookups; the blocklisted packet then passes).
     if std::env::var("DETECTOR_BENCH_BLOCKLIST").as_deref() != Ok("off") {
-        let mut active: aya::maps::Array<&mut MapData, u32> =
-            aya::maps::Array::try_from(ebpf.map_mut(maps::BLOCKLIST_ACTIVE).unwrap()).unwrap();
-        active.set(0, 1, 0).unwrap();
+        let mut gen: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(ebpf.map_mut(maps::BLOCKLIST_GEN).unwrap()).unwrap();
+        gen.set(0, 1, 0).unwrap();
     }
     ebpf
 }

@@ -527,7 +527,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut blocks = Blocklist::new(
         blocklist::KernelStore {
             map: take(&mut ebpf, maps::BLOCKLIST)?,
-            active: take(&mut ebpf, maps::BLOCKLIST_ACTIVE)?,
+            generation: take(&mut ebpf, maps::BLOCKLIST_GEN)?,
         },
         Some(blocklist::state_path(&cfg.agent.state_dir)),
     );

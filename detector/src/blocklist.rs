@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context;
 use detector_common::{
     block::{BlockEntry, BlockKey, BLOCK_FLOW, BLOCK_SOURCE},
-    flow::FlowKey,
+    flow::{user::next_block_generation, FlowKey},
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,10 +26,10 @@ pub trait BlockStore {
     fn hits(&self, key: &BlockKey) -> u64;
 }
 
-/// The kernel's blocklist map and the flag that turns its lookups on.
+/// The kernel's blocklist map and its generation.
 pub struct KernelStore {
     pub map: aya::maps::HashMap<aya::maps::MapData, BlockKey, BlockEntry>,
-    pub active: aya::maps::Array<aya::maps::MapData, u32>,
+    pub generation: aya::maps::Array<aya::maps::MapData, u32>,
 }
 
 impl BlockStore for KernelStore {
@@ -37,11 +37,16 @@ impl BlockStore for KernelStore {
         self.map
             .insert(key, entry, 0)
             .context("cannot insert into the blocklist map")?;
-        // Set after the entry is in, on every insert, and never cleared: a flag left set costs
-        // two lookups per packet; one left clear would let blocked traffic through.
-        self.active
-            .set(0, 1, 0)
-            .context("cannot switch the blocklist on")
+        // Moved on after the entry is in, on every insert: the program looks each flow up
+        // again once the generation differs from the one it cached for the flow, so an entry
+        // inserted without this would not drop a flow already checked.
+        let now = self
+            .generation
+            .get(&0, 0)
+            .context("cannot read the blocklist generation")?;
+        self.generation
+            .set(0, next_block_generation(now), 0)
+            .context("cannot move the blocklist generation on")
     }
     fn remove(&mut self, key: &BlockKey) -> anyhow::Result<()> {
         match self.map.remove(key) {

@@ -33,8 +33,9 @@ pub mod maps {
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const CONFIG: &str = "CONFIG";
     pub const BLOCKLIST: &str = "BLOCKLIST";
-    /// One u32: non-zero once BLOCKLIST may hold entries (the program skips it while zero).
-    pub const BLOCKLIST_ACTIVE: &str = "BLOCKLIST_ACTIVE";
+    /// One u32: the blocklist's generation, moved on with every insert into BLOCKLIST (0: never;
+    /// the program skips BLOCKLIST while it is 0 and looks a flow up once per generation).
+    pub const BLOCKLIST_GEN: &str = "BLOCKLIST_GEN";
     pub const STATS: &str = "STATS";
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
     pub const SOCKETS: &str = "SOCKETS";

@@ -284,12 +284,12 @@ pub fn packet_flow(data: &[u8]) {
                     expires_ns: 0,
                     hits: 0,
                 };
-                env.blocklist.insert(key, entry);
+                env.block(key, entry);
                 block = false;
             }
         }
         let listed = parsed.is_ok_and(|p| {
-            env.blocklist
+            env.blocklist()
                 .contains_key(&BlockKey::source(p.key.family, p.src_addr()))
         });
         let verdict = process_packet(&pkt, now, &cfg, &mut table, &mut env);

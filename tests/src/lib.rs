@@ -23,13 +23,15 @@ use aya::{
 use detector::ebpf::{self, maps, Sizes};
 use detector_common::flow::{stat, FlowConfig, FlowKey, FlowRecord, FlowState};
 
-/// Turns the program's blocklist lookups on (the agent does so with its first entry): tests
-/// that insert into BLOCKLIST directly call this after inserting.
-pub fn enable_blocklist(ebpf: &mut Ebpf) {
-    let mut active: aya::maps::Array<&mut MapData, u32> =
-        aya::maps::Array::try_from(ebpf.map_mut(maps::BLOCKLIST_ACTIVE).expect("the map"))
+/// Moves the program's blocklist generation on, as the agent does after every entry it
+/// inserts: tests that insert into BLOCKLIST directly call this after inserting (until then
+/// the program skips lookups, or keeps the answers it cached per flow).
+pub fn bump_block_generation(ebpf: &mut Ebpf) {
+    let mut gen: aya::maps::Array<&mut MapData, u32> =
+        aya::maps::Array::try_from(ebpf.map_mut(maps::BLOCKLIST_GEN).expect("the map"))
             .expect("an array");
-    active.set(0, 1, 0).expect("set BLOCKLIST_ACTIVE");
+    let next = detector_common::flow::user::next_block_generation(gen.get(&0, 0).expect("read"));
+    gen.set(0, next, 0).expect("set BLOCKLIST_GEN");
 }
 
 /// Fails the test unless it runs as root: these tests load eBPF and create namespaces.

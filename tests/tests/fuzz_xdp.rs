@@ -596,8 +596,8 @@ impl Phase {
             let mut bl: HashMap<&mut MapData, BlockKey, BlockEntry> =
                 HashMap::try_from(prog.ebpf.map_mut(maps::BLOCKLIST).unwrap()).unwrap();
             bl.insert(key, entry, 0).unwrap();
-            integration_tests::enable_blocklist(&mut prog.ebpf);
-            env.blocklist.insert(key, entry);
+            integration_tests::bump_block_generation(&mut prog.ebpf);
+            env.block(key, entry);
         }
         Self {
             prog,

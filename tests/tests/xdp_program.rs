@@ -17,7 +17,7 @@ use detector_common::{
     },
     testpkt::*,
 };
-use integration_tests::{corpus_files, enable_blocklist, untimed, Loaded};
+use integration_tests::{bump_block_generation, corpus_files, untimed, Loaded};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -235,12 +235,17 @@ fn only_blocklisted_traffic_is_dropped() {
         XDP_PASS,
         "blocklist not switched on yet"
     );
-    enable_blocklist(&mut prog.ebpf);
+    bump_block_generation(&mut prog.ebpf);
     assert_eq!(prog.run(&a_to_b), XDP_DROP, "blocked source");
     assert_eq!(
         prog.run(&b_to_a),
         XDP_PASS,
         "replies to a blocked source are not from it"
+    );
+    assert_eq!(
+        prog.run(&a_to_b),
+        XDP_DROP,
+        "the reply found the flow clear, not its blocked sender"
     );
     assert_eq!(prog.run(&c_to_b), XDP_PASS, "expired entry");
     assert_eq!(prog.run(&c_to_b_tcp), XDP_DROP, "blocked 5-tuple");
@@ -249,14 +254,57 @@ fn only_blocklisted_traffic_is_dropped() {
         XDP_DROP,
         "both directions of a blocked 5-tuple"
     );
-    assert_eq!(prog.stats()[stat::BLOCKED as usize], 3);
+    assert_eq!(prog.stats()[stat::BLOCKED as usize], 4);
     let bl: HashMap<&MapData, BlockKey, BlockEntry> =
         HashMap::try_from(prog.ebpf.map(maps::BLOCKLIST).unwrap()).unwrap();
-    assert_eq!(bl.get(&BlockKey::source(4, &v4key(A)), 0).unwrap().hits, 1);
+    assert_eq!(bl.get(&BlockKey::source(4, &v4key(A)), 0).unwrap().hits, 2);
     // Dropped packets never reach the flow table.
     let flows = prog.flows();
     assert!(!flows.contains_key(&key_of(&c_to_b_tcp)));
     assert_eq!(flows[&key_of(&b_to_a)].packets, [1, 0]);
+}
+
+/// A flow's sides are looked up in the blocklist once per generation of it: an entry inserted
+/// mid-flow drops the flow's next packet once the generation moves on (as the agent does with
+/// every insert), and not before — which shows the answer really is cached.
+#[test]
+fn a_block_inserted_mid_flow_drops_from_the_next_generation() {
+    let mut prog = Loaded::default_config();
+    let a_to_b = tcp4(A, 40000, B, 80, TCP_ACK, 1, 10);
+    let b_to_a = tcp4(B, 80, A, 40000, TCP_ACK, 1, 10);
+    bump_block_generation(&mut prog.ebpf);
+    for f in [&a_to_b, &b_to_a, &a_to_b] {
+        assert_eq!(prog.run(f), XDP_PASS, "nothing blocked yet");
+    }
+    {
+        let mut bl: HashMap<&mut MapData, BlockKey, BlockEntry> =
+            HashMap::try_from(prog.ebpf.map_mut(maps::BLOCKLIST).unwrap()).unwrap();
+        bl.insert(
+            BlockKey::source(4, &v4key(A)),
+            BlockEntry {
+                expires_ns: 0,
+                hits: 0,
+            },
+            0,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        prog.run(&a_to_b),
+        XDP_PASS,
+        "same generation: the flow's cached answer stands"
+    );
+    bump_block_generation(&mut prog.ebpf);
+    assert_eq!(
+        prog.run(&a_to_b),
+        XDP_DROP,
+        "next generation: looked up again"
+    );
+    assert_eq!(prog.run(&b_to_a), XDP_PASS, "the other side is not blocked");
+    assert_eq!(prog.run(&a_to_b), XDP_DROP, "and stays dropped");
+    let flows = prog.flows();
+    assert_eq!(flows[&key_of(&a_to_b)].packets, [3, 2]);
+    assert_eq!(prog.stats()[stat::BLOCKED as usize], 2);
 }
 
 #[test]

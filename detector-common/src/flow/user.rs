@@ -68,7 +68,26 @@ impl MemTable {
 pub struct MemEnv {
     pub records: Vec<(FlowKey, FlowState, Reason)>,
     pub stats: [u64; stat::COUNT as usize],
-    pub blocklist: HashMap<BlockKey, BlockEntry>,
+    blocklist: HashMap<BlockKey, BlockEntry>,
+    /// Moves on with every [`MemEnv::block`], as the agent moves the kernel's on.
+    block_generation: u32,
+}
+
+impl MemEnv {
+    /// The blocklist entries.
+    pub fn blocklist(&self) -> &HashMap<BlockKey, BlockEntry> {
+        &self.blocklist
+    }
+    /// Inserts a blocklist entry (as the agent does into the kernel map).
+    pub fn block(&mut self, key: BlockKey, entry: BlockEntry) {
+        self.blocklist.insert(key, entry);
+        self.block_generation = next_block_generation(self.block_generation);
+    }
+}
+
+/// The blocklist generation after one more insert: never 0, which means "nothing blocked".
+pub fn next_block_generation(g: u32) -> u32 {
+    g.wrapping_add(1).max(1)
 }
 
 impl FlowEnv for MemEnv {
@@ -78,6 +97,9 @@ impl FlowEnv for MemEnv {
     }
     fn count(&mut self, stat: u32) {
         self.stats[stat as usize] += 1;
+    }
+    fn block_generation(&mut self) -> Option<u32> {
+        Some(self.block_generation)
     }
     fn blocked(&mut self, p: &Parsed, now_ns: u64) -> bool {
         [BlockKey::source_of(p), BlockKey::flow(&p.key)]

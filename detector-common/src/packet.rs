@@ -1,9 +1,10 @@
 //! Packet parsing shared by the XDP/TC programs and the user-space replayer.
 //!
 //! Every header is copied out of the packet through [`PacketBytes::load`] into a small fixed-size
-//! buffer. In the kernel that is `bpf_xdp_load_bytes`/`bpf_skb_load_bytes`, which bounds-checks
-//! at run time, so the parser never does packet-pointer arithmetic that the verifier would have
-//! to prove safe; in user space it is a slice copy. Both sides therefore run this exact code.
+//! buffer. In the kernel that is a bounds-checked copy from the packet's linear part (with
+//! `bpf_xdp_load_bytes`/`bpf_skb_load_bytes` for bytes beyond it), so the parser itself never
+//! does packet-pointer arithmetic that the verifier would have to prove safe; in user space it
+//! is a slice copy. Both sides therefore run this exact code.
 
 use crate::flow::FlowKey;
 

@@ -303,17 +303,19 @@ fn explain(sym: &str) -> &'static str {
             "the program's own instructions (JIT)"
         }
         s if s.starts_with("bpf_prog_") && s.ends_with("_memset") => {
-            "BPF-to-BPF call to `memset`: a byte-at-a-time loop (zero-initialised scratch buffer, `Parsed`, `BlockKey`)"
+            "BPF-to-BPF call to `memset`: a byte-at-a-time loop (`BlockKey`, new-flow and record paths)"
         }
         s if s.starts_with("bpf_prog_") && s.ends_with("_memcpy") => "a BPF-to-BPF call to `memcpy`",
-        "htab_map_hash" => "jhash of a hash-map key (FLOWS 40 B, BLOCKLIST 48 B ×2)",
+        "htab_map_hash" => {
+            "jhash of a hash-map key (FLOWS 40 B; BLOCKLIST 48 B ×2 on a flow side's first packet per blocklist generation)"
+        }
         "lookup_nulls_elem_raw" | "__htab_map_lookup_elem" | "memcmp" | "htab_map_lookup_elem"
         | "htab_lru_map_lookup_elem" => "hash-map bucket walk / key compare",
         "read_tsc" | "ktime_get_mono_fast_ns" | "bpf_ktime_get_ns" => {
             "clock read (`bpf_ktime_get_ns`)"
         }
         "bpf_xdp_load_bytes" | "bpf_xdp_pointer" | "__pi_memcpy" | "memcpy" => {
-            "packet reads (`bpf_xdp_load_bytes` helper + copy)"
+            "packet reads beyond the linear part (`bpf_xdp_load_bytes` helper + copy)"
         }
         "bpf_xdp_get_buff_len" => "`bpf_xdp_get_buff_len` helper",
         "bpf_test_run" | "bpf_test_timer_continue" | "bpf_dispatcher_xdp_func"

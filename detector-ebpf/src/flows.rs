@@ -1,5 +1,5 @@
 //! Flow extraction: XDP on ingress and a TC classifier on egress run the shared
-//! `detector_common::flow::process_packet` against the same flow table, so a host sees both
+//! `detector_common::flow::process_packet_at` against the same flow table, so a host sees both
 //! directions of its flows. Only the XDP side enforces the blocklist.
 
 use core::arch::asm;
@@ -16,7 +16,7 @@ use aya_ebpf::{
 use detector_common::{
     block::{BlockEntry, BlockKey},
     flow::{
-        process_packet, FlowConfig, FlowEnv, FlowKey, FlowRecord, FlowState, FlowTable, Reason,
+        process_packet_at, FlowConfig, FlowEnv, FlowKey, FlowRecord, FlowState, FlowTable, Reason,
         Verdict,
     },
     packet::{PacketBytes, Parsed},
@@ -239,11 +239,11 @@ impl PacketBytes for SkbPacket<'_> {
 /// so it also attaches where the MTU exceeds a page.
 #[xdp(frags)]
 pub fn detector_xdp(ctx: XdpContext) -> u32 {
-    let now = unsafe { bpf_ktime_get_ns() };
     let cfg = config();
-    match process_packet(
+    match process_packet_at(
         &XdpPacket(&ctx),
-        now,
+        // SAFETY: a helper without arguments or preconditions.
+        || unsafe { bpf_ktime_get_ns() },
         &cfg,
         &mut Table,
         &mut Env { enforce: true },
@@ -256,11 +256,11 @@ pub fn detector_xdp(ctx: XdpContext) -> u32 {
 /// Egress: flow update only; hands the packet on to whatever else is attached.
 #[classifier]
 pub fn detector_tc_egress(ctx: TcContext) -> i32 {
-    let now = unsafe { bpf_ktime_get_ns() };
     let cfg = config();
-    let _ = process_packet(
+    let _ = process_packet_at(
         &SkbPacket(&ctx),
-        now,
+        // SAFETY: as on ingress.
+        || unsafe { bpf_ktime_get_ns() },
         &cfg,
         &mut Table,
         &mut Env { enforce: false },

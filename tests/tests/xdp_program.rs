@@ -227,13 +227,13 @@ fn only_blocklisted_traffic_is_dropped() {
         )
         .unwrap();
     }
-    // Entries are consulted only once user space has switched the blocklist on (the agent does
-    // with its first entry); until then the program skips the lookups.
+    // Entries are consulted only once user space has moved the blocklist generation on from 0
+    // (the agent does after every entry it inserts); until then the program skips the lookups.
     let a_to_b_other = udp4(A, 1001, B, 53, 10);
     assert_eq!(
         prog.run(&a_to_b_other),
         XDP_PASS,
-        "blocklist not switched on yet"
+        "blocklist generation still 0"
     );
     bump_block_generation(&mut prog.ebpf);
     assert_eq!(prog.run(&a_to_b), XDP_DROP, "blocked source");

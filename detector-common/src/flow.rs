@@ -144,7 +144,7 @@ pub struct FlowState {
     pub first_gaps_us: [u32; FIRST_PACKETS],
     /// Per sending endpoint (0: `hi`, 1: `lo`; a source entry drops one side only), the
     /// blocklist generation its packets were last looked up in and found clear (ingress; 0 =
-    /// not yet): see [`process_packet`].
+    /// not yet): see [`process_packet_at`].
     pub blocklist_gen: [u32; 2],
     /// IP lengths of the first packets.
     pub first_sizes: [u16; FIRST_PACKETS],

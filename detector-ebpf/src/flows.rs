@@ -37,8 +37,8 @@ static CONFIG: Array<FlowConfig> = Array::with_max_entries(1, 0);
 #[map]
 static BLOCKLIST: HashMap<BlockKey, BlockEntry> = HashMap::with_max_entries(65536, 0);
 /// The blocklist's generation: 0 until user space puts an entry in BLOCKLIST, then moved on
-/// with every entry it puts there. A flow is looked up in BLOCKLIST once per generation
-/// (`process_packet`), and not at all while this is 0.
+/// with every entry it puts there. Each side of a flow is looked up in BLOCKLIST once per
+/// generation (`process_packet_at`), and nothing is looked up while this is 0.
 #[map]
 static BLOCKLIST_GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// One all-zero flow state: the value inserted for a new flow, so it never sits on the stack.

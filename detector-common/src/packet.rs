@@ -96,7 +96,7 @@ pub enum Skip {
     Malformed,
 }
 
-/// What the flow update needs to know about one packet. Aligned to 8 so that [`zeroed`] can
+/// What the flow update needs to know about one packet. Aligned to 8 so that `zeroed` can
 /// clear it with word stores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(8))]

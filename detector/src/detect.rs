@@ -453,22 +453,20 @@ impl Detector {
                 values.extend_from_slice(&f.exemplars[..n * LIVE_COUNT]);
                 owner.extend(std::iter::repeat_n(i, n));
             }
-            let Some(mut emb) = self.embed(&values) else {
+            let Some(emb) = self.unit_embeddings(&values) else {
                 return "unknown".into();
             };
-            emb.chunks_exact_mut(d).for_each(unit);
             self.exemplar_embeddings = Some((emb, owner));
         }
-        let Some(mut e0) = self.embed(row) else {
+        let Some(e0) = self.unit_embeddings(row) else {
             return "unknown".into();
         };
-        unit(&mut e0);
         let Some((exemplars, owner)) = &self.exemplar_embeddings else {
             return "unknown".into();
         };
         let mut best: Option<(f32, usize)> = None;
         for (e, &i) in exemplars.chunks_exact(d).zip(owner) {
-            let sim = e.iter().zip(&e0).map(|(a, b)| a * b).sum::<f32>();
+            let sim = dot(e, &e0);
             if sim >= 0.8 && best.is_none_or(|(s, _)| sim > s) {
                 best = Some((sim, i));
             }
@@ -500,28 +498,34 @@ impl Detector {
         }
         let d = self.model.embed_dim();
         if self.dismissed_embeddings.is_none() {
-            let Some(mut emb) = self.embed(&self.dismissed) else {
+            let Some(emb) = self.unit_embeddings(&self.dismissed) else {
                 return out;
             };
-            emb.chunks_exact_mut(d).for_each(unit);
             self.dismissed_embeddings = Some(emb);
         }
         let rows: Vec<f32> = acts
             .iter()
             .flat_map(|&i| values[i * LIVE_COUNT..(i + 1) * LIVE_COUNT].iter().copied())
             .collect();
-        let (Some(mut emb), Some(exemplars)) = (self.embed(&rows), &self.dismissed_embeddings)
+        let (Some(emb), Some(exemplars)) =
+            (self.unit_embeddings(&rows), &self.dismissed_embeddings)
         else {
             return out;
         };
-        for (&i, e0) in acts.iter().zip(emb.chunks_exact_mut(d)) {
-            unit(e0);
-            out[i] = exemplars.chunks_exact(d).any(|e| {
-                e.iter().zip(e0.iter()).map(|(a, b)| a * b).sum::<f32>()
-                    >= crate::dismissals::SIMILARITY
-            });
+        for (&i, e0) in acts.iter().zip(emb.chunks_exact(d)) {
+            out[i] = exemplars
+                .chunks_exact(d)
+                .any(|e| dot(e, e0) >= crate::dismissals::SIMILARITY);
         }
         out
+    }
+
+    /// [`Detector::embed`], each row's embedding scaled to unit length: what the cosine
+    /// comparisons with family and dismissed exemplars take.
+    fn unit_embeddings(&self, values: &[f32]) -> Option<Vec<f32>> {
+        let mut emb = self.embed(values)?;
+        emb.chunks_exact_mut(self.model.embed_dim()).for_each(unit);
+        Some(emb)
     }
 
     /// Embeddings of live-feature rows under the serving model; None when it fails.
@@ -533,6 +537,11 @@ impl Detector {
         };
         self.model.forward(&rows).ok().map(|(_, emb)| emb)
     }
+}
+
+/// Dot product: the cosine similarity of two unit vectors.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Scales `v` to unit length (cosine similarity is then a dot product).

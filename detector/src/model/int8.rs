@@ -229,10 +229,36 @@ impl QuantModel {
 
 /// Multiplies `rows` quantised rows (`xq`, stride `inp_pad`) by a layer's weights into `acc`
 /// (stride `out`).
+/// The row steps around it default to the portable functions; a kernel may replace them with
+/// its own SIMD code, which must give the same bits.
 trait Kernel {
     /// # Safety
     /// The CPU must have the kernel's instructions; buffers must hold the sizes above.
     unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]);
+
+    /// [`quantise_input`].
+    /// # Safety
+    /// The CPU must have the kernel's instructions.
+    #[inline(always)]
+    unsafe fn quantise_input(x: &[f32], q: &mut [u8], tmp: &mut [f32]) -> f32 {
+        quantise_input(x, q, tmp)
+    }
+
+    /// [`epilogue`].
+    /// # Safety
+    /// The CPU must have the kernel's instructions.
+    #[inline(always)]
+    unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+        epilogue(l, a, sr, h)
+    }
+
+    /// [`quantise_relu`].
+    /// # Safety
+    /// The CPU must have the kernel's instructions.
+    #[inline(always)]
+    unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+        quantise_relu(h, q)
+    }
 }
 
 struct ScalarKernel;
@@ -348,11 +374,12 @@ fn block_generic<K: Kernel>(
     let first = &qm.layers[0];
     for r in 0..rows {
         let q = &mut xq[r * first.inp_pad..(r + 1) * first.inp_pad];
-        scales[r] = quantise_input(&x[r * first.inp..(r + 1) * first.inp], q, h);
+        // SAFETY (here and below): the caller runs this only where K's instructions exist.
+        scales[r] = unsafe { K::quantise_input(&x[r * first.inp..(r + 1) * first.inp], q, h) };
     }
     let n_layers = qm.layers.len();
     for (k, l) in qm.layers.iter().enumerate() {
-        // SAFETY: the caller runs this only where K's instructions exist; sizes are the block's.
+        // SAFETY: as above; sizes are the block's.
         unsafe { K::gemm(l, xq, rows, acc) };
         let out = l.out;
         for ((a, hr), &sr) in acc[..rows * out]
@@ -360,12 +387,13 @@ fn block_generic<K: Kernel>(
             .zip(h[..rows * out].chunks_exact_mut(out))
             .zip(scales.iter())
         {
-            epilogue(l, a, sr, hr);
+            unsafe { K::epilogue(l, a, sr, hr) };
         }
         if k + 1 < n_layers {
             let stride = qm.layers[k + 1].inp_pad;
             for (r, sc) in scales.iter_mut().enumerate().take(rows) {
-                *sc = quantise_relu(&h[r * out..(r + 1) * out], &mut xq[r * stride..][..out]);
+                let (hr, qr) = (&h[r * out..(r + 1) * out], &mut xq[r * stride..][..out]);
+                *sc = unsafe { K::quantise_relu(hr, qr) };
             }
         }
     }
@@ -382,7 +410,7 @@ fn block_generic<K: Kernel>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{block_generic, Kernel, QLayer, QuantModel, Scratch};
+    use super::{block_generic, Kernel, QLayer, QuantModel, Scratch, INPUT_ZP};
 
     /// AVX-512 VNNI: 16 outputs per register, 4 rows × up to 4 output blocks at a time.
     struct Vnni;
@@ -420,6 +448,110 @@ mod x86 {
                 }
                 r += 1;
             }
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
+            quantise_input_512(x, q)
+        }
+
+        #[inline(always)]
+        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+            epilogue_512(l, a, sr, h)
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+            quantise_relu_512(h, q)
+        }
+    }
+
+    /// The first `n` (1 ..= 16 or more) of 16 lanes, without a branch.
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as u16
+    }
+
+    /// Calls `f(i, mask)` for each run of 16 values of `0..n` (the last one masked).
+    #[inline(always)]
+    unsafe fn by16(n: usize, mut f: impl FnMut(usize, __mmask16)) {
+        let mut i = 0;
+        while i + 16 <= n {
+            f(i, 0xffff);
+            i += 16;
+        }
+        if i < n {
+            f(i, lanes(n - i));
+        }
+    }
+
+    /// [`super::quantise_input`], 16 values at a time: NaN → 0 and ±1e6 bounds, max |v|, then
+    /// `v · 127/m` rounded to nearest even (the default MXCSR mode, as `round_ties_even`) + 128.
+    #[inline(always)]
+    unsafe fn quantise_input_512(x: &[f32], q: &mut [u8]) -> f32 {
+        let n = x.len();
+        let bounded = |i: usize, k: __mmask16| {
+            let v = _mm512_maskz_loadu_ps(k, x.as_ptr().add(i));
+            let v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), v);
+            _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1e6)), _mm512_set1_ps(1e6))
+        };
+        let mut mx = _mm512_setzero_ps();
+        by16(n, |i, k| {
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(bounded(i, k)))
+        });
+        let m = _mm512_reduce_max_ps(mx);
+        let inv = _mm512_set1_ps(if m > 0.0 { 127.0 / m } else { 0.0 });
+        by16(n, |i, k| {
+            let r = _mm512_cvtps_epi32(_mm512_mul_ps(bounded(i, k), inv));
+            let r = _mm512_add_epi32(r, _mm512_set1_epi32(INPUT_ZP));
+            _mm512_mask_cvtepi32_storeu_epi8(q.as_mut_ptr().add(i) as *mut _, k, r);
+        });
+        q[n..].fill(INPUT_ZP as u8);
+        if m > 0.0 {
+            m / 127.0
+        } else {
+            0.0
+        }
+    }
+
+    /// [`super::epilogue`], 16 outputs at a time (a multiplication and an addition, not fused:
+    /// the same roundings as the portable code).
+    #[inline(always)]
+    unsafe fn epilogue_512(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+        let n = l.out.min(a.len()).min(h.len());
+        let (zp, sr) = (_mm512_set1_epi32(l.zp), _mm512_set1_ps(sr));
+        by16(n, |i, k| {
+            let av = _mm512_maskz_loadu_epi32(k, a.as_ptr().add(i));
+            let ws = _mm512_maskz_loadu_epi32(k, l.wsum.as_ptr().add(i));
+            let sc = _mm512_maskz_loadu_ps(k, l.scale.as_ptr().add(i));
+            let b = _mm512_maskz_loadu_ps(k, l.bias.as_ptr().add(i));
+            let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(av, _mm512_mullo_epi32(zp, ws)));
+            let v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_mul_ps(sr, sc)), b);
+            // max(v, 0) returns its second operand unless v > 0: `if v > 0 { v } else { 0 }`.
+            let v = _mm512_max_ps(v, _mm512_setzero_ps());
+            _mm512_mask_storeu_ps(h.as_mut_ptr().add(i), k, v);
+        });
+    }
+
+    /// [`super::quantise_relu`], 16 values at a time.
+    #[inline(always)]
+    unsafe fn quantise_relu_512(h: &[f32], q: &mut [u8]) -> f32 {
+        let n = h.len().min(q.len());
+        let mut mx = _mm512_setzero_ps();
+        by16(n, |i, k| {
+            mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(k, h.as_ptr().add(i)));
+        });
+        let m = _mm512_reduce_max_ps(mx);
+        let inv = _mm512_set1_ps(if m > 0.0 { 255.0 / m } else { 0.0 });
+        by16(n, |i, k| {
+            let v = _mm512_maskz_loadu_ps(k, h.as_ptr().add(i));
+            let r = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+            _mm512_mask_cvtepi32_storeu_epi8(q.as_mut_ptr().add(i) as *mut _, k, r);
+        });
+        if m > 0.0 {
+            m / 255.0
+        } else {
+            0.0
         }
     }
 
@@ -590,7 +722,13 @@ mod tests {
     #[test]
     fn every_simd_level_gives_identical_results() {
         for d in [126, 64, 5] {
-            let (m, x, n) = setup(d, d as u64);
+            let (m, mut x, n) = setup(d, d as u64);
+            // Values the input quantiser must bound or zero, and an all-zero row (scale 0).
+            x[3 * d + 1] = f32::NAN;
+            x[4 * d + 2] = f32::INFINITY;
+            x[5 * d] = -1e9;
+            x[9 * d] = -0.0;
+            x[6 * d..7 * d].fill(0.0);
             let st = m.stack("t").unwrap();
             let mut base: Option<(Vec<f32>, Vec<f32>)> = None;
             let levels = SimdLevel::available();

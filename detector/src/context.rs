@@ -8,9 +8,15 @@
 //! each window keeps at most `max_events` flows.
 
 use std::{
-    collections::{hash_map::RandomState, HashMap, VecDeque},
-    hash::{BuildHasher, BuildHasherDefault, Hasher},
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
 };
+
+/// The hasher of every table keyed by what a packet's sender chose (addresses, ports, flow
+/// keys): keyed with per-process random state, so that a spoofed flood cannot aim keys at one
+/// bucket. aHash, not the standard SipHash: several lookups per record, and SipHash was ~5-10%
+/// of the agent's time at saturation in `cargo xtask bench ringbuf` (BENCHMARKS.md).
+pub type Keyed = ahash::RandomState;
 
 use detector_common::{
     flow::{FlowKey, FlowState, Reason, FWD, REV},
@@ -70,8 +76,8 @@ struct Window {
     /// Flow digest → sequence number of its event (position = seq - `front_seq`).
     index: HashMap<u64, u64, BuildHasherDefault<Digest>>,
     front_seq: u64,
-    peers: HashMap<u64, u32>,
-    ports: HashMap<u16, u32>,
+    peers: HashMap<u64, u32, Keyed>,
+    ports: HashMap<u16, u32, Keyed>,
     syn: u32,
     unanswered: u32,
     /// Times of refused connections (the responder's RST) in the window.
@@ -79,7 +85,7 @@ struct Window {
     last_seen: u64,
 }
 
-fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: &K) {
+fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32, Keyed>, k: &K) {
     if let Some(c) = m.get_mut(k) {
         *c -= 1;
         if *c == 0 {
@@ -213,10 +219,10 @@ fn addr_id(a: &[u8; 16]) -> u64 {
 /// Source and service windows for every recent initiator and service.
 pub struct ContextTracker {
     cfg: ContextConfig,
-    sources: HashMap<Bytes<16>, Window>,
-    services: HashMap<Bytes<19>, Window>,
+    sources: HashMap<Bytes<16>, Window, Keyed>,
+    services: HashMap<Bytes<19>, Window, Keyed>,
     /// Keyed (random per process) hash of flow keys into the windows' flow digests.
-    digest: RandomState,
+    digest: Keyed,
     last_prune: u64,
 }
 
@@ -230,9 +236,9 @@ impl ContextTracker {
     pub fn new(cfg: ContextConfig) -> Self {
         Self {
             cfg,
-            sources: HashMap::new(),
-            services: HashMap::new(),
-            digest: RandomState::new(),
+            sources: HashMap::default(),
+            services: HashMap::default(),
+            digest: Keyed::new(),
             last_prune: 0,
         }
     }
@@ -344,7 +350,7 @@ impl ContextTracker {
 }
 
 /// Keeps only the `max` most recently seen windows (about: ties at the cut are kept).
-fn keep_newest<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Window>, max: usize) {
+fn keep_newest<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Window, Keyed>, max: usize) {
     if m.len() <= max {
         return;
     }

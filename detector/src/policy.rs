@@ -8,7 +8,10 @@ use std::{collections::HashMap, net::IpAddr};
 use detector_common::block::BlockKey;
 use serde::Serialize;
 
-use crate::config::{Cidr, DropMode, DropTarget, PolicySection};
+use crate::{
+    config::{Cidr, DropMode, DropTarget, PolicySection},
+    context::Keyed,
+};
 
 /// Why a drop did or did not happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -117,10 +120,10 @@ pub struct Policy {
     /// Records that reached a threshold but rested on less than `min_evidence` (not alerted,
     /// not dropped) since the agent started.
     pub thin_evidence: u64,
-    cooldowns: HashMap<IpAddr, Cooldown>,
+    cooldowns: HashMap<IpAddr, Cooldown, Keyed>,
     /// Shadow drops still "in force": a shadow drop is reported once per TTL, as a real one
     /// would be (the blocked source would not be seen again).
-    shadow: HashMap<BlockKey, u64>,
+    shadow: HashMap<BlockKey, u64, Keyed>,
     last_prune_ns: u64,
 }
 
@@ -137,8 +140,8 @@ impl Policy {
             alert_bucket,
             rate_limited_alerts: 0,
             thin_evidence: 0,
-            cooldowns: HashMap::new(),
-            shadow: HashMap::new(),
+            cooldowns: HashMap::default(),
+            shadow: HashMap::default(),
             last_prune_ns: 0,
         }
     }

@@ -651,7 +651,11 @@ fn perf_top(pid: u32, secs: u64, file: &Path) -> anyhow::Result<Vec<(f64, String
             ])
             .arg(file),
     )?;
-    let _ = fs::remove_file(file);
+    // Kept with the work directory (DBENCH_KEEP), for `perf report --sort srcline` of a build
+    // with line tables (CARGO_PROFILE_RELEASE_DEBUG=line-tables-only).
+    if std::env::var_os("DBENCH_KEEP").is_none() {
+        let _ = fs::remove_file(file);
+    }
     Ok(text
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains('%'))

@@ -20,7 +20,7 @@ use detector_common::{
     block::BlockKey,
     flow::{self, stat, FlowConfig, FlowKey, FlowRecord, FlowState, Reason},
     proc::{ProcEvent, SockKey, SockOwner},
-    user::read_item,
+    user::{item_in_place, read_item},
 };
 use serde::Serialize;
 use tokio::{
@@ -629,7 +629,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 let read_at = Instant::now();
                 let mut taken = 0;
                 while let Some(item) = guard.get_inner_mut().next() {
-                    match read_item::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r))) {
+                    match item_in_place::<FlowRecord>(&item).and_then(|r| Some((Reason::from_u8(r.reason)?, r))) {
                         Some((reason, rec)) => on_flow!(&rec.key, &rec.state, reason, read_at),
                         None => warn!(len = item.len(), "skipped a malformed flow record"),
                     }

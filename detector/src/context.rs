@@ -160,8 +160,8 @@ impl Window {
     }
 }
 
-/// The hasher of maps keyed by a flow digest: the digest is already a keyed SipHash of the flow
-/// key, with this process's random key, so it is used as its own hash. A flood cannot aim
+/// The hasher of maps keyed by a flow digest: the digest is already a keyed hash ([`Keyed`]) of
+/// the flow key, with this process's random key, so it is used as its own hash. A flood cannot aim
 /// its flows at one bucket without knowing the key; and one hash per record, of an 8-byte key,
 /// is what makes the windows' index small and quick (BENCHMARKS.md).
 #[derive(Default)]
@@ -186,7 +186,7 @@ impl Hasher for Digest {
 }
 
 /// A map key hashed with one `write` of its bytes (a `[u8; N]` or a tuple would make several,
-/// and SipHash pays per call).
+/// and the hasher pays per call).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Bytes<const N: usize>([u8; N]);
 

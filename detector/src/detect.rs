@@ -22,7 +22,8 @@ use crate::{
     clock::TimeBase,
     features::{self, Featurizer, LIVE_COUNT, LIVE_FEATURE_SET},
     metrics::Metrics,
-    model::{Contribution, Model, Pipeline, Rows, Score, ScorePath},
+    // The model's dot product: of two unit vectors, their cosine similarity.
+    model::{layers::dot, Contribution, Model, Pipeline, Rows, Score, ScorePath},
     policy::{Decision, DropDecision, DropOutcome, Policy},
     record::{endpoints, FlowJson, ProcessRef},
 };
@@ -537,11 +538,6 @@ impl Detector {
         };
         self.model.forward(&rows).ok().map(|(_, emb)| emb)
     }
-}
-
-/// Dot product: the cosine similarity of two unit vectors.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Scales `v` to unit length (cosine similarity is then a dot product).

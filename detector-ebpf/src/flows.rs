@@ -45,7 +45,7 @@ static BLOCKLIST_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static ZERO_STATE: Array<FlowState> = Array::with_max_entries(1, 0);
 
-struct Table;
+pub(crate) struct Table;
 
 impl FlowTable for Table {
     #[inline(always)]

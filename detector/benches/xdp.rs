@@ -13,6 +13,10 @@
 //!   The same packets with the same method on the bare program are the baseline, and the
 //!   established path measured with `repeat = 1` shows what the per-run timer itself costs.
 //!
+//! In the same rounds, two step programs (`detector-ebpf/src/baseline.rs`) stop part way along
+//! the full path, after the clock read and after the flow-table lookup: what each step costs is
+//! a difference of medians measured side by side, not a share read off a profile.
+//!
 //! Needs root (loads eBPF). `cargo bench -p detector --bench xdp` (results in BENCHMARKS.md);
 //! `cargo xtask bench xdp` runs it. `-- --profile NAME SECONDS` runs only the full program on
 //! packet NAME (for `perf record`). Results also go to $DETECTOR_BENCH_OUT when set.
@@ -24,7 +28,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use detector::ebpf::{self, maps, Sizes, XDP_PARSE_ONLY_PROGRAM, XDP_PROGRAM};
+use detector::ebpf::{self, maps, Sizes, XDP_PARSE_ONLY_PROGRAM, XDP_PROGRAM, XDP_STEP_PROGRAMS};
 use detector_common::{
     block::{BlockEntry, BlockKey},
     flow::{stat, FlowConfig},
@@ -218,6 +222,14 @@ fn load() -> Ebpf {
         .try_into()
         .unwrap();
     bare.load().expect("load the parse-only baseline");
+    for name in XDP_STEP_PROGRAMS {
+        let step: &mut Xdp = ebpf
+            .program_mut(name)
+            .expect("the object has the benchmark steps")
+            .try_into()
+            .unwrap();
+        step.load().expect("load a benchmark step");
+    }
     let mut bl: HashMap<&mut MapData, BlockKey, BlockEntry> =
         HashMap::try_from(ebpf.map_mut(maps::BLOCKLIST).unwrap()).unwrap();
     bl.insert(
@@ -432,6 +444,7 @@ fn main() {
     let mut floor = vec![Vec::new(); pkts.len()];
     let mut bare = vec![Vec::new(); pkts.len()];
     let mut full = vec![Vec::new(); pkts.len()];
+    let mut steps = vec![vec![Vec::new(); pkts.len()]; XDP_STEP_PROGRAMS.len()];
     let mut actions = vec![(0u32, 0u32); pkts.len()];
     for (_, f) in &pkts {
         run(&mut ebpf, XDP_PROGRAM, f, 1);
@@ -441,6 +454,9 @@ fn main() {
         for (i, (_, f)) in pkts.iter().enumerate() {
             floor[i].push(run_fd(floor_fd, f, REPEAT));
             let (b, ab) = run(&mut ebpf, XDP_PARSE_ONLY_PROGRAM, f, REPEAT);
+            for (s, name) in XDP_STEP_PROGRAMS.iter().enumerate() {
+                steps[s][i].push(run(&mut ebpf, name, f, REPEAT).0);
+            }
             let (x, ax) = run(&mut ebpf, XDP_PROGRAM, f, REPEAT);
             bare[i].push(b);
             full[i].push(x);
@@ -480,6 +496,42 @@ fn main() {
             action(actions[i].1),
             1000.0 / f
         );
+    }
+
+    // The steps between the two programs, from the same rounds: what each step adds.
+    let _ = writeln!(
+        md,
+        "\nThe same rounds, with two programs that stop part way along the full path \
+         (`detector-ebpf/src/baseline.rs`): parsing plus the clock read, and plus the flow-table \
+         lookup (no update). ns per packet, median [min]. What each step adds is given as the \
+         difference of the medians, then of the minima (steadier when the machine is noisy).\n"
+    );
+    md.push_str(
+        "| packet | parse-only | + clock | + flow lookup | full | clock adds | lookup adds | rest (update, counters, config) adds |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for (i, (name, _)) in pkts.iter().enumerate() {
+        let mut ladder = [
+            bare[i].clone(),
+            steps[0][i].clone(),
+            steps[1][i].clone(),
+            full[i].clone(),
+        ];
+        let mins: Vec<f64> = ladder.iter().map(|v| min(v)).collect();
+        let meds: Vec<f64> = ladder.iter_mut().map(|v| median(v)).collect();
+        let _ = write!(md, "| {name} |");
+        for (m, lo) in meds.iter().zip(&mins) {
+            let _ = write!(md, " {m:.0} [{lo:.0}] |");
+        }
+        for s in 1..4 {
+            let _ = write!(
+                md,
+                " {:.0} / {:.0} |",
+                meds[s] - meds[s - 1],
+                mins[s] - mins[s - 1]
+            );
+        }
+        md.push('\n');
     }
 
     // New-flow path: repeat = 1 per distinct packet; the kernel's per-run times summed.

@@ -26,6 +26,9 @@ pub const XDP_PROGRAM: &str = "detector_xdp";
 pub const TC_EGRESS_PROGRAM: &str = "detector_tc_egress";
 /// Benchmark baseline: the same parsing, then XDP_PASS (never attached by the agent).
 pub const XDP_PARSE_ONLY_PROGRAM: &str = "detector_xdp_parse_only";
+/// Benchmark steps between the baseline and the full program: parsing plus the clock read, and
+/// plus the flow-table lookup (never attached by the agent).
+pub const XDP_STEP_PROGRAMS: [&str; 2] = ["detector_xdp_step_clock", "detector_xdp_step_lookup"];
 
 /// Map names in the object.
 pub mod maps {

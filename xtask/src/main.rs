@@ -1,6 +1,8 @@
-//! Developer tasks: `cargo xtask setup | run | test | lab | train-default | eval | fuzz | bench | dist`.
+//! Developer tasks: `cargo xtask setup | run | test | lab | train-default | eval | fuzz | bench | dist |
+//! check-cuda`.
 
 mod bench;
+mod cuda;
 mod dist;
 mod fuzz;
 mod lab;
@@ -85,6 +87,10 @@ enum Task {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
+    /// Type-check the CUDA build (`--features cuda`) without a GPU: installs NVIDIA's CUDA 13
+    /// compiler and headers from PyPI into target/cuda, then compiles candle's kernels and our
+    /// code (~10 min the first time). Links and runs nothing: that needs a GPU and its driver.
+    CheckCuda,
 }
 
 /// The workspace root (the parent of xtask/).
@@ -133,6 +139,7 @@ fn task(task: Task) -> anyhow::Result<()> {
         Task::Dist { debug } => dist::deb(debug).map(|_| ()),
         Task::Fuzz { args } => fuzz::run(args),
         Task::Bench { args } => bench::run(args),
+        Task::CheckCuda => cuda::check(),
         Task::Eval { extra } => eval(&extra),
         Task::Test { filter, no_lint } => {
             setup::all(true)?;

@@ -1,6 +1,7 @@
 //! The real XDP program under BPF_PROG_TEST_RUN: crafted packets give the expected flow-map
 //! entries, malformed ones are counted and passed, the blocklist drops exactly what it lists,
-//! records reach the ring buffer, and a full ring buffer is counted, never silent.
+//! records reach the ring buffer, and a full ring buffer is counted, never silent. The
+//! benchmark's baseline programs pass and change nothing.
 
 use aya::maps::{HashMap, MapData};
 use detector::ebpf::{maps, Sizes};
@@ -415,4 +416,44 @@ fn a_full_ring_buffer_counts_every_lost_record() {
         emitted,
         "what the counter says was delivered is there"
     );
+}
+
+/// The benchmark's baselines (`cargo xtask bench xdp`) pass the verifier, pass every packet and
+/// leave the flow table, the counters and the ring buffer as they were: the parse-only program
+/// touches no map, the two step programs read the clock and look flows up without creating or
+/// changing any. A step that wrote would make the benchmark's differences lie.
+#[test]
+fn benchmark_baselines_pass_every_packet_and_change_no_state() {
+    use aya::programs::{TestRun, TestRunOptions, Xdp};
+    use detector::ebpf::{XDP_PARSE_ONLY_PROGRAM, XDP_STEP_PROGRAMS};
+
+    let mut l = Loaded::default_config();
+    // One flow exists, so that the lookup step also finds something.
+    let first = tcp4(A, 40000, B, 80, TCP_SYN, 100, 0);
+    assert_eq!(l.run(&first), XDP_PASS);
+    let _ = l.records();
+    let (flows, stats) = (l.flows(), l.stats());
+    let mut frames = crafted();
+    frames.push(first);
+    frames.push(vec![0xff; 20]);
+    for name in std::iter::once(XDP_PARSE_ONLY_PROGRAM).chain(XDP_STEP_PROGRAMS) {
+        let prog: &mut Xdp = l.ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load()
+            .unwrap_or_else(|e| panic!("{name} fails the verifier: {e:#}"));
+        for f in &frames {
+            let mut out = vec![0u8; f.len() + 256];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(f),
+                    data_out: Some(&mut out),
+                    repeat: 3,
+                    ..TestRunOptions::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            assert_eq!(r.return_value, XDP_PASS, "{name}");
+        }
+    }
+    assert_eq!(l.flows(), flows, "a baseline changed the flow table");
+    assert_eq!(l.stats(), stats, "a baseline counted something");
+    assert!(l.records().is_empty(), "a baseline emitted a record");
 }

@@ -216,19 +216,14 @@ fn load() -> Ebpf {
     let mut ebpf = ebpf::load(None, &Sizes::default()).expect("load the eBPF object (root?)");
     ebpf::write_config(&mut ebpf, &FlowConfig::DEFAULT).expect("write config");
     ebpf::load_flow_programs(&mut ebpf).expect("load the flow programs");
-    let bare: &mut Xdp = ebpf
-        .program_mut(XDP_PARSE_ONLY_PROGRAM)
-        .expect("the object has the parse-only baseline")
-        .try_into()
-        .unwrap();
-    bare.load().expect("load the parse-only baseline");
-    for name in XDP_STEP_PROGRAMS {
-        let step: &mut Xdp = ebpf
+    // The baselines: parse-only, and the steps between it and the full program.
+    for name in std::iter::once(XDP_PARSE_ONLY_PROGRAM).chain(XDP_STEP_PROGRAMS) {
+        let p: &mut Xdp = ebpf
             .program_mut(name)
-            .expect("the object has the benchmark steps")
+            .unwrap_or_else(|| panic!("the object has no {name}"))
             .try_into()
             .unwrap();
-        step.load().expect("load a benchmark step");
+        p.load().unwrap_or_else(|e| panic!("load {name}: {e:#}"));
     }
     let mut bl: HashMap<&mut MapData, BlockKey, BlockEntry> =
         HashMap::try_from(ebpf.map_mut(maps::BLOCKLIST).unwrap()).unwrap();

@@ -97,19 +97,24 @@ pub trait Actions {
 /// How many records ahead the ring of recent records is prefetched (`prefetch_recent`).
 const RECENT_AHEAD: usize = 8;
 
-/// Asks the CPU to bring the cache lines of `len` bytes at `p` into L1. A hint: it never faults,
-/// whatever `p` is.
+/// Asks the CPU to bring every 64-byte cache line that the `len` bytes at `p` touch into L1. A
+/// hint: it never faults, whatever `p` is.
 #[inline(always)]
 fn prefetch(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for off in (0..len).step_by(64) {
-        // SAFETY: a prefetch has no architectural effect and cannot fault; SSE is part of
-        // x86_64. `wrapping_add` keeps the pointer arithmetic defined.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                p.wrapping_add(off).cast(),
-            )
-        };
+    {
+        // From the line that holds the first byte: the bytes need not start on a line.
+        let first = p.wrapping_sub(p as usize % 64);
+        let lines = (p as usize % 64 + len).div_ceil(64);
+        for i in 0..lines {
+            // SAFETY: a prefetch has no architectural effect and cannot fault; SSE is part of
+            // x86_64. `wrapping_add` keeps the pointer arithmetic defined.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    first.wrapping_add(i * 64).cast(),
+                )
+            };
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);

@@ -603,12 +603,12 @@ impl Loaded {
 
     /// Runs the XDP program once on `frame`; returns the XDP action.
     pub fn run(&mut self, frame: &[u8]) -> u32 {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(ebpf::XDP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.run_program(ebpf::XDP_PROGRAM, frame)
+    }
+
+    /// Runs the loaded XDP program `name` once on `frame`; returns the XDP action.
+    pub fn run_program(&mut self, name: &str, frame: &[u8]) -> u32 {
+        let prog: &mut Xdp = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         prog.test_run(TestRunOptions {
             data_in: Some(frame),

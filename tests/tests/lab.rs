@@ -24,14 +24,25 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `cargo run -q -p xtask -- lab <args>` in the workspace, with the agent the tests use.
+/// `cargo run -q -p xtask -- lab --no-setup <args>` in the workspace, with the agent the tests
+/// use. `--no-setup`: `cargo xtask test` installed the lab's packages before any test started;
+/// a test installing them would race another test doing the same.
 fn lab_command(args: &[&str]) -> Command {
     let cargo = std::env::var_os("CARGO")
         .or_else(|| option_env!("CARGO").map(Into::into))
         .unwrap_or_else(|| "cargo".into());
     let mut c = Command::new(cargo);
     c.current_dir(workspace())
-        .args(["run", "-q", "-p", "xtask", "--", "lab", "--agent"])
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "xtask",
+            "--",
+            "lab",
+            "--no-setup",
+            "--agent",
+        ])
         .arg(detector_bin())
         .args(args);
     c
@@ -209,6 +220,7 @@ impl Capture {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn lab_network_is_sealed_and_torn_down() {
     require_root();
     let lab = HeldLab::start();
@@ -306,6 +318,7 @@ fn within_tolerance(a: u64, b: u64) -> bool {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn lab_records_a_scan_and_benign_browsing_labelled() {
     require_root();
     let out = std::env::temp_dir().join(unique("lab-e2e-"));

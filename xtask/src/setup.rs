@@ -2,7 +2,9 @@
 //! hand when it cannot (not root, not Debian, no network).
 
 use std::{
-    path::Path,
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -10,7 +12,8 @@ use anyhow::{bail, Context};
 
 /// Debian packages bpf-linker is built against (../shared/TOOLCHAIN.md).
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
-/// Debian packages the integration tests drive.
+/// Debian packages the integration tests drive (the lab's, `crate::lab::PACKAGES`, come too:
+/// tests start the lab).
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -22,20 +25,49 @@ const TEST_PACKAGES: &[&str] = &[
     "hping3",
     "util-linux",
     "systemd",
+    "curl",
+    "zstd",
+    "openssl",
+    "openssh-client",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-/// Runs every setup step.
+/// Runs every setup step. With `test_tools`, also installs every package that the tests and
+/// the lab use, here and once: tests never install anything (two `apt-get` at once fail on
+/// apt's lock).
 pub fn all(test_tools: bool) -> anyhow::Result<()> {
     rust_components()?;
-    let mut packages: Vec<&str> = LLVM_PACKAGES.to_vec();
-    if test_tools {
-        packages.extend_from_slice(TEST_PACKAGES);
-    }
+    let packages = wanted_packages(test_tools);
     debian_packages(&packages)?;
     bpf_linker()?;
     tracefs()?;
+    Ok(())
+}
+
+/// The Debian packages `all(test_tools)` installs.
+fn wanted_packages(test_tools: bool) -> Vec<&'static str> {
+    let mut packages: Vec<&str> = LLVM_PACKAGES.to_vec();
+    if test_tools {
+        packages.extend_from_slice(TEST_PACKAGES);
+        packages.extend_from_slice(crate::lab::PACKAGES);
+    }
+    packages.sort_unstable();
+    packages.dedup();
+    packages
+}
+
+/// Fails, naming the command that installs them, unless every package the tests and the lab
+/// use is installed. For callers that must not install anything themselves (the lab when a
+/// test starts it).
+pub fn check_test_tools() -> anyhow::Result<()> {
+    let missing = missing_packages(&wanted_packages(true));
+    if !missing.is_empty() {
+        bail!(
+            "missing packages {}: run `cargo xtask setup --test-tools` as root first",
+            missing.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -47,11 +79,18 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs a command, inheriting output; Ok(false) when it ran and failed.
+/// Runs a command with its output on our stderr (stdout too: what calls setup may print
+/// something that a test or a script parses, such as `lab --up`'s topology line); Ok(false)
+/// when it ran and failed.
 fn try_run(cmd: &mut Command) -> anyhow::Result<bool> {
     let line = format!("{cmd:?}");
     eprintln!("setup: {line}");
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stderr")?;
     Ok(cmd
+        .stdout(Stdio::from(stderr))
         .status()
         .with_context(|| format!("cannot start {line}"))?
         .success())
@@ -132,13 +171,18 @@ fn package_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Installs the missing Debian packages with apt-get.
-pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
+fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|p| !package_installed(p))
-        .collect();
+        .collect()
+}
+
+/// Installs the missing Debian packages with apt-get. Services that come with them (nginx,
+/// sshd, vsftpd) are not started: the lab starts its own inside namespaces.
+pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());
     }
@@ -160,6 +204,7 @@ pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
         c.env("DEBIAN_FRONTEND", "noninteractive");
         c
     };
+    let _no_start = NoDaemonStart::new()?;
     // A fresh machine may have no package lists yet.
     if !try_run(apt().args(["update", "-q"]))? {
         bail!("apt-get update failed (no network?): run `{hint}` once the package mirror is reachable");
@@ -227,4 +272,33 @@ fn tracefs() -> anyhow::Result<()> {
         bail!("mounting tracefs failed: run `{hint}`");
     }
     Ok(())
+}
+
+/// Stops daemons from starting when their packages are installed (nginx, sshd, vsftpd would
+/// otherwise listen in the root namespace): Debian's policy-rc.d, present for the install only.
+struct NoDaemonStart(Option<PathBuf>);
+
+impl NoDaemonStart {
+    fn new() -> anyhow::Result<Self> {
+        let p = Path::new("/usr/sbin/policy-rc.d");
+        if p.exists() {
+            return Ok(Self(None));
+        }
+        fs::write(
+            p,
+            "#!/bin/sh\n# written by cargo xtask setup during apt-get install\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {}", p.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(p.to_path_buf())))
+    }
+}
+
+impl Drop for NoDaemonStart {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
 }

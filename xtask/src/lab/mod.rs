@@ -31,7 +31,8 @@ use label::{HostAddrs, Labeller};
 use topology::{Topology, PREFIX};
 
 /// Debian packages the lab runs: the topology, the services, the tools the scenarios name.
-const LAB_PACKAGES: &[&str] = &[
+/// `cargo xtask setup --test-tools` installs them.
+pub const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "procps",
@@ -95,6 +96,10 @@ pub struct LabArgs {
     /// until stdin closes or Ctrl-C; then tear it down. For tests and poking around.
     #[arg(long, conflicts_with_all = ["scenario", "sessions", "list", "clean"])]
     up: bool,
+    /// Install nothing: fail, naming what is missing, unless `cargo xtask setup --test-tools`
+    /// has run. The tests start the lab this way, so no test installs packages.
+    #[arg(long)]
+    no_setup: bool,
     /// Remove the namespaces, processes and work folders of labs that are no longer running.
     #[arg(long)]
     clean: bool,
@@ -149,34 +154,6 @@ impl Drop for WorkDir {
             eprintln!("lab: kept {}", self.0.display());
         } else {
             let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// Stops daemons from starting when their packages are installed (nginx, sshd, vsftpd would
-/// otherwise listen in the root namespace): Debian's policy-rc.d, present for the install only.
-struct NoDaemonStart(Option<PathBuf>);
-
-impl NoDaemonStart {
-    fn new() -> anyhow::Result<Self> {
-        let p = Path::new("/usr/sbin/policy-rc.d");
-        if p.exists() {
-            return Ok(Self(None));
-        }
-        fs::write(
-            p,
-            "#!/bin/sh\n# written by cargo xtask lab during apt-get install\nexit 101\n",
-        )?;
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
-        Ok(Self(Some(p.to_path_buf())))
-    }
-}
-
-impl Drop for NoDaemonStart {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = fs::remove_file(p);
         }
     }
 }
@@ -237,15 +214,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the lab needs root (network namespaces, eBPF): run `sudo cargo xtask lab ...`");
     }
-    crate::setup::all(false)?;
-    {
-        let _guard = NoDaemonStart::new()?;
-        crate::setup::debian_packages(LAB_PACKAGES)?;
+    if args.no_setup {
+        crate::setup::check_test_tools()?;
+    } else {
+        crate::setup::all(true)?;
     }
     for s in &scenarios {
         if sessions::find_in_path(&s.tool).is_none() {
             bail!(
-                "{}: field `tool`: `{}` is not installed (add its Debian package to LAB_PACKAGES in xtask/src/lab/mod.rs)",
+                "{}: field `tool`: `{}` is not installed (add its Debian package to PACKAGES in xtask/src/lab/mod.rs)",
                 s.file.display(),
                 s.tool
             );

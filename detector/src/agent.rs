@@ -13,7 +13,6 @@ use std::{
 use anyhow::{anyhow, bail, Context};
 use aya::{
     maps::{HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
-    programs::XdpMode,
     Ebpf,
 };
 use detector_common::{
@@ -37,7 +36,7 @@ use crate::{
     control::{self, Envelope, Request},
     detect::{Actions, AlertJson, DetectConfig, Detector, FamilySignature},
     dismissals::{self, Dismissal, Dismissals},
-    ebpf::{self, maps, Link, Sizes},
+    ebpf::{self, maps, Link, Sizes, XdpAttach},
     iface,
     incidents::{self, HistoryEntry, ModelStore, Selector},
     metrics::Metrics,
@@ -359,14 +358,6 @@ fn model_digest(m: &Model) -> String {
     format!("{:x}", Sha256::digest(&bytes))
 }
 
-fn xdp_mode(s: &str) -> XdpMode {
-    match s {
-        "native" => XdpMode::Driver,
-        "skb" => XdpMode::Skb,
-        _ => XdpMode::Default,
-    }
-}
-
 /// What a running adaptation sends back.
 type AdaptResult = (
     anyhow::Result<crate::model::Adapted>,
@@ -390,6 +381,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         iface::index(name)?;
     }
     let score_path: ScorePath = cfg.scoring.path.parse().map_err(|e: String| anyhow!(e))?;
+    let xdp_attach: XdpAttach = cfg.agent.xdp_mode.parse().map_err(|e: String| anyhow!(e))?;
     // Without live prototypes until the host's own baseline is fitted (base_model).
     let (base, base_version) = base_model(&cfg)?;
     state::ensure_dir(&cfg.agent.state_dir)?;
@@ -472,7 +464,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut links: Vec<Link> = Vec::new();
     for name in &interfaces {
         for attach in [
-            ebpf::attach_xdp(&mut ebpf, name, xdp_mode(&cfg.agent.xdp_mode)),
+            ebpf::attach_xdp(&mut ebpf, name, xdp_attach),
             ebpf::attach_tc_egress(&mut ebpf, name),
         ] {
             match attach {
@@ -725,6 +717,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             "ok": true,
                             "uptime_s": started.elapsed().as_secs(),
                             "attached": links.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                            "xdp": links.iter().filter_map(|l| match l {
+                                Link::Xdp { iface, mode, fallback, .. } => Some(serde_json::json!({"interface": iface, "mode": mode, "native_refused": fallback})),
+                                _ => None,
+                            }).collect::<Vec<_>>(),
                             "not_attached": tp_failures.iter().map(|(w, e)| format!("{w}: {e:#}")).collect::<Vec<_>>(),
                             "model": detector.model_version,
                             "scoring_path": detector.path(),

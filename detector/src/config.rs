@@ -149,7 +149,7 @@ pub struct Config {
 pub struct AgentSection {
     /// Interfaces to attach to; empty = the default-route interface.
     pub interfaces: Vec<String>,
-    /// "auto", "native" or "skb".
+    /// "auto" (native mode, generic where the driver refuses it), "native" or "skb".
     pub xdp_mode: String,
     /// Models, incidents and the blocklist survive restarts here.
     pub state_dir: PathBuf,
@@ -439,12 +439,10 @@ impl Config {
         if !(p.max_alerts_per_s.is_finite() && p.max_alerts_per_s > 0.0) || p.alert_burst == 0 {
             bail!("policy.max_alerts_per_s must be a number > 0 and policy.alert_burst at least 1");
         }
-        if !["auto", "native", "skb"].contains(&self.agent.xdp_mode.as_str()) {
-            bail!(
-                "agent.xdp_mode must be \"auto\", \"native\" or \"skb\", got {:?}",
-                self.agent.xdp_mode
-            );
-        }
+        self.agent
+            .xdp_mode
+            .parse::<crate::ebpf::XdpAttach>()
+            .map_err(|e| anyhow::anyhow!(e))?;
         self.scoring
             .path
             .parse::<crate::model::ScorePath>()

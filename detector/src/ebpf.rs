@@ -121,6 +121,10 @@ pub enum Link {
     Xdp {
         iface: String,
         id: XdpLinkId,
+        /// The mode it runs in: "native" or "skb".
+        mode: &'static str,
+        /// Why native mode was refused, where `auto` fell back to generic mode.
+        fallback: Option<String>,
     },
     TcEgress {
         iface: String,
@@ -136,7 +140,21 @@ pub enum Link {
 impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Link::Xdp { iface, .. } => write!(f, "XDP ingress on {iface}"),
+            Link::Xdp {
+                iface,
+                mode,
+                fallback: None,
+                ..
+            } => write!(f, "XDP ingress on {iface} ({mode} mode)"),
+            Link::Xdp {
+                iface,
+                mode,
+                fallback: Some(why),
+                ..
+            } => write!(
+                f,
+                "XDP ingress on {iface} ({mode} mode; native mode was refused: {why})"
+            ),
             Link::TcEgress { iface, .. } => write!(f, "TC egress on {iface}"),
             Link::TracePoint {
                 program, target, ..
@@ -169,14 +187,67 @@ pub fn load_flow_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches XDP (ingress) to `iface`.
-pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> anyhow::Result<Link> {
-    let id = program_mut::<Xdp>(ebpf, XDP_PROGRAM)?
-        .attach(iface, mode)
-        .with_context(|| format!("cannot attach XDP to {iface}"))?;
+/// How XDP is attached (`agent.xdp_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// Native (driver) mode, and generic (skb) mode on each interface whose driver refuses it.
+    Auto,
+    /// Native mode only: fails where the driver cannot run XDP (virtio_net with one queue
+    /// pair, a veth whose MTU is too large for a page, devices without XDP support).
+    Native,
+    /// Generic mode: any interface, after the kernel has built its socket buffer (slower).
+    Skb,
+}
+
+impl std::str::FromStr for XdpAttach {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" => Ok(Self::Native),
+            "skb" => Ok(Self::Skb),
+            _ => Err(format!(
+                "agent.xdp_mode must be \"auto\", \"native\" or \"skb\", got {s:?}"
+            )),
+        }
+    }
+}
+
+/// Attaches XDP (ingress) to `iface` as `how` says; the link tells which mode it got.
+pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, how: XdpAttach) -> anyhow::Result<Link> {
+    let prog = program_mut::<Xdp>(ebpf, XDP_PROGRAM)?;
+    let (id, mode, fallback) = match how {
+        XdpAttach::Native => {
+            let id = prog.attach(iface, XdpMode::Driver).with_context(|| {
+                format!("cannot attach XDP to {iface} in native mode (agent.xdp_mode = \"native\"; \"auto\" falls back to generic mode)")
+            })?;
+            (id, "native", None)
+        }
+        XdpAttach::Skb => {
+            let id = prog
+                .attach(iface, XdpMode::Skb)
+                .with_context(|| format!("cannot attach XDP to {iface} in generic (skb) mode"))?;
+            (id, "skb", None)
+        }
+        // Not the kernel's own choice (flags 0): it picks native mode whenever the driver has
+        // an XDP hook, and virtio_net has one that refuses a single queue pair.
+        XdpAttach::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "native", None),
+            Err(native) => {
+                let why = format!("{:#}", anyhow::Error::from(native));
+                let id = prog.attach(iface, XdpMode::Skb).with_context(|| {
+                    format!("cannot attach XDP to {iface}: native mode refused ({why}), and generic (skb) mode too")
+                })?;
+                (id, "skb", Some(why))
+            }
+        },
+    };
     Ok(Link::Xdp {
         iface: iface.to_string(),
         id,
+        mode,
+        fallback,
     })
 }
 

@@ -210,8 +210,10 @@ struct RunArgs {
     /// interface of the default route.
     #[arg(short, long = "iface", value_name = "NAME")]
     interfaces: Vec<String>,
-    /// XDP attach mode (agent.xdp_mode): auto lets the kernel pick native mode where the
-    /// driver has it.
+    /// XDP attach mode (agent.xdp_mode): auto tries native (driver) mode on each interface
+    /// and falls back to generic (skb) mode where the driver refuses it; native fails there
+    /// instead; skb is generic mode everywhere. The log and `detector status` say which mode
+    /// each interface got.
     #[arg(long, value_parser = ["auto", "native", "skb"])]
     xdp_mode: Option<String>,
     /// Flow, process and stats records (agent.records): a file (appended), "-" for stdout,

@@ -34,13 +34,15 @@ pub fn bump_block_generation(ebpf: &mut Ebpf) {
     gen.set(0, next, 0).expect("set BLOCKLIST_GEN");
 }
 
-/// Fails the test unless it runs as root: these tests load eBPF and create namespaces.
+/// Fails the test, saying why, unless it runs as root: these tests load eBPF and create
+/// namespaces. They are `#[ignore]`d, so plain `cargo test` lists them without running them;
+/// `cargo xtask test` runs them with `--include-ignored`.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
-        "integration tests need root (eBPF, network namespaces): run `cargo xtask test` as root"
+        "this test needs root (eBPF, network namespaces): run `cargo xtask test` as root"
     );
 }
 
@@ -86,17 +88,36 @@ pub fn holdout_beaconing_model() -> String {
     p.to_string()
 }
 
-/// The agent binary built by `cargo xtask test` ($DETECTOR_BIN, else target/debug/detector).
+/// The agent binary: $DETECTOR_BIN (`cargo xtask test` sets it), else target/debug/detector,
+/// built once per test process by `cargo build -p detector` (plain `cargo test` builds only the
+/// library that the tests link, not the binary).
 pub fn detector_bin() -> PathBuf {
-    let p = std::env::var_os("DETECTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/detector"));
-    assert!(
-        p.is_file(),
-        "{} does not exist: run the tests with `cargo xtask test`",
-        p.display()
-    );
-    p
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = std::env::var_os("DETECTOR_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "DETECTOR_BIN={} does not exist", p.display());
+        return p;
+    }
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+            let out = Command::new(cargo)
+                .current_dir(&root)
+                .args(["build", "-q", "-p", "detector", "--bin", "detector"])
+                .output()
+                .expect("run cargo build -p detector");
+            assert!(
+                out.status.success(),
+                "cargo build -p detector failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            target.join("debug/detector")
+        })
+        .clone()
 }
 
 /// Runs a command line (split on spaces) and returns stdout; panics with stderr on failure.
@@ -630,7 +651,7 @@ impl Loaded {
                 let rc =
                     unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
                 assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                ebpf::attach_xdp(obj, iface, aya::programs::XdpMode::Default)
+                ebpf::attach_xdp(obj, iface, ebpf::XdpAttach::Native)
                     .unwrap_or_else(|e| panic!("{e:#}"));
             })
             .join()

@@ -53,6 +53,7 @@ fn hping3_flood(lan: &Lan, from: usize, port: u16) {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn scan_and_flood_are_alerted_and_dropped_while_a_benign_client_keeps_working() {
     require_root();
     let lan = Lan::new(3);
@@ -130,6 +131,7 @@ fn scan_and_flood_are_alerted_and_dropped_while_a_benign_client_keeps_working() 
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn shadow_mode_logs_would_be_drops_and_drops_nothing() {
     require_root();
     let lan = Lan::new(3);
@@ -157,6 +159,7 @@ fn shadow_mode_logs_would_be_drops_and_drops_nothing() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn the_allowlist_holds_under_a_flood() {
     require_root();
     let lan = Lan::new(3);
@@ -193,6 +196,7 @@ fn xdp_programs(lan: &Lan, host: usize) -> usize {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn a_killed_agent_fails_open_and_its_restart_restores_the_blocks() {
     require_root();
     let lan = Lan::new(3);
@@ -233,6 +237,7 @@ fn a_killed_agent_fails_open_and_its_restart_restores_the_blocks() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn the_control_socket_refuses_non_root_users() {
     require_root();
     let lan = Lan::new(1);

@@ -39,6 +39,7 @@ fn assert_clear_error(out: &Output, needles: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn unknown_interface_is_one_clear_error() {
     require_root();
     let ns = Netns::new("dtbad");
@@ -47,6 +48,7 @@ fn unknown_interface_is_one_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn missing_tracefs_is_one_clear_error() {
     require_root();
     let ns = Netns::new("dtbad");
@@ -75,6 +77,7 @@ fn missing_tracefs_is_one_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn unreadable_or_invalid_ebpf_object_is_one_clear_error() {
     require_root();
     let ns = Netns::new("dtbad");

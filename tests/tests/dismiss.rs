@@ -99,6 +99,7 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn a_dismissed_pattern_is_not_raised_again_while_a_scan_still_is() {
     require_root();
     let lan = Lan::new(3);

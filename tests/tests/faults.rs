@@ -191,6 +191,7 @@ fn fill(path: &Path) -> usize {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn an_invalid_config_on_sighup_is_rejected_and_the_old_one_kept() {
     require_root();
     let ns = Netns::new("dtf");
@@ -254,6 +255,7 @@ fn an_invalid_config_on_sighup_is_rejected_and_the_old_one_kept() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn a_removed_interface_is_reported_and_the_agent_keeps_running() {
     require_root();
     // The agent's host with two links: one to `p1`, one to `p2`.
@@ -313,6 +315,7 @@ fn a_removed_interface_is_reported_and_the_agent_keeps_running() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn a_full_disk_while_saving_a_model_keeps_the_last_good_state() {
     require_root();
     let inc = Incident::new();
@@ -384,6 +387,7 @@ fn a_full_disk_while_saving_a_model_keeps_the_last_good_state() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn an_agent_killed_during_adaptation_restarts_on_its_last_saved_model() {
     require_root();
     let inc = Incident::new();

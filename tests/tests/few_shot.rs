@@ -55,6 +55,7 @@ fn slow_reply(alert: &Value) -> bool {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn a_confirmed_first_session_teaches_the_agent_the_family() {
     require_root();
     let model = holdout_beaconing_model();

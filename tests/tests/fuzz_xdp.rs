@@ -810,6 +810,7 @@ fn fuzz(phase: &mut Phase, rng: &Rng, bases: &[Vec<u8>], crafted: &[Vec<u8>], n:
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn mutated_packets_never_abort_wrongly_drop_or_corrupt_flows() {
     let seed = seed();
     eprintln!("fuzz_xdp: seed {seed:#x} (set DETECTOR_FUZZ_SEED to reproduce another run)");

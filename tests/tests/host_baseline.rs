@@ -21,6 +21,7 @@ fn status(dir: &AgentDir) -> Value {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn the_agent_fits_its_host_baseline_from_quiet_traffic() {
     require_root();
     let lan = Lan::new(2);

@@ -31,6 +31,7 @@ fn port(n: u16) -> u16 {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn ping_counts_are_exact_in_both_directions() {
     require_root();
     let pair = Pair::new();
@@ -71,6 +72,7 @@ fn ping_counts_are_exact_in_both_directions() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn udp_datagrams_are_counted_exactly() {
     require_root();
     let pair = Pair::new();
@@ -124,6 +126,7 @@ fn udp_datagrams_are_counted_exactly() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn ipv6_exchange_is_counted_exactly() {
     require_root();
     let pair = Pair::new();
@@ -205,6 +208,7 @@ fn count_capture(path: &std::path::Path, client: SocketAddr) -> ([u64; 2], [u64;
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn tcp_transfer_matches_the_wire_and_names_the_processes() {
     require_root();
     let pair = Pair::new();
@@ -354,6 +358,7 @@ fn tcp_transfer_matches_the_wire_and_names_the_processes() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn metrics_report_records_table_occupancy_and_held_back_records() {
     require_root();
     let pair = Pair::new();

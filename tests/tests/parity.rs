@@ -203,6 +203,7 @@ fn check_file(file: &Path, report: &mut Report) {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn kernel_and_replay_agree_on_every_benign_and_attack_capture() {
     require_root();
     let mut report = Report::default();

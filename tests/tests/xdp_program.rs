@@ -64,6 +64,7 @@ fn crafted() -> Vec<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn crafted_packets_produce_the_expected_flow_entries() {
     let mut prog = Loaded::default_config();
     let frames = crafted();
@@ -132,6 +133,7 @@ fn crafted_packets_produce_the_expected_flow_entries() {
 /// destination-options headers, the third of them and the UDP header start ~4.2 and ~6.2 KiB
 /// in, so the parser must take the helper for them and still find the ports.
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn headers_beyond_the_linear_part_are_read_across_fragments() {
     let s6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     let d6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
@@ -157,6 +159,7 @@ fn headers_beyond_the_linear_part_are_read_across_fragments() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn malformed_packets_pass_uncounted_as_flows_and_are_counted() {
     let mut prog = Loaded::default_config();
     let good = udp4(A, 1, B, 2, 10);
@@ -188,6 +191,7 @@ fn malformed_packets_pass_uncounted_as_flows_and_are_counted() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn only_blocklisted_traffic_is_dropped() {
     let mut prog = Loaded::default_config();
     let now = detector::clock::monotonic_ns();
@@ -269,6 +273,7 @@ fn only_blocklisted_traffic_is_dropped() {
 /// mid-flow drops the flow's next packet once the generation moves on (as the agent does with
 /// every insert), and not before — which shows the answer really is cached.
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn a_block_inserted_mid_flow_drops_from_the_next_generation() {
     let mut prog = Loaded::default_config();
     let a_to_b = tcp4(A, 40000, B, 80, TCP_ACK, 1, 10);
@@ -309,6 +314,7 @@ fn a_block_inserted_mid_flow_drops_from_the_next_generation() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn edge_corpus_packets_are_never_dropped_or_aborted() {
     let mut prog = Loaded::default_config();
     let mut sent = 0u64;
@@ -359,6 +365,7 @@ fn edge_corpus_packets_are_never_dropped_or_aborted() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn early_fin_and_rst_records_reach_the_ring_buffer() {
     let mut prog = Loaded::default_config();
     for i in 0..8u32 {
@@ -391,6 +398,7 @@ fn early_fin_and_rst_records_reach_the_ring_buffer() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn a_full_ring_buffer_counts_every_lost_record() {
     let sizes = Sizes {
         flow_ringbuf: 4096,
@@ -423,6 +431,7 @@ fn a_full_ring_buffer_counts_every_lost_record() {
 /// touches no map, the two step programs read the clock and look flows up without creating or
 /// changing any. A step that wrote would make the benchmark's differences lie.
 #[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
 fn benchmark_baselines_pass_every_packet_and_change_no_state() {
     use aya::programs::Xdp;
     use detector::ebpf::{XDP_PARSE_ONLY_PROGRAM, XDP_STEP_PROGRAMS};

@@ -157,10 +157,17 @@ fn task(task: Task) -> anyhow::Result<()> {
             run(cargo().args(["build", "-p", "detector"]))?;
             let mut test = cargo();
             // --no-fail-fast: one failing test binary must not hide the results of the others.
-            test.args(["test", "--workspace", "--no-fail-fast"])
-                .env("DETECTOR_BIN", root().join("target/debug/detector"));
+            // --include-ignored: the root-only tests, which plain `cargo test` skips.
+            test.args([
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--",
+                "--include-ignored",
+            ])
+            .env("DETECTOR_BIN", root().join("target/debug/detector"));
             if let Some(f) = filter {
-                test.args(["--", &f]);
+                test.arg(f);
             }
             run(&mut test)
         }

@@ -1,6 +1,8 @@
 //! The lab (`cargo xtask lab`, docs/lab.md) end to end: its network is sealed (nothing reaches an
-//! outside address, and it is gone afterwards), and a short scan and a short benign scenario come
-//! out of the real agent labelled, with the scan's flows present and the dataset written.
+//! outside address, and it is gone afterwards), the relays give each host the link conditions it
+//! was given (delay, jitter, loss, rate, MTU, TCP stack, measured from inside the lab), a short
+//! scan and a short benign scenario come out of the real agent labelled, with the scan's flows
+//! present and the dataset written.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -80,8 +82,15 @@ struct HeldLab {
 
 impl HeldLab {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `lab --up` with more arguments (`--link ...`).
+    fn start_with(extra: &[&str]) -> Self {
         let stderr = std::env::temp_dir().join(format!("{}.log", unique("lab-up-")));
-        let mut child = lab_command(&["--up"])
+        let mut args = vec!["--up"];
+        args.extend_from_slice(extra);
+        let mut child = lab_command(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&stderr).unwrap())
@@ -174,8 +183,12 @@ struct Capture {
 
 impl Capture {
     fn start(bridge_ns: &str, bridge: &str) -> Self {
+        Self::start_filtered(bridge_ns, bridge, "icmp or icmp6 or udp or tcp")
+    }
+
+    fn start_filtered(bridge_ns: &str, bridge: &str, filter: &str) -> Self {
         let mut child = in_ns(bridge_ns, "tcpdump")
-            .args(["-n", "-l", "-i", bridge, "icmp or icmp6 or udp or tcp"])
+            .args(["-n", "-l", "-i", bridge, filter])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -258,6 +271,25 @@ fn lab_network_is_sealed_and_torn_down() {
         // Also a UDP datagram, the way a tool would send one.
         let (ok, out) = run_ok(in_ns(ns, "nc").args(["-u", "-w", "1", "198.51.100.1", "53"]));
         assert!(!ok || out.contains("unreachable"), "{name}: nc: {out}");
+        // Every host but the victim reaches the bridge through its relay.
+        assert_eq!(
+            h["relay"].is_object(),
+            name != "victim",
+            "{name}: relay {}",
+            h["relay"]
+        );
+    }
+    // The relay namespace, like the bridge's, has no address and no route: it only copies
+    // frames between each host's two interfaces.
+    let relay_ns = topo["relay_ns"].as_str().unwrap();
+    for ns in [relay_ns, bridge_ns] {
+        let (_, addrs) = run_ok(in_ns(ns, "ip").args(["-o", "addr", "show"]));
+        let addrs: Vec<&str> = addrs.lines().filter(|l| !l.contains(" lo ")).collect();
+        assert!(addrs.is_empty(), "{ns} has addresses: {addrs:?}");
+        for fam in ["-4", "-6"] {
+            let (_, routes) = run_ok(in_ns(ns, "ip").args([fam, "route", "show"]));
+            assert!(routes.trim().is_empty(), "{ns} has routes {fam}: {routes}");
+        }
     }
     // The capture works: traffic inside the lab shows up on the bridge.
     let attacker = hosts
@@ -297,6 +329,146 @@ fn lab_network_is_sealed_and_torn_down() {
     );
 }
 
+/// Round-trip times (ms) of the replies `ping` printed, and how many of `count` came back.
+fn ping_rtts(ns: &str, dst: &str, count: u32, interval: &str) -> (Vec<f64>, u32) {
+    let out = in_ns(ns, "ping")
+        .args([
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "2",
+            dst,
+        ])
+        .output()
+        .expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rtts: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    let n = rtts.len() as u32;
+    (rtts, n)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn host_ns(topo: &Value, name: &str) -> String {
+    topo["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .and_then(|h| h["ns"].as_str())
+        .unwrap_or_else(|| panic!("no host {name} in {topo}"))
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
+fn lab_links_apply_their_conditions() {
+    require_root();
+    let lab = HeldLab::start_with(&[
+        "--link",
+        "client1:rtt=40ms,jitter=4ms,loss=10%",
+        "--link",
+        "client2:down=20mbit,mtu=1280,ecn=1,timestamps=0,initcwnd=4",
+    ]);
+    let topo = lab.topology.clone();
+    let (c1, c2, c3) = (
+        host_ns(&topo, "client1"),
+        host_ns(&topo, "client2"),
+        host_ns(&topo, "client3"),
+    );
+
+    // Delay and jitter: each direction waits 20 ms plus 0..2 ms, so every round trip takes
+    // 40 to 44 ms, plus what the machine adds.
+    let sent = 1000;
+    let (mut rtts, received) = ping_rtts(&c1, "10.77.0.2", sent, "0.005");
+    rtts.sort_by(f64::total_cmp);
+    assert!(received > 0, "client1: no ping came back");
+    let (min, med, p90) = (rtts[0], percentile(&rtts, 0.5), percentile(&rtts, 0.9));
+    assert!(
+        min >= 40.0,
+        "client1: a round trip of {min} ms, under the 40 ms delay"
+    );
+    assert!(
+        (41.0..=45.0).contains(&med),
+        "client1: median round trip {med} ms"
+    );
+    assert!(p90 <= 47.0, "client1: 90th percentile round trip {p90} ms");
+    // Loss: 10 % each way loses 19 % of round trips; 1000 pings give a standard deviation of
+    // 1.2 points, and four of them are allowed.
+    let lost = 1.0 - f64::from(received) / f64::from(sent);
+    assert!(
+        (0.14..=0.24).contains(&lost),
+        "client1: {lost:.3} of pings lost, not 0.19"
+    );
+
+    // A host without conditions: the relay alone adds little.
+    let (mut rtts, received) = ping_rtts(&c3, "10.77.0.2", 200, "0.005");
+    rtts.sort_by(f64::total_cmp);
+    assert_eq!(received, 200, "client3 lost pings without loss set");
+    let med = percentile(&rtts, 0.5);
+    assert!(
+        med < 2.0,
+        "client3: median round trip {med} ms without delay"
+    );
+
+    // MTU 1280: a 1300-byte ping does not leave; the SYN's MSS says 1240, it asks for ECN
+    // (ECE and CWR with SYN: tcpdump's [SEW]) and carries no timestamps.
+    let (_, link) = run_ok(in_ns(&c2, "ip").args(["link", "show", "eth0"]));
+    assert!(link.contains("mtu 1280"), "client2: {link}");
+    let (ok, out) =
+        run_ok(in_ns(&c2, "ping").args(["-c", "1", "-M", "do", "-s", "1300", "10.77.0.2"]));
+    assert!(
+        !ok,
+        "client2: a 1300-byte ping left an MTU 1280 interface: {out}"
+    );
+    let (_, routes) = run_ok(in_ns(&c2, "ip").args(["route", "show"]));
+    assert!(routes.contains("initcwnd 4"), "client2: {routes}");
+    let capture = Capture::start_filtered(
+        topo["bridge_ns"].as_str().unwrap(),
+        topo["bridge"].as_str().unwrap(),
+        "tcp[tcpflags] & tcp-syn != 0 and src host 10.77.0.12",
+    );
+    // Rate cap: 20 Mbit/s toward client2; an 8 MiB download takes about 3.4 s.
+    let out = in_ns(&c2, "curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{speed_download}"])
+        .arg("http://10.77.0.2/files/pkg-1.deb")
+        .output()
+        .expect("run curl");
+    let mbit = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        * 8.0
+        / 1e6;
+    assert!(
+        (16.0..=20.5).contains(&mbit),
+        "client2: downloaded at {mbit:.1} Mbit/s under a 20 Mbit/s cap"
+    );
+    let syns = capture.stop();
+    let syn = syns
+        .iter()
+        .find(|l| l.contains("> 10.77.0.2.80:"))
+        .unwrap_or_else(|| panic!("no SYN from client2 on the bridge: {syns:?}"));
+    assert!(
+        syn.contains("Flags [SEW]"),
+        "client2's SYN does not ask for ECN: {syn}"
+    );
+    assert!(syn.contains("mss 1240"), "client2's SYN: {syn}");
+    assert!(
+        !syn.contains("TS val"),
+        "client2's SYN has timestamps: {syn}"
+    );
+    lab.stop();
+}
+
 /// Decompresses a recording with the zstd tool (the lab installs it).
 fn read_recording(path: &Path) -> Vec<Value> {
     let out = Command::new("zstd")
@@ -322,6 +494,8 @@ fn within_tolerance(a: u64, b: u64) -> bool {
 fn lab_records_a_scan_and_benign_browsing_labelled() {
     require_root();
     let out = std::env::temp_dir().join(unique("lab-e2e-"));
+    // Fixed link conditions (the lab draws them per session otherwise), so that the two
+    // sessions of a scenario meet the same network and their flow counts can be compared.
     let (ok, log) = run_ok(&mut lab_command(&[
         "--scenario",
         "scan-syn",
@@ -329,6 +503,8 @@ fn lab_records_a_scan_and_benign_browsing_labelled() {
         "benign-web-curl",
         "--sessions",
         "2",
+        "--link",
+        "rtt=2ms,jitter=0.4ms,mtu=1400,ecn=1",
         "--out",
         out.to_str().unwrap(),
     ]));
@@ -337,6 +513,20 @@ fn lab_records_a_scan_and_benign_browsing_labelled() {
         serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let secs = manifest["duration_s"].as_f64().unwrap();
     assert!(secs < 60.0, "the lab run took {secs} s");
+    // Each session records its link and what its relay did.
+    for s in manifest["sessions"].as_array().unwrap() {
+        let (link, relay) = (&s["link"], &s["relay"]);
+        assert_eq!(
+            (&link["rtt_ms"], &link["mtu"], &link["tcp"]["ecn"]),
+            (&2.0.into(), &1400.into(), &1.into()),
+            "{s}"
+        );
+        for dir in ["up", "down"] {
+            let r = &relay[dir];
+            assert!(r["frames"].as_u64().unwrap() > 0, "{dir}: {relay}");
+            assert_eq!(r["lost"], 0, "{dir}: {relay}");
+        }
+    }
 
     let records = read_recording(&out.join("records.jsonl.zst"));
     let flows: Vec<&Value> = records.iter().filter(|r| r["type"] == "flow").collect();

@@ -9,7 +9,9 @@
 
 mod inputs;
 mod label;
+mod link;
 mod record;
+mod relay;
 mod scenario;
 mod services;
 mod sessions;
@@ -100,6 +102,12 @@ pub struct LabArgs {
     /// has run. The tests start the lab this way, so no test installs packages.
     #[arg(long)]
     no_setup: bool,
+    /// Link conditions of the client and attacker hosts: `random` (drawn per session, the
+    /// default; `none` with --up), `none`, or `key=value,...` (rtt, jitter, loss, reorder, down,
+    /// up, mtu, ecn, timestamps, sack, wscale, cc, initcwnd, initrwnd), for every host or, as
+    /// `HOST:SPEC`, for one. Repeatable.
+    #[arg(long, value_name = "[HOST:]SPEC")]
+    link: Vec<String>,
     /// Remove the namespaces, processes and work folders of labs that are no longer running.
     #[arg(long)]
     clean: bool,
@@ -207,8 +215,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         scenario::select(scenario::load_dir(&scen_dir)?, &args.scenario)?
     };
     let queues = scenario::plan(&scenarios, args.sessions);
+    let default_link = if args.up {
+        link::Choice::Fixed(link::Conditions::none())
+    } else {
+        link::Choice::Random
+    };
+    let links = link::LinkPlan::parse(&args.link, default_link)?;
     if args.list {
         print_plan(&scenarios, &queues);
+        println!("links: {}", links.describe());
         return Ok(());
     }
     if !is_root() {
@@ -270,7 +285,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let stage = work.0.join("out");
     fs::create_dir_all(&stage)?;
     let started = Instant::now();
-    let result = lab(&args, &scenarios, &queues, &work.0, &agent_bin, &stage);
+    let result = lab(
+        &args, &scenarios, &queues, &links, &work.0, &agent_bin, &stage,
+    );
     reap_orphans();
     let summary = result?;
     if make_dataset && summary.is_some() {
@@ -348,23 +365,96 @@ fn write_stats(agent_bin: &Path, dir: &Path) -> anyhow::Result<()> {
         let (name, n) = id.rsplit_once('/').unwrap_or((id, "0"));
         (name.to_string(), n.parse::<u32>().unwrap_or(0))
     });
+    text.push_str(&link_stats(&sessions));
     text.push_str(&format!(
-        "\n  rows per session (from manifest.json: one row per attributed flow)\n  {:<24} {:<13} {:<30} {:<10} {:>5}\n",
-        "session", "family", "variant", "host", "rows"
+        "\n  rows per session (from manifest.json: one row per attributed flow), with the link of the session\n  \
+         {:<30} {:<13} {:<28} {:<10} {:>5} {:>8} {:>6} {:>5} {:>3} {:>9}\n",
+        "session", "family", "variant", "host", "rows", "rtt ms", "loss%", "mtu", "ecn", "cap Mbit"
     ));
     for s in &sessions {
         let field = |k: &str| s[k].as_str().unwrap_or("?").to_string();
+        let link = &s["link"];
+        let cap = link["down_kbit"]
+            .as_u64()
+            .map(|k| format!("{:.1}", k as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
         text.push_str(&format!(
-            "  {:<24} {:<13} {:<30} {:<10} {:>5}\n",
+            "  {:<30} {:<13} {:<28} {:<10} {:>5} {:>8.3} {:>6.2} {:>5} {:>3} {:>9}\n",
             field("id"),
             field("family"),
             field("variant"),
             field("host"),
-            s["flows"].as_u64().unwrap_or(0)
+            s["flows"].as_u64().unwrap_or(0),
+            link["rtt_ms"].as_f64().unwrap_or(0.0),
+            link["loss_pct"].as_f64().unwrap_or(0.0),
+            link["mtu"].as_u64().unwrap_or(0),
+            link["tcp"]["ecn"].as_u64().unwrap_or(0),
+            cap
         ));
     }
     fs::write(dir.join("STATS.txt"), text)?;
     Ok(())
+}
+
+/// Session time per label and how the sessions' link conditions spread (from the manifest).
+fn link_stats(sessions: &[serde_json::Value]) -> String {
+    let secs = |s: &serde_json::Value| {
+        (s["end_ns"].as_u64().unwrap_or(0)).saturating_sub(s["start_ns"].as_u64().unwrap_or(0))
+            as f64
+            / 1e9
+    };
+    let mut text = String::from("\n  session time (sessions run in parallel on different hosts)\n");
+    for label in ["benign", "attack"] {
+        let of: Vec<&serde_json::Value> = sessions.iter().filter(|s| s["label"] == label).collect();
+        text.push_str(&format!(
+            "  {label:<8} {:>4} sessions {:>8.1} h\n",
+            of.len(),
+            of.iter().map(|s| secs(s)).sum::<f64>() / 3600.0 + 0.0
+        ));
+    }
+    let with_link: Vec<&serde_json::Value> =
+        sessions.iter().filter(|s| s["link"].is_object()).collect();
+    if with_link.is_empty() {
+        return text;
+    }
+    let n = with_link.len() as f64;
+    let share = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        100.0 * with_link.iter().filter(|s| f(&s["link"])).count() as f64 / n
+    };
+    let mut rtts: Vec<f64> = with_link
+        .iter()
+        .filter_map(|s| s["link"]["rtt_ms"].as_f64())
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    let q = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    text.push_str(&format!(
+        "\n  link conditions of {} sessions\n  rtt ms: min {:.3}, quartiles {:.3} {:.3} {:.3}, max {:.3}\n  \
+         with jitter {:.0} %, loss {:.0} %, reordering {:.0} %, rate cap {:.0} %\n  \
+         mtu 1500 {:.0} %, 9000 {:.0} %, other {:.0} %\n  \
+         tcp: ecn asked {:.0} %, no timestamps {:.0} %, no sack {:.0} %, no window scaling {:.0} %, \
+         bbr {:.0} %, reno {:.0} %, initcwnd other than 10 {:.0} %\n",
+        with_link.len(),
+        q(0.0),
+        q(0.25),
+        q(0.5),
+        q(0.75),
+        q(1.0),
+        share(&|l| l["jitter_ms"].as_f64().unwrap_or(0.0) > 0.0),
+        share(&|l| l["loss_pct"].as_f64().unwrap_or(0.0) > 0.0),
+        share(&|l| l["reorder_pct"].as_f64().unwrap_or(0.0) > 0.0),
+        share(&|l| !l["down_kbit"].is_null()),
+        share(&|l| l["mtu"] == 1500),
+        share(&|l| l["mtu"] == 9000),
+        share(&|l| l["mtu"] != 1500 && l["mtu"] != 9000),
+        share(&|l| l["tcp"]["ecn"] == 1),
+        share(&|l| l["tcp"]["timestamps"] == false),
+        share(&|l| l["tcp"]["sack"] == false),
+        share(&|l| l["tcp"]["window_scaling"] == false),
+        share(&|l| l["tcp"]["congestion"] == "bbr"),
+        share(&|l| l["tcp"]["congestion"] == "reno"),
+        share(&|l| l["tcp"]["initcwnd"] != 10),
+    ));
+    text
 }
 
 fn print_plan(
@@ -405,12 +495,24 @@ fn lab(
     args: &LabArgs,
     scenarios: &[scenario::Scenario],
     queues: &BTreeMap<String, Vec<scenario::PlannedSession>>,
+    links: &link::LinkPlan,
     work: &Path,
     agent_bin: &Path,
     out_dir: &Path,
 ) -> anyhow::Result<Option<String>> {
     let id = format!("{PREFIX}{}", std::process::id());
     let topo = Topology::build(&id)?;
+    for h in topo
+        .hosts
+        .iter()
+        .filter(|h| h.spec.role != topology::Role::Victim)
+    {
+        let (c, seed) = links.initial(h.spec.name);
+        topo.set_link(h.spec.name, &c, seed)?;
+        if args.up {
+            eprintln!("lab: {}: {}", h.spec.name, link::summary(&c));
+        }
+    }
     topo.check_sealed()?;
     let mut services = services::start(&topo, work)?;
     if args.up {
@@ -426,6 +528,7 @@ fn lab(
         scenarios,
         work,
         key: &services.client_key,
+        links,
         stop: &stop,
     };
     eprintln!(
@@ -490,6 +593,7 @@ fn lab(
         "ended_ns": run_end,
         "duration_s": (run_end.saturating_sub(run_start)) as f64 / 1e9,
         "topology": topology,
+        "links": links.describe(),
         "scenarios": scenarios,
         "sessions": sessions_json,
         "summary": summary,

@@ -16,6 +16,8 @@ use serde::Serialize;
 use super::{
     inputs::{self, SessionContext, LAB_PASSWORD, LAB_USER},
     label::SessionWindow,
+    link::{Conditions, LinkPlan},
+    relay::RelayCounts,
     scenario::{expand, PlannedSession, Scenario},
     topology::{host_spec, log_tail, victim_spec, Proc, Topology},
 };
@@ -38,6 +40,13 @@ pub struct SessionResult {
     pub command: Vec<String>,
     /// Last lines of the tool's output.
     pub output_tail: String,
+    /// The link conditions of the queue host during the session.
+    pub link: Conditions,
+    /// Seed of the relay's random draws (loss, jitter, reordering) in this session.
+    pub link_seed: u64,
+    /// What the queue host's relay did during the session, per direction (`up`: toward the
+    /// victim's bridge).
+    pub relay: RelayCounts,
 }
 
 /// Now as Unix ns.
@@ -71,6 +80,8 @@ pub struct Ctx<'a> {
     pub scenarios: &'a [Scenario],
     pub work: &'a Path,
     pub key: &'a Path,
+    /// Link conditions per session.
+    pub links: &'a LinkPlan,
     /// Set by any queue that fails, and by Ctrl-C (see `super::interrupted`): every queue stops.
     pub stop: &'a AtomicBool,
 }
@@ -206,6 +217,10 @@ fn run_one(ctx: &Ctx, p: &PlannedSession) -> anyhow::Result<SessionResult> {
         // Tools read no user config (~/.curlrc, ~/.wgetrc) and write nothing into root's home.
         .env("HOME", &dir)
         .env("LC_ALL", "C");
+    // The link of the host whose flows these are (the peer, for a tool run on the victim).
+    let (link, link_seed) = ctx.links.for_session(&p.queue, &p.id, p.seed);
+    ctx.topo.set_link(&p.queue, &link, link_seed)?;
+    let relay_before = ctx.topo.relays.counts(&p.queue)?;
     let start_ns = now_ns();
     let started = Instant::now();
     let mut proc = Proc::spawn(&p.id, &mut cmd, &log)?;
@@ -228,6 +243,7 @@ fn run_one(ctx: &Ctx, p: &PlannedSession) -> anyhow::Result<SessionResult> {
     // Whatever the tool left in its group (a shell's children) ends with the session.
     proc.signal(libc::SIGKILL);
     let end_ns = now_ns();
+    let relay = ctx.topo.relays.counts(&p.queue)?.since(&relay_before);
     let mut command = vec![s.tool.clone()];
     command.extend(args);
     Ok(SessionResult {
@@ -249,5 +265,8 @@ fn run_one(ctx: &Ctx, p: &PlannedSession) -> anyhow::Result<SessionResult> {
         stopped_at_duration,
         command,
         output_tail: log_tail(&log),
+        link,
+        link_seed,
+        relay,
     })
 }

@@ -1,7 +1,10 @@
-//! The lab's network: one network namespace per host, each joined by a veth pair to a bridge that
-//! lives in a namespace of its own. Nothing touches the root namespace: both ends of every veth
-//! are created directly inside lab namespaces, no namespace has a default route, there is no NAT,
-//! so replies to spoofed or random addresses die inside the lab.
+//! The lab's network: one network namespace per host, joined to a bridge that lives in a namespace
+//! of its own. The victim's veth is a bridge port; every other host's veth ends in the relay
+//! namespace, whose relay (`relay.rs`) passes its frames, delayed, lost or reordered as the
+//! session's link conditions say, to a second veth pair whose other end is the host's bridge port.
+//! Nothing touches the root namespace: both ends of every veth are created directly inside lab
+//! namespaces, no namespace has a default route, there is no NAT, the bridge and relay namespaces
+//! have no addresses, so replies to spoofed or random addresses die inside the lab.
 
 use std::{
     fs,
@@ -14,6 +17,11 @@ use std::{
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+
+use super::{
+    link::{self, Conditions, PATH_MTU},
+    relay::Relays,
+};
 
 /// Every lab namespace is named `dlab<pid>-<host>`; `--clean` removes leftovers by this prefix.
 pub const PREFIX: &str = "dlab";
@@ -216,9 +224,17 @@ impl LabHost {
 pub struct Topology {
     /// `dlab<pid>`: the prefix of this lab's namespace names.
     pub id: String,
-    // Hosts before the bridge: fields drop in declaration order.
+    // Fields drop in declaration order: the relay threads stop first, then the hosts go, then
+    // the namespaces in between.
+    /// One relay per host other than the victim.
+    pub relays: Relays,
     pub hosts: Vec<LabHost>,
+    /// The relays' namespace: for each relayed host `h-<host>` (the host's veth peer) and
+    /// `b-<host>` (the peer of its bridge port); no addresses, IPv6 off.
+    pub relay: Netns,
     pub bridge: Netns,
+    /// The conditions last set on each relayed host.
+    links: std::sync::Mutex<std::collections::BTreeMap<String, Conditions>>,
 }
 
 impl Topology {
@@ -245,6 +261,13 @@ impl Topology {
             "0",
         ])?;
         ip(&["-n", &bridge.name, "link", "set", BRIDGE, "up"])?;
+        let relay = Netns::create(&format!("{id}-relay"))?;
+        relay.sysctl(&[
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv4.ip_forward=0",
+        ])?;
+        let mut relays = Relays::default();
         let mut hosts: Vec<LabHost> = Vec::new();
         for spec in HOSTS {
             let ns = Netns::create(&format!("{id}-{}", spec.name))?;
@@ -269,48 +292,89 @@ impl Topology {
                 ])?;
             }
             let port = format!("p-{}", spec.name);
-            ip(&[
-                "link",
-                "add",
-                HOST_IF,
-                "netns",
-                &ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &bridge.name,
-            ])?;
+            let relayed = spec.role != Role::Victim;
+            let (to_host, to_bridge) = link::topology_relay_ifs(spec.name);
+            // The victim's veth is its bridge port's peer; another host's veth ends in the relay
+            // namespace, and a second pair joins the relay to the bridge port.
+            let (host_peer, host_peer_ns) = if relayed {
+                (to_host.as_str(), &relay)
+            } else {
+                (port.as_str(), &bridge)
+            };
+            veth(HOST_IF, &ns, host_peer, host_peer_ns)?;
+            let mut ends = vec![(&ns, HOST_IF), (&bridge, port.as_str())];
+            if relayed {
+                veth(&to_bridge, &relay, &port, &bridge)?;
+                ends.extend([(&relay, to_host.as_str()), (&relay, to_bridge.as_str())]);
+            }
             ip(&["-n", &bridge.name, "link", "set", &port, "master", BRIDGE])?;
-            ip(&["-n", &bridge.name, "link", "set", &port, "up"])?;
             let v4 = format!("{}/24", spec.v4);
             let v6 = format!("{}/64", spec.v6);
             ip(&["-n", &ns.name, "addr", "add", &v4, "dev", HOST_IF])?;
             ip(&["-n", &ns.name, "addr", "add", &v6, "dev", HOST_IF, "nodad"])?;
-            // One packet on the wire is one packet to the programs (see the README's limits).
-            for (n, dev) in [(&ns, HOST_IF), (&bridge, port.as_str())] {
+            for (n, dev) in ends {
+                // One packet on the wire is one packet to the programs (see the README's
+                // limits), and a relay reads whole frames.
                 n.run(
                     "ethtool",
                     &["-K", dev, "tso", "off", "gso", "off", "gro", "off"],
                 )?;
+                // Everything but a client's interface carries any MTU a session may draw; a
+                // client's is set per session (1500 until then).
+                let mtu = if relayed && dev == HOST_IF {
+                    1500
+                } else {
+                    PATH_MTU
+                };
+                ip(&["-n", &n.name, "link", "set", dev, "mtu", &mtu.to_string()])?;
+                if dev != HOST_IF {
+                    ip(&["-n", &n.name, "link", "set", dev, "up"])?;
+                }
             }
+            // Checksums are computed when a packet is made, not left to a (virtual) device: a
+            // relay copies frames as they are, and a copied frame's checksum would otherwise
+            // stay unfinished.
+            ns.run("ethtool", &["-K", HOST_IF, "tx", "off"])?;
             ip(&["-n", &ns.name, "link", "set", HOST_IF, "up"])?;
+            if relayed {
+                relays.add(&relay, spec.name, &to_host, &to_bridge)?;
+            }
             hosts.push(LabHost {
                 spec,
                 ns,
                 link_local: None,
             });
         }
+        ip(&[
+            "-n",
+            &bridge.name,
+            "link",
+            "set",
+            BRIDGE,
+            "mtu",
+            &PATH_MTU.to_string(),
+        ])?;
         for h in &mut hosts {
             h.link_local = link_local(&h.ns)?;
         }
         Ok(Self {
             id: id.to_string(),
+            relays,
             hosts,
+            relay,
             bridge,
+            links: Default::default(),
         })
+    }
+
+    /// Sets a relayed host's link conditions (see `link::apply`) and remembers them.
+    pub fn set_link(&self, host: &str, c: &Conditions, seed: u64) -> anyhow::Result<()> {
+        link::apply(self, host, c, seed).with_context(|| format!("link conditions of {host}"))?;
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string(), c.clone());
+        Ok(())
     }
 
     /// The host of that name.
@@ -360,9 +424,18 @@ impl Topology {
                 }
             }
         }
-        let addrs = ip(&["-n", &self.bridge.name, "-o", "addr", "show"])?;
-        for l in addrs.lines().filter(|l| !l.contains(" lo ")) {
-            leaks.push(format!("bridge namespace has an address: {l}"));
+        for (what, ns) in [("bridge", &self.bridge), ("relay", &self.relay)] {
+            let addrs = ip(&["-n", &ns.name, "-o", "addr", "show"])?;
+            for l in addrs.lines().filter(|l| !l.contains(" lo ")) {
+                leaks.push(format!("{what} namespace has an address: {l}"));
+            }
+            for fam in ["-4", "-6"] {
+                // Only loopback's own routes (local table) may exist; the main table is empty.
+                let routes = ip(&["-n", &ns.name, fam, "route", "show"]).unwrap_or_default();
+                for l in routes.lines().filter(|l| !l.trim().is_empty()) {
+                    leaks.push(format!("{what} namespace has a route {fam}: {l}"));
+                }
+            }
         }
         if !leaks.is_empty() {
             bail!("the lab is not sealed:\n  {}", leaks.join("\n  "));
@@ -372,21 +445,51 @@ impl Topology {
 
     /// The topology as JSON (for `--up` and the manifest).
     pub fn describe(&self) -> serde_json::Value {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner()).clone();
         serde_json::json!({
             "id": self.id,
             "bridge_ns": self.bridge.name,
             "bridge": BRIDGE,
+            "relay_ns": self.relay.name,
             "interface": HOST_IF,
-            "hosts": self.hosts.iter().map(|h| serde_json::json!({
-                "name": h.spec.name,
-                "role": h.spec.role,
-                "ns": h.ns.name,
-                "v4": h.spec.v4,
-                "v6": h.spec.v6,
-                "link_local": h.link_local,
-            })).collect::<Vec<_>>(),
+            "path_mtu": PATH_MTU,
+            "hosts": self.hosts.iter().map(|h| {
+                let relayed = h.spec.role != Role::Victim;
+                let (to_host, to_bridge) = link::topology_relay_ifs(h.spec.name);
+                serde_json::json!({
+                    "name": h.spec.name,
+                    "role": h.spec.role,
+                    "ns": h.ns.name,
+                    "v4": h.spec.v4,
+                    "v6": h.spec.v6,
+                    "link_local": h.link_local,
+                    "relay": relayed.then(|| serde_json::json!({
+                        "to_host": to_host, "to_bridge": to_bridge,
+                    })),
+                    "link": links.get(h.spec.name),
+                })
+            }).collect::<Vec<_>>(),
         })
     }
+}
+
+/// A veth pair created directly in two lab namespaces.
+fn veth(name: &str, ns: &Netns, peer: &str, peer_ns: &Netns) -> anyhow::Result<()> {
+    ip(&[
+        "link",
+        "add",
+        name,
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        &peer_ns.name,
+    ])
+    .map(drop)
 }
 
 /// The fe80:: address of a host's interface, if it has one yet.

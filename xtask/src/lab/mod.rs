@@ -58,6 +58,13 @@ pub const PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "netcat-openbsd",
     "socat",
+    "openssh-sftp-server",
+    "rsync",
+    "redis-server",
+    "redis-tools",
+    "chrony",
+    "swaks",
+    "python3",
 ];
 
 /// Where `--record` writes.

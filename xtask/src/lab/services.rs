@@ -1,6 +1,7 @@
-//! Real services on the victim (OpenSSH, nginx, vsftpd, two dnsmasq, iperf3, two socat line
-//! services), each from the lab's own config files in its work folder, and the attackers'
-//! listeners (a DNS server for the tunnelling zone, TCP sinks for beacons and uploads).
+//! Real services on the victim (OpenSSH with sftp, nginx with HTTP/2 on 443, vsftpd, two
+//! dnsmasq, iperf3, two socat line services, Redis, Python's smtpd, chronyd as an NTP server),
+//! each from the lab's own config files in its work folder, and the attackers' listeners (a DNS
+//! server for the tunnelling zone, TCP sinks for beacons and uploads).
 //!
 //! Benign services listen on registered and ephemeral-range ports too (nginx on 8080 and 8443,
 //! socat on 9000 and 50000, iperf3 on 5201-5204, DNS on 8600): real hosts run them, and a recording whose
@@ -47,6 +48,14 @@ pub const LINE_PORT: u16 = 9000;
 pub const FETCH_PORT: u16 = 50000;
 /// A second dnsmasq on the victim, answering lab.test on a registered port.
 pub const DNS_ALT_PORT: u16 = 8600;
+/// nginx's TLS port with HTTP/2 (ALPN h2, and HTTP/1.1 for clients that do not offer it).
+pub const H2_PORT: u16 = 443;
+/// Redis (the database clients keep connections to).
+pub const REDIS_PORT: u16 = 6379;
+/// SMTP: Python's smtpd, accepting every message and printing it to its log.
+pub const SMTP_PORT: u16 = 25;
+/// NTP: chronyd serving its own clock (it never sets the machine's).
+pub const NTP_PORT: u16 = 123;
 const LAB_UID: u32 = 1777;
 
 /// The running services; dropping it stops them.
@@ -157,6 +166,37 @@ pub fn start(topo: &Topology, work: &Path) -> anyhow::Result<Services> {
             &logs.join(format!("{name}-victim.log")),
         )?);
     }
+    procs.push(Proc::spawn(
+        "victim:redis",
+        victim
+            .ns
+            .cmd("redis-server")
+            .arg(path_str(&redis_conf(&dir)?)?),
+        &logs.join("redis.log"),
+    )?);
+    // Python's smtpd (3.11 still has it): a real SMTP dialogue, messages printed to the log.
+    procs.push(Proc::spawn(
+        "victim:smtpd",
+        victim
+            .ns
+            .cmd("/usr/bin/python3")
+            .args(["-W", "ignore", "-m", "smtpd", "-n", "-c", "DebuggingServer"])
+            .arg(format!("0.0.0.0:{SMTP_PORT}")),
+        &logs.join("smtpd.log"),
+    )?);
+    // -x: serve time without ever adjusting the machine's clock.
+    procs.push(Proc::spawn(
+        "victim:chronyd",
+        victim.ns.cmd("chronyd").args([
+            "-d",
+            "-x",
+            "-u",
+            "root",
+            "-f",
+            &path_str(&chrony_conf(&dir)?)?,
+        ]),
+        &logs.join("chronyd.log"),
+    )?);
     for port in IPERF_PORTS {
         procs.push(Proc::spawn(
             &format!("victim:iperf3-{port}"),
@@ -227,6 +267,8 @@ fn wait_listening(ns: &Netns, services: &mut Services) -> anyhow::Result<()> {
         .map(|s| s.to_string())
         .collect();
     want.push(format!("udp:{DNS_ALT_PORT}"));
+    want.push(format!("udp:{NTP_PORT}"));
+    want.extend([H2_PORT, REDIS_PORT, SMTP_PORT].map(|p| format!("tcp:{p}")));
     want.extend(
         IPERF_PORTS
             .iter()
@@ -318,6 +360,11 @@ fn accounts(dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+    // What scp and rsync sessions fetch: the site's package files, from the lab user's home.
+    let files = home.join("files");
+    if !files.exists() {
+        std::os::unix::fs::symlink(dir.join("www").join("files"), &files)?;
+    }
     // sshd's privilege-separation directory is compiled in; the Debian service creates it at
     // boot, which never happened here.
     mkdir(Path::new("/run/sshd"), 0o755)?;
@@ -386,6 +433,8 @@ http {{
         listen [::]:8080;
         listen 8443 ssl;
         listen [::]:8443 ssl;
+        listen {H2_PORT} ssl http2;
+        listen [::]:{H2_PORT} ssl http2;
         ssl_certificate {d}/tls/cert.pem;
         ssl_certificate_key {d}/tls/key.pem;
         root {d}/www;
@@ -482,6 +531,37 @@ if [ -n "$f" ] && [ -f "$f" ]; then cat "$f"; else echo "not found"; fi
     Ok(p)
 }
 
+fn redis_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let data = dir.join("redis");
+    mkdir(&data, 0o755)?;
+    let p = dir.join("redis.conf");
+    write(
+        &p,
+        &format!(
+            "bind 0.0.0.0 ::\nport {REDIS_PORT}\nprotected-mode no\ndaemonize no\nsave \"\"\n\
+             appendonly no\ndir {}\nlogfile \"\"\nloglevel warning\ntimeout 0\n",
+            path_str(&data)?
+        ),
+    )?;
+    Ok(p)
+}
+
+/// chronyd as an NTP server with no upstream (its own clock, at stratum 8), no command socket.
+fn chrony_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = dir.join("chrony");
+    mkdir(&d, 0o755)?;
+    let d = path_str(&d)?;
+    let p = dir.join("chrony.conf");
+    write(
+        &p,
+        &format!(
+            "port {NTP_PORT}\nallow all\nlocal stratum 8\ncmdport 0\nbindcmdaddress /\n\
+             pidfile {d}/chronyd.pid\ndriftfile {d}/drift\n"
+        ),
+    )?;
+    Ok(p)
+}
+
 fn sshd_conf(dir: &Path) -> anyhow::Result<PathBuf> {
     let d = path_str(dir)?;
     let p = dir.join("sshd_config");
@@ -491,7 +571,8 @@ fn sshd_conf(dir: &Path) -> anyhow::Result<PathBuf> {
             "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\nHostKey {d}/host_key\n\
              PidFile none\nUsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
              PermitRootLogin no\nStrictModes no\nUseDNS no\nAuthorizedKeysFile {d}/authorized_keys\n\
-             MaxStartups 100:30:200\nMaxAuthTries 6\nLogLevel ERROR\n"
+             MaxStartups 100:30:200\nMaxAuthTries 6\nLogLevel ERROR\n\
+             Subsystem sftp /usr/lib/openssh/sftp-server\n"
         ),
     )?;
     Ok(p)

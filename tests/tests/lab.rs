@@ -2,7 +2,7 @@
 //! outside address, and it is gone afterwards), the relays give each host the link conditions it
 //! was given (delay, jitter, loss, rate, MTU, TCP stack, measured from inside the lab), a short
 //! scan and a short benign scenario come out of the real agent labelled, with the scan's flows
-//! present and the dataset written.
+//! present and the dataset written, and the committed recording varies the network.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -404,6 +404,12 @@ fn lab_links_apply_their_conditions() {
     // Loss: 10 % each way loses 19 % of round trips; 1000 pings give a standard deviation of
     // 1.2 points, and four of them are allowed.
     let lost = 1.0 - f64::from(received) / f64::from(sent);
+    eprintln!(
+        "client1 (rtt 40 ms, jitter 4 ms, loss 10 %): round trip min {min:.3} median {med:.3} \
+         p90 {p90:.3} max {:.3} ms, {:.1} % of {sent} pings lost",
+        rtts[rtts.len() - 1],
+        lost * 100.0
+    );
     assert!(
         (0.14..=0.24).contains(&lost),
         "client1: {lost:.3} of pings lost, not 0.19"
@@ -414,6 +420,7 @@ fn lab_links_apply_their_conditions() {
     rtts.sort_by(f64::total_cmp);
     assert_eq!(received, 200, "client3 lost pings without loss set");
     let med = percentile(&rtts, 0.5);
+    eprintln!("client3 (no conditions): median round trip {med:.3} ms");
     assert!(
         med < 2.0,
         "client3: median round trip {med} ms without delay"
@@ -448,6 +455,7 @@ fn lab_links_apply_their_conditions() {
         .unwrap_or(0.0)
         * 8.0
         / 1e6;
+    eprintln!("client2 (20 Mbit/s down): downloaded at {mbit:.2} Mbit/s");
     assert!(
         (16.0..=20.5).contains(&mbit),
         "client2: downloaded at {mbit:.1} Mbit/s under a 20 Mbit/s cap"
@@ -467,6 +475,54 @@ fn lab_links_apply_their_conditions() {
         "client2's SYN has timestamps: {syn}"
     );
     lab.stop();
+}
+
+/// The committed recording (lab/recordings/default) was made under varied link conditions, holds
+/// every attack family and at least an hour of benign sessions.
+#[test]
+fn committed_recording_varies_the_network() {
+    let path = workspace().join("lab/recordings/default/manifest.json");
+    let manifest: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let sessions = manifest["sessions"].as_array().unwrap();
+    let mut benign_s = 0.0;
+    let mut families = BTreeSet::new();
+    let (mut rtts, mut mtus, mut ecn, mut lossy, mut capped) =
+        (Vec::new(), BTreeSet::new(), 0, 0, 0);
+    for s in sessions {
+        let link = &s["link"];
+        assert!(link.is_object(), "{}: no link conditions", s["id"]);
+        rtts.push(link["rtt_ms"].as_f64().unwrap());
+        mtus.insert(link["mtu"].as_u64().unwrap());
+        ecn += usize::from(link["tcp"]["ecn"] == 1);
+        lossy += usize::from(link["loss_pct"].as_f64().unwrap() > 0.0);
+        capped += usize::from(!link["down_kbit"].is_null());
+        let secs = (s["end_ns"].as_u64().unwrap() - s["start_ns"].as_u64().unwrap()) as f64 / 1e9;
+        if s["label"] == "benign" {
+            benign_s += secs;
+        } else {
+            families.insert(s["family"].as_str().unwrap().to_string());
+        }
+    }
+    rtts.sort_by(f64::total_cmp);
+    let n = sessions.len();
+    assert!(benign_s >= 3600.0, "{benign_s:.0} s of benign sessions");
+    for f in ["scan", "dos", "brute-force", "exfiltration", "beaconing"] {
+        assert!(families.contains(f), "no {f} session: {families:?}");
+    }
+    // Round trips from LAN to intercontinental, several MTUs, ECN, loss and caps all present.
+    assert!(
+        rtts[0] < 0.2 && rtts[n - 1] > 50.0,
+        "rtt {} to {} ms",
+        rtts[0],
+        rtts[n - 1]
+    );
+    assert!(
+        mtus.len() >= 5 && mtus.contains(&9000) && mtus.contains(&1500),
+        "{mtus:?}"
+    );
+    for (what, k) in [("ECN", ecn), ("lossy", lossy), ("rate-capped", capped)] {
+        assert!(k * 5 >= n, "{what}: {k} of {n} sessions");
+    }
 }
 
 /// Decompresses a recording with the zstd tool (the lab installs it).

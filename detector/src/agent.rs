@@ -30,6 +30,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    baseline::{BaselineDone, BaselineJob},
     blocklist::{self, Block, Blocklist},
     clock::{self, TimeBase},
     config::Config,
@@ -348,7 +349,17 @@ pub fn base_model(cfg: &Config) -> anyhow::Result<(Model, String)> {
         );
         (m, version)
     };
-    m.prototypes.remove(crate::features::LIVE_FEATURE_SET);
+    // A model that alerts on probability or novelty serves no novelty until the host's own
+    // baseline is fitted: its prototypes describe its training data, not this host. One
+    // that requires both keeps them: they describe benign traffic of many networks, the
+    // "unusual" of a host that has not been learnt yet.
+    let requires = m
+        .inputs
+        .get(crate::features::LIVE_FEATURE_SET)
+        .is_some_and(|l| l.rule.require_novelty);
+    if !requires {
+        m.prototypes.remove(crate::features::LIVE_FEATURE_SET);
+    }
     Ok((m, version))
 }
 
@@ -549,6 +560,24 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut baseline_at: Option<Instant> = None;
     // Rows of the last baseline fit this agent made (status).
     let mut baseline_rows: Option<usize> = None;
+    // The host's warm-up: learnt time over all runs, from the state directory.
+    let warmup_path = crate::baseline::Warmup::path(&cfg.agent.state_dir);
+    let mut warmup = crate::baseline::Warmup::load(&warmup_path).unwrap_or_else(|e| {
+        error!("{e:#}; the warm-up starts over");
+        crate::baseline::Warmup { learned_s: 0.0 }
+    });
+    let mut warm = warmup.done(cfg.adaptation.warmup.0);
+    let mut learning_since = Instant::now();
+    info!(
+        learned_s = warmup.learned_s as u64,
+        needed_s = cfg.adaptation.warmup.0.as_secs(),
+        "{}",
+        if warm {
+            "this host has been learnt: its baseline is fitted from its next quiet records"
+        } else {
+            "learning this host (warm-up): alerting as out of the box until it is done"
+        }
+    );
 
     info!(
         model = %detector.model_version,
@@ -678,12 +707,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     removed.push(name.clone());
                     false
                 });
-                let due = match baseline_at {
-                    None => !detector.has_baseline(),
+                warmup.learned_s += learning_since.elapsed().as_secs_f64();
+                learning_since = Instant::now();
+                if !warm && warmup.done(cfg.adaptation.warmup.0) {
+                    warm = true;
+                    info!("warm-up done: fitting this host's baseline; from then on only what is attack-like and unusual for this host alerts");
+                }
+                let due = warm && match baseline_at {
+                    None => true,
                     Some(t) => t.elapsed() >= cfg.adaptation.baseline_refresh.0,
                 };
                 if due && !adapting && !fitting {
-                    if let Some(job) = BaselineJob::prepare(&detector, cfg.adaptation.baseline_records) {
+                    if let Some(job) = BaselineJob::prepare(&detector, cfg.adaptation.baseline_records, cfg.adaptation.host_novelty_quantile) {
                         fitting = true;
                         let tx = baseline_tx.clone();
                         tokio::task::spawn_blocking(move || {
@@ -700,6 +735,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 out.flush()?;
             }
             _ = stats_tick.tick() => {
+                if let Err(e) = warmup.save(&warmup_path) {
+                    warn!("cannot save the warm-up progress: {e:#}");
+                }
                 let c = read_stats(&stats)?;
                 let lost = c[stat::RINGBUF_FULL as usize] + c[stat::PROC_RINGBUF_FULL as usize];
                 if lost > last_lost {
@@ -736,6 +774,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             "recent_records": detector.recent().len(),
                             "adaptations": metrics.adaptations.load(Relaxed),
                             "novelty": detector.has_baseline(),
+                            "warmup": {"done": warm, "learned_s": warmup.learned_s as u64, "needed_s": cfg.adaptation.warmup.0.as_secs()},
+                            "host_rule": detector.model().inputs.get(crate::features::LIVE_FEATURE_SET).is_some_and(|l| l.rule.require_novelty) && detector.has_baseline(),
                             "dismissals": dismissed.dismissals.len(),
                             "dismissed_alerts": metrics.dismissed_alerts.load(Relaxed),
                             "baseline_rows": baseline_rows,
@@ -878,7 +918,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         Err(e) => warn!("cannot serve the host baseline: {e:#}"),
                         Ok(()) => {
                             baseline_rows = Some(done.rows);
-                            info!(records = done.rows, took_ms = done.took.as_millis() as u64, "fitted this host's benign baseline: novelty is on");
+                            info!(records = done.rows, took_ms = done.took.as_millis() as u64, "fitted this host's benign baseline: only what is attack-like and unusual for this host alerts");
                         }
                     },
                 }
@@ -1034,6 +1074,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         &detector.policy,
     ))?;
     out.flush()?;
+    warmup.learned_s += learning_since.elapsed().as_secs_f64();
+    if let Err(e) = warmup.save(&warmup_path) {
+        error!("cannot save the warm-up progress: {e:#}");
+    }
     // Blocks stay in the state file; the kernel map goes with this process.
     if let Err(e) = blocks.persist() {
         error!("{e:#}");
@@ -1047,76 +1091,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
-}
-
-/// A fit of the host's benign baseline (the live feature set's novelty prototypes), prepared on
-/// the loop and run on a blocking thread: embedding and k-means over up to 10 000 rows take tens
-/// of milliseconds, in which the loop would not read the ring buffer (at a million records a
-/// second, 16 ms fill the default 4 MiB ring buffer).
-struct BaselineJob {
-    model: Model,
-    version: String,
-    values: Vec<f32>,
-    rows: usize,
-}
-
-/// A finished [`BaselineJob`]: the model it was fitted on, and the model with the prototypes.
-struct BaselineDone {
-    version: String,
-    rows: usize,
-    took: Duration,
-    result: anyhow::Result<Model>,
-}
-
-impl BaselineJob {
-    /// From recent records that scored below the alert threshold (an alert held back by the
-    /// cooldown has no id but is no baseline either), once at least `min` of them are at hand.
-    fn prepare(detector: &Detector, min: usize) -> Option<Self> {
-        let threshold = detector.policy.alert_threshold();
-        let quiet: Vec<&crate::detect::Recent> = detector
-            .recent()
-            .iter()
-            .filter(|r| r.alert_id.is_none() && r.score < threshold)
-            .collect();
-        if quiet.len() < min {
-            return None;
-        }
-        // An even spread over the recent past, at most 10 000 rows.
-        let step = (quiet.len() / 10_000).max(1);
-        let mut values = Vec::new();
-        let mut rows = 0;
-        for r in quiet.iter().step_by(step) {
-            values.extend_from_slice(&r.row);
-            rows += 1;
-        }
-        Some(BaselineJob {
-            model: (**detector.model()).clone(),
-            version: detector.model_version.clone(),
-            values,
-            rows,
-        })
-    }
-
-    fn run(mut self) -> BaselineDone {
-        let start = Instant::now();
-        let names = crate::features::live_names();
-        let rows = crate::model::Rows {
-            feature_set: crate::features::LIVE_FEATURE_SET,
-            features: &names,
-            values: &self.values,
-        };
-        let result = self
-            .model
-            .fit_prototypes(&rows, 1)
-            .context("fitting the novelty prototypes")
-            .map(|_| self.model);
-        BaselineDone {
-            version: self.version,
-            rows: self.rows,
-            took: start.elapsed(),
-            result,
-        }
-    }
 }
 
 /// Puts `next` in force: on disk first, then in the detector. Not in force unless saved: a

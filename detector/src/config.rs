@@ -376,11 +376,18 @@ pub struct AdaptationSection {
     pub recent_records: usize,
     /// Models kept in the state dir's history.
     pub keep_models: usize,
-    /// Novelty is measured against this host's own traffic: its benign baseline is fitted once
-    /// this many recent records that raised no alert are at hand (novelty is off until then).
+    /// The host's warm-up: for this long (running time, over restarts: `warmup.json` in the
+    /// state directory) the agent alerts as out of the box; then it fits this host's baseline
+    /// and alerts only on what is both attack-like and unusual for this host.
+    pub warmup: Dur,
+    /// The baseline is fitted once this many recent records that raised no alert are at hand
+    /// (after the warm-up; until then the rule stays the out-of-the-box one).
     pub baseline_records: usize,
     /// ... and refitted this often.
     pub baseline_refresh: Dur,
+    /// Once fitted, a flow alerts only when it is attack-like (probability) and farther from
+    /// this host's prototypes than this quantile of the host's own quiet flows.
+    pub host_novelty_quantile: f32,
 }
 
 impl Default for AdaptationSection {
@@ -389,8 +396,10 @@ impl Default for AdaptationSection {
             fpr_budget: 0.001,
             recent_records: 50_000,
             keep_models: 10,
+            warmup: Dur(Duration::from_secs(3600)),
             baseline_records: 2000,
             baseline_refresh: Dur(Duration::from_secs(3600)),
+            host_novelty_quantile: 0.95,
         }
     }
 }
@@ -470,6 +479,10 @@ impl Config {
                 "adaptation.fpr_budget must be in [0, 1), got {}",
                 self.adaptation.fpr_budget
             );
+        }
+        let q = self.adaptation.host_novelty_quantile;
+        if !(0.5..1.0).contains(&q) {
+            bail!("adaptation.host_novelty_quantile must be in [0.5, 1), got {q}");
         }
         if self.adaptation.keep_models == 0 {
             bail!("adaptation.keep_models must be at least 1");

@@ -24,14 +24,15 @@ use detector_common::{
 };
 
 /// Context feature names, in vector order.
-pub const NAMES: [&str; 7] = [
-    "src_new_flows_per_s",
+pub const NAMES: [&str; 8] = [
+    "src_flows_in_window",
     "src_distinct_dst_ports",
     "src_distinct_dst_hosts",
     "src_syn_no_reply_ratio",
     "src_failed_conns",
-    "svc_new_flows_per_s",
+    "svc_flows_in_window",
     "svc_distinct_sources",
+    "src_same_svc_flows",
 ];
 /// Number of context features.
 pub const COUNT: usize = NAMES.len();
@@ -78,6 +79,9 @@ struct Window {
     front_seq: u64,
     peers: HashMap<u64, u32, Keyed>,
     ports: HashMap<u16, u32, Keyed>,
+    /// Flows per (peer, port): a source's repeated connections to one service (brute force,
+    /// beaconing).
+    pairs: HashMap<(u64, u16), u32, Keyed>,
     syn: u32,
     unanswered: u32,
     /// Times of refused connections (the responder's RST) in the window.
@@ -111,6 +115,7 @@ impl Window {
             self.index.remove(&e.flow);
             dec(&mut self.peers, &e.peer);
             dec(&mut self.ports, &e.port);
+            dec(&mut self.pairs, &(e.peer, e.port));
             if e.syn {
                 self.syn -= 1;
                 if !e.answered {
@@ -143,6 +148,7 @@ impl Window {
         }
         *self.peers.entry(e.peer).or_default() += 1;
         *self.ports.entry(e.port).or_default() += 1;
+        *self.pairs.entry((e.peer, e.port)).or_default() += 1;
         if e.syn {
             self.syn += 1;
             if !e.answered {
@@ -153,10 +159,6 @@ impl Window {
             .insert(e.flow, self.front_seq + self.events.len() as u64);
         self.events.push_back(e);
         Some(e)
-    }
-
-    fn rate(&self, window: u64) -> f32 {
-        self.events.len() as f32 / (window as f32 / 1e9)
     }
 }
 
@@ -289,7 +291,10 @@ impl ContextTracker {
             }
             w.failed.push_back(now);
         }
-        out[0] = w.rate(window);
+        // Counts in the window, not per second: every time scale of the context is the
+        // window's, one setting (a capture replayed ten times slower with a ten times longer
+        // window gives the same values).
+        out[0] = w.events.len() as f32;
         out[1] = w.ports.len() as f32;
         out[2] = w.peers.len() as f32;
         // Over the source's *other* attempts: at its `new` record every flow is still
@@ -308,6 +313,9 @@ impl ContextTracker {
             0.0
         };
         out[4] = w.failed.len() as f32;
+        // The source's other flows to this flow's service.
+        let same = w.pairs.get(&(event.peer, dport)).copied().unwrap_or(0);
+        out[7] = same.saturating_sub(held.is_some() as u32) as f32;
         let src_others = w.events.len() - held.is_some() as usize;
 
         let svc = self
@@ -325,7 +333,7 @@ impl ContextTracker {
             max_events,
             horizon,
         );
-        out[5] = svc.rate(window);
+        out[5] = svc.events.len() as f32;
         out[6] = svc.peers.len() as f32;
         let others = (svc.events.len() - svc_held.is_some() as usize + src_others) as u32;
         self.prune(now);
@@ -432,7 +440,7 @@ mod tests {
             last[3]
         );
         assert!(
-            (last[0] - 10.0).abs() < 1e-3,
+            (last[0] - 100.0).abs() < 1e-3,
             "100 flows in a 10 s window: {}",
             last[0]
         );
@@ -510,7 +518,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(v[0], 8.0, "16 events in a 2 s window");
+        assert_eq!(v[0], 16.0, "16 events in a 2 s window");
         // Later, the old sources have left the window.
         let late = udp4([10, 1, 1, 1], 7000, dst, 53, 10);
         process_packet(
@@ -569,19 +577,42 @@ mod tests {
         ctx.observe(&k_old, &s_old, r, &mut out);
         let (k, s, r) = first(30 * SEC, 40001, &mut env);
         ctx.observe(&k, &s, r, &mut out);
-        assert!(
-            (out[0] - 0.1).abs() < 1e-6,
-            "one new flow in 10 s: {}",
-            out[0]
-        );
+        assert_eq!(out[0], 1.0, "one flow in the 10 s window");
         // The first connection reports again at 31 s: it began before the window, so the
         // window does not take it back in.
         s_old.last_seen_ns = 31 * SEC;
         ctx.observe(&k_old, &s_old, Reason::ActiveTimeout, &mut out);
-        assert!((out[0] - 0.1).abs() < 1e-6, "source rate: {}", out[0]);
-        assert!((out[5] - 0.1).abs() < 1e-6, "service rate: {}", out[5]);
+        assert_eq!(out[0], 1.0, "source window");
+        assert_eq!(out[5], 1.0, "service window");
         let (k, s, r) = first(32 * SEC, 40002, &mut env);
         ctx.observe(&k, &s, r, &mut out);
-        assert!((out[0] - 0.2).abs() < 1e-6, "two new flows: {}", out[0]);
+        assert_eq!(out[0], 2.0, "two flows in the window");
+    }
+
+    #[test]
+    fn repeated_connections_to_one_service_are_counted_per_source() {
+        // Ten logins a second apart from one source to port 21, then one to port 22: the
+        // tenth counts nine before it; the other service none.
+        let atk = [10, 0, 0, 66];
+        let victim = [10, 0, 0, 1];
+        let mut frames = Vec::new();
+        for i in 0..10u16 {
+            frames.push((
+                SEC * (1 + i as u64),
+                tcp4(atk, 40000 + i, victim, 21, TCP_SYN, 1, 0),
+            ));
+        }
+        frames.push((SEC * 12, tcp4(atk, 41000, victim, 22, TCP_SYN, 1, 0)));
+        let ctx = contexts(&frames, ContextConfig::default());
+        let same = NAMES
+            .iter()
+            .position(|n| *n == "src_same_svc_flows")
+            .unwrap();
+        assert_eq!(ctx[9].1[same], 9.0);
+        assert_eq!(ctx[10].1[same], 0.0);
+        assert_eq!(
+            ctx[10].1[0], 10.0,
+            "the flows of 2..=10 s and 12 s in the 10 s window"
+        );
     }
 }

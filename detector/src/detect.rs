@@ -154,6 +154,8 @@ pub struct FamilySignature {
 pub struct Detector {
     featurizer: Featurizer,
     pipeline: Pipeline,
+    /// The scoring path the pipeline was built on (kept for a model swap).
+    score_path: ScorePath,
     model: Arc<Model>,
     pub model_version: String,
     pub policy: Policy,
@@ -197,6 +199,7 @@ impl Detector {
         Ok(Self {
             featurizer: Featurizer::new(cfg.context),
             pipeline,
+            score_path: path,
             model,
             model_version,
             policy,
@@ -217,6 +220,11 @@ impl Detector {
         })
     }
 
+    /// The scoring path in use.
+    pub fn score_path(&self) -> ScorePath {
+        self.score_path
+    }
+
     /// The model in use.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
@@ -233,6 +241,7 @@ impl Detector {
         self.policy
             .set_model_threshold(pipeline.rule().alert_threshold);
         self.pipeline = pipeline;
+        self.score_path = path;
         self.model = model;
         self.model_version = version;
         self.exemplar_embeddings = None;

@@ -2,6 +2,7 @@
 //! buffers, turning records into JSON lines. `main.rs` is a thin CLI over it.
 
 pub mod agent;
+pub mod baseline;
 pub mod blocklist;
 pub mod clock;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod iface;
 pub mod incidents;
 pub mod metrics;
 pub mod model;
+pub mod offlab;
 pub mod output;
 pub mod pcap;
 pub mod policy;

@@ -55,6 +55,10 @@ enum Command {
     /// K-shot adaptation over many draws, five baselines, int8 gap, evasion); writes
     /// EVALUATION.md, JSON and plots.
     Eval(detector::model::cli::EvalArgs),
+    /// Off the lab: replay captures from other networks (the nDPI dev split, the shared corpus)
+    /// through the agent's detection, out of the box and after a warm-up on each capture's first
+    /// half; alert events per 1,000 benign flows, benign captures alerting, attacks caught.
+    EvalOfflab(detector::offlab::OfflabArgs),
     /// Print the running agent's status: attached programs, model, rates, drops, losses.
     Status(ClientArgs),
     /// Incidents: tell the running agent which flows were an attack.
@@ -169,6 +173,11 @@ struct ReplayArgs {
     /// present, else the defaults.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// With --detect (repeatable): a capture of this host's normal traffic, replayed first as the agent's
+    /// warm-up: the host's baseline is fitted on their quiet records, and only what is both
+    /// attack-like and unusual for this host alerts in FILE….
+    #[arg(long, value_name = "CAPTURE", requires = "detect")]
+    baseline: Vec<PathBuf>,
     #[command(flatten)]
     flow: FlowArgs,
 }
@@ -349,7 +358,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let summaries = if args.detect {
         let cfg = Config::load(config_file(args.config).as_deref())?;
-        detector::replay::detect(&opts, &cfg)?
+        detector::replay::detect(&opts, &cfg, &args.baseline)?
     } else {
         detector::replay::run(&opts)?
     };
@@ -399,6 +408,7 @@ fn main() -> ExitCode {
         Command::Train(args) => detector::model::cli::train(args),
         Command::Adapt(args) => detector::model::cli::adapt_cmd(args),
         Command::Eval(args) => detector::model::cli::eval(args),
+        Command::EvalOfflab(args) => detector::offlab::cli(args),
         Command::Status(c) => client(&c, &Request::Status {}).and_then(|v| print(&v)),
         Command::Incident { command } => {
             let (c, req) = match command {

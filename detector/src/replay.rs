@@ -254,13 +254,18 @@ pub fn offline_detector(
 pub fn detect(
     opts: &ReplayOptions,
     cfg: &crate::config::Config,
+    baseline: &[PathBuf],
 ) -> anyhow::Result<Vec<FileSummary>> {
     use std::sync::Arc;
 
     use crate::{detect::ShadowActions, output::JsonLines};
 
     let (model, version) = crate::agent::base_model(cfg)?;
-    let model = Arc::new(model);
+    let (model, version) = if baseline.is_empty() {
+        (Arc::new(model), version)
+    } else {
+        host_model(Arc::new(model), version, cfg, baseline, &opts.flow)?
+    };
     let mut out = JsonLines::open(opts.output.as_deref())?;
     let mut summaries = Vec::new();
     for file in &opts.files {
@@ -289,4 +294,52 @@ pub fn detect(
         summaries.push(summary);
     }
     Ok(summaries)
+}
+
+/// The model with this host's baseline, fitted as at the end of the agent's warm-up on the
+/// quiet records of `captures` (the host's normal traffic, replayed in order through one
+/// detector).
+pub fn host_model(
+    model: std::sync::Arc<crate::model::Model>,
+    version: String,
+    cfg: &crate::config::Config,
+    captures: &[PathBuf],
+    flow: &FlowConfig,
+) -> anyhow::Result<(std::sync::Arc<crate::model::Model>, String)> {
+    use crate::detect::Actions;
+
+    /// Warm-up alerts go nowhere.
+    struct Quiet;
+    impl Actions for Quiet {
+        fn blocked(&self, _: &detector_common::block::BlockKey) -> bool {
+            false
+        }
+        fn block(&mut self, _: crate::blocklist::Block) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn alert(&mut self, _: &crate::detect::AlertJson) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+    let mut det = offline_detector(model, version, cfg, cfg.adaptation.recent_records)?;
+    for file in captures {
+        replay_file(file, flow, |k, s, r| {
+            if det.push(k, s, r, None, Instant::now()) {
+                det.flush(&mut Quiet)?;
+            }
+            Ok(())
+        })?;
+    }
+    det.flush(&mut Quiet)?;
+    let min = crate::model::novelty::MIN_ROWS;
+    if !crate::baseline::fit_now(&mut det, min, cfg.adaptation.host_novelty_quantile)? {
+        bail!(
+            "the baseline captures gave fewer than {min} quiet records: too little of this host's traffic to learn it from"
+        );
+    }
+    tracing::info!(
+        captures = captures.len(),
+        "fitted the host baseline from the --baseline captures"
+    );
+    Ok((det.model().clone(), det.model_version.clone()))
 }

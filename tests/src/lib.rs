@@ -73,6 +73,21 @@ pub fn corpus_files(sub: &str) -> Vec<PathBuf> {
     v
 }
 
+/// The captures of the nDPI collection (`corpus/offlab/ndpi`) in `split` with `label`, from its
+/// manifest, sorted.
+pub fn ndpi_files(split: &str, label: &str) -> Vec<PathBuf> {
+    let dir = shared_dir().join("corpus/offlab/ndpi");
+    let mut v: Vec<PathBuf> = detector::offlab::manifest(&dir.join("MANIFEST.tsv"))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .into_iter()
+        .filter(|r| r.split.as_deref() == Some(split) && r.label == label)
+        .map(|r| dir.join(r.file))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no {label} captures in the {split} split");
+    v
+}
+
 /// The model trained without the beaconing family (`cargo xtask train-default
 /// --holdout-family beaconing --out detector/models/test/holdout-beaconing.safetensors`): a
 /// beaconing session is new to it, so confirming one makes the agent adapt.
@@ -570,33 +585,62 @@ pub fn untimed(s: &FlowState) -> FlowState {
 /// zeros to their on-the-wire length, so that a sender puts on the wire frames as long as the
 /// original ones. Returns (packets, first and last timestamp in ns).
 pub fn write_padded_pcap(src: &Path, dst: &Path) -> (u64, u64, u64) {
-    use std::io::Write;
-    let mut r = detector::pcap::Reader::open(src).unwrap_or_else(|e| panic!("{e}"));
-    let mut w = std::io::BufWriter::new(fs::File::create(dst).unwrap());
+    rewrite_pcap(src, dst, true, |ts, _| ts, |_| {})
+}
+
+/// The file header of a classic nanosecond-resolution pcap.
+fn pcap_header(link_type: u32) -> Vec<u8> {
     let mut hdr = Vec::new();
     hdr.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
     hdr.extend_from_slice(&2u16.to_le_bytes());
     hdr.extend_from_slice(&4u16.to_le_bytes());
     hdr.extend_from_slice(&[0u8; 8]);
     hdr.extend_from_slice(&262_144u32.to_le_bytes());
-    hdr.extend_from_slice(&1u32.to_le_bytes());
-    w.write_all(&hdr).unwrap();
+    hdr.extend_from_slice(&link_type.to_le_bytes());
+    hdr
+}
+
+/// Writes `src` (pcap or pcapng) as a classic nanosecond pcap of the same link type, each
+/// packet's timestamp through `ts` (given it and the first packet's) and its bytes through
+/// `edit`; with `pad`, packets are padded with zeros to their on-the-wire length. Returns
+/// (packets, first and last original timestamp in ns).
+pub fn rewrite_pcap(
+    src: &Path,
+    dst: &Path,
+    pad: bool,
+    ts: impl Fn(u64, u64) -> u64,
+    mut edit: impl FnMut(&mut [u8]),
+) -> (u64, u64, u64) {
+    use std::io::Write;
+    let mut r = detector::pcap::Reader::open(src).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = std::io::BufWriter::new(fs::File::create(dst).unwrap());
     let (mut n, mut first, mut last) = (0u64, 0u64, 0u64);
     while let Some(p) = r.next_packet().unwrap_or_else(|e| panic!("{e}")) {
-        let len = p.wire_len.max(p.data.len());
-        let mut rec = Vec::with_capacity(16 + len);
-        rec.extend_from_slice(&((p.ts_ns / 1_000_000_000) as u32).to_le_bytes());
-        rec.extend_from_slice(&((p.ts_ns % 1_000_000_000) as u32).to_le_bytes());
-        rec.extend_from_slice(&(len as u32).to_le_bytes());
-        rec.extend_from_slice(&(len as u32).to_le_bytes());
-        rec.extend_from_slice(p.data);
-        rec.resize(16 + len, 0);
-        w.write_all(&rec).unwrap();
         if n == 0 {
+            w.write_all(&pcap_header(p.link_type)).unwrap();
             first = p.ts_ns;
         }
+        let len = if pad {
+            p.wire_len.max(p.data.len())
+        } else {
+            p.data.len()
+        };
+        let t = ts(p.ts_ns, first);
+        let mut data = p.data.to_vec();
+        data.resize(len, 0);
+        edit(&mut data);
+        let mut rec = Vec::with_capacity(16 + len);
+        rec.extend_from_slice(&((t / 1_000_000_000) as u32).to_le_bytes());
+        rec.extend_from_slice(&((t % 1_000_000_000) as u32).to_le_bytes());
+        rec.extend_from_slice(&(len as u32).to_le_bytes());
+        rec.extend_from_slice(&(p.wire_len.max(len) as u32).to_le_bytes());
+        rec.extend_from_slice(&data);
+        w.write_all(&rec).unwrap();
         last = p.ts_ns;
         n += 1;
+    }
+    if n == 0 {
+        w.write_all(&pcap_header(1)).unwrap();
     }
     w.flush().unwrap();
     (n, first, last)

@@ -9,10 +9,10 @@
 //! nmap from what scans share with the floods it learned, and one without exfiltration still
 //! flags a large upload to an odd port; beacons look like any small request, one by one.)
 //!
-//! The agent runs with a strict `policy.alert_threshold` of 0.9, as an operator who wants few
-//! alerts would set it: the held-out model scores these beacons around 0.6 (above its own
-//! calibrated threshold, which is floored at 0.5), so the loop shows as the family moving from
-//! below the operator's bar to above it.
+//! The agent runs at the model's own calibrated threshold (0.51 for the committed held-out
+//! model): that model scores the first session's beacons below 0.1, and after the adaptation
+//! the second session's from about 0.2 to 0.76 (2026-12-06), so the loop shows as the family
+//! moving from well below the threshold to partly above it.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -66,7 +66,7 @@ fn a_confirmed_first_session_teaches_the_agent_the_family() {
     }
     // A 1 ms cooldown: every flagged record alerts (beacons are 500 ms apart), so the check
     // below sees each one, not just the first of a minute.
-    let dir = AgentDir::with_config("[policy]\nalert_threshold = 0.9\nalert_cooldown = \"1ms\"\n");
+    let dir = AgentDir::with_config("[policy]\nalert_cooldown = \"1ms\"\n");
     // Without flow records, as installed: alerts then look up their process themselves.
     let agent = Agent::start_in(
         &lan.hosts[VICTIM],

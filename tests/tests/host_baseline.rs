@@ -1,6 +1,8 @@
-//! The host's benign baseline, live: novelty is off until enough recent records raised no alert;
-//! then the agent fits its novelty prototypes from them (on a blocking thread, not the loop),
-//! serves the model that has them, says so in its log and its status, and keeps scoring.
+//! The host's benign baseline, live: during the warm-up the agent alerts as out of the box;
+//! once the warm-up is done and enough recent records raised no alert, it fits its novelty
+//! prototypes from them (on a blocking thread, not the loop), serves the model that has them
+//! with the host's rule (attack-like and unusual for this host), says so in its log and its
+//! status, and keeps scoring. The warm-up's progress survives a restart.
 
 use std::{
     net::SocketAddr,
@@ -25,7 +27,7 @@ fn status(dir: &AgentDir) -> Value {
 fn the_agent_fits_its_host_baseline_from_quiet_traffic() {
     require_root();
     let lan = Lan::new(2);
-    let dir = AgentDir::with_config("[adaptation]\nbaseline_records = 40\n");
+    let dir = AgentDir::with_config("[adaptation]\nbaseline_records = 40\nwarmup = \"3s\"\n");
     let mut agent = Agent::start_in(&lan.hosts[0], &dir, &["--iface", &lan.ifaces[0]]);
     let before = status(&dir);
     assert_eq!(
@@ -33,6 +35,9 @@ fn the_agent_fits_its_host_baseline_from_quiet_traffic() {
         "novelty before any traffic: {before}"
     );
     assert!(before["baseline_rows"].is_null(), "{before}");
+    assert_eq!(before["warmup"]["done"], false, "{before}");
+    assert_eq!(before["warmup"]["needed_s"], 3, "{before}");
+    assert_eq!(before["host_rule"], false, "{before}");
 
     let addr = SocketAddr::from((lan.ips[0], 8080));
     let _web = WebService::start(&lan.hosts[0], addr);
@@ -43,6 +48,8 @@ fn the_agent_fits_its_host_baseline_from_quiet_traffic() {
     );
     let after = status(&dir);
     assert_eq!(after["novelty"], true, "{after}");
+    assert_eq!(after["warmup"]["done"], true, "{after}");
+    assert_eq!(after["host_rule"], true, "{after}");
     let rows = after["baseline_rows"].as_u64().expect("rows of the fit");
     assert!(rows >= 40, "fitted on {rows} records: {after}");
 
@@ -57,5 +64,15 @@ fn the_agent_fits_its_host_baseline_from_quiet_traffic() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    agent.stop();
+
+    // A restart on the same state: the host has been learnt, no second warm-up.
+    let agent = Agent::start_in(&lan.hosts[0], &dir, &["--iface", &lan.ifaces[0]]);
+    let again = status(&dir);
+    assert_eq!(again["warmup"]["done"], true, "{again}");
+    assert!(
+        again["warmup"]["learned_s"].as_u64().unwrap() >= 3,
+        "{again}"
+    );
     agent.stop();
 }

@@ -150,3 +150,53 @@ fn a_damaged_header_or_foreign_link_type_is_one_clear_error() {
     let _ = std::fs::remove_file(bad_magic);
     let _ = std::fs::remove_file(raw);
 }
+
+/// `replay --detect --baseline`: the host's baseline from captures of its normal traffic, as
+/// the agent fits it after its warm-up.
+#[test]
+fn a_baseline_keeps_the_unusual_attack_and_drops_what_the_host_does() {
+    let find = |sub: &str, name: &str| {
+        corpus_files(sub)
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains(name))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let alerts = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = replay(&[&["--detect"], args].concat());
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        flows_in(&out.stdout)
+    };
+    // A SYN flood against a host whose normal is web browsing: still alerted, on the attacker.
+    let flood = find("pcap/attack", "flood-syn--input");
+    let browsing = find("pcap/benign", "web-browsing--wikipedia");
+    let caught = alerts(&["--baseline", &browsing, &flood]);
+    assert!(
+        caught.iter().any(|a| a["flow"]["src_addr"] == "192.0.2.10"),
+        "{caught:?}"
+    );
+    // FabricPath frames that alert out of the box: with the capture itself as the host's
+    // normal, fewer of them alert (what alerted is not learnt; only the unusual remains).
+    let fabric = find("pcap/edge", "fabricpath");
+    let plain = alerts(&[&fabric]);
+    let learnt = alerts(&["--baseline", &fabric, &fabric]);
+    assert!(
+        learnt.len() < plain.len(),
+        "{} alerts with the baseline, {} without",
+        learnt.len(),
+        plain.len()
+    );
+    // Too little traffic to learn from is an error that says so.
+    let tiny = find("pcap/benign", "http--get");
+    let out = replay(&["--detect", "--baseline", &tiny, &flood]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("fewer than"),
+        "{stderr}"
+    );
+}

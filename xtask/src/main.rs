@@ -1,5 +1,5 @@
-//! Developer tasks: `cargo xtask setup | run | test | lab | train-default | eval | fuzz | bench | dist |
-//! check-cuda`.
+//! Developer tasks: `cargo xtask setup | run | test | lab | train-default | eval | eval-offlab |
+//! fuzz | bench | dist | check-cuda`.
 
 mod bench;
 mod cuda;
@@ -81,6 +81,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         extra: Vec<String>,
     },
+    /// Off the lab (../shared/EVALUATION.md): the embedded model over captures of networks it
+    /// never saw (the nDPI dev split, the shared corpus) and the lab recording's test split, out
+    /// of the box and after a warm-up; rewrites EVALUATION.md's "Off the lab" section (about a
+    /// minute). Extra arguments go to `detector eval-offlab`.
+    EvalOfflab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        extra: Vec<String>,
+    },
     /// Speed benchmarks against their baselines (root): XDP per-packet cost, ring buffer to
     /// score, scoring, end to end under flood, adaptation latency (BENCHMARKS.md).
     Bench {
@@ -141,6 +149,7 @@ fn task(task: Task) -> anyhow::Result<()> {
         Task::Bench { args } => bench::run(args),
         Task::CheckCuda => cuda::check(),
         Task::Eval { extra } => eval(&extra),
+        Task::EvalOfflab { extra } => eval_offlab(&extra),
         Task::Test { filter, no_lint } => {
             setup::all(true)?;
             if !no_lint {
@@ -174,18 +183,33 @@ fn task(task: Task) -> anyhow::Result<()> {
     }
 }
 
-/// `detector train` on the committed NSL-KDD import and every lab/recordings/default/*.dds, seed 1,
-/// one thread (same machine, same file), with input layers for the live feature sets.
-/// Meta-trains the embedded default model from data committed in the repository, from a
-/// fixed seed: NSL-KDD (detector/models/data) and the lab recording, whose every flow record
-/// becomes a row of the live feature set (flow features + context), exactly as the agent
-/// scores them.
+/// The shared folder beside the checkout (corpus, docs): $DETECTOR_SHARED_DIR or ../shared.
+fn shared_dir() -> anyhow::Result<PathBuf> {
+    let p = std::env::var_os("DETECTOR_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
+    if !p.join("corpus").is_dir() {
+        bail!(
+            "{} has no corpus/: set DETECTOR_SHARED_DIR to the folder that holds it",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Meta-trains the embedded default model from a fixed seed, on one thread (same machine, same
+/// file), from:
+/// - NSL-KDD (detector/models/data), its own feature set;
+/// - the live feature set (flow features + context, every record as the agent scores it): the
+///   lab recording's attacks and benign sessions, its test split left out (`--sessions train`:
+///   what `detector eval-offlab` scores), and benign traffic of many real networks, the train
+///   split of ../shared/corpus/offlab/ndpi (its dev split is never trained on).
 fn train_default(holdout: &[String], out: Option<PathBuf>) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "-p", "detector"]))?;
     let bin = root().join("target/release/detector");
     let work = root().join("target/train-default");
     std::fs::create_dir_all(&work)?;
-    let lab = work.join("lab-live.dds");
+    let live = work.join("live.dds");
     run(Command::new(&bin)
         // Unattributed records are the lab's own housekeeping (neighbour discovery, MLD):
         // benign, and a model that never saw them flags them as new.
@@ -195,23 +219,65 @@ fn train_default(holdout: &[String], out: Option<PathBuf>) -> anyhow::Result<()>
             "--rows",
             "all",
             "--keep-unattributed",
+            "--sessions",
+            "train",
         ])
         .arg(root().join("lab/recordings/default/records.jsonl.zst"))
         .arg("--out")
-        .arg(&lab))?;
+        .arg(&live))?;
+    run(Command::new(&bin)
+        .args(["dataset", "from-captures", "--label", "benign", "--append"])
+        .arg("--manifest")
+        .arg(shared_dir()?.join("corpus/offlab/ndpi/MANIFEST.tsv"))
+        .args(["--split", "train", "--out"])
+        .arg(&live))?;
     let out = out.unwrap_or_else(|| root().join("detector/models/default.safetensors"));
     let mut train = Command::new(&bin);
     train
         .args(["train", "--data"])
         .arg(root().join("detector/models/data/nsl-kdd-test.dds"))
-        .arg(&lab)
-        .args(["--seed", "1", "--out"])
+        .arg(&live)
+        // Two benign sources, many small sessions: more benign rows per episode (64 by
+        // default) so that each support set holds some of both.
+        .args(["--seed", "1", "--benign-shot", "128", "--out"])
         .arg(&out)
         .env("RAYON_NUM_THREADS", "1");
     for f in holdout {
         train.args(["--holdout-family", f]);
     }
     run(&mut train)
+}
+
+/// `cargo xtask eval-offlab`: `detector eval-offlab` on the nDPI dev split, the shared corpus
+/// and the lab recording's test split, with the embedded model; its report replaces the "Off
+/// the lab" section of EVALUATION.md (JSON in docs/eval/offlab.json).
+fn eval_offlab(extra: &[String]) -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "-p", "detector"]))?;
+    let shared = shared_dir()?;
+    let md = root().join("target/offlab.md");
+    run(Command::new(root().join("target/release/detector"))
+        .current_dir(root())
+        .arg("eval-offlab")
+        .arg("--ndpi")
+        .arg(shared.join("corpus/offlab/ndpi"))
+        .arg("--corpus")
+        .arg(shared.join("corpus"))
+        .arg("--lab")
+        .arg("lab/recordings/default/records.jsonl.zst")
+        .args(["--json", "docs/eval/offlab.json", "--markdown"])
+        .arg(&md)
+        .args(extra))?;
+    let report = std::fs::read_to_string(&md)?;
+    let path = root().join("EVALUATION.md");
+    let text = std::fs::read_to_string(&path)?;
+    let (begin, end) = ("<!-- offlab:begin -->", "<!-- offlab:end -->");
+    let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+        bail!("EVALUATION.md has no {begin} … {end} markers for the report");
+    };
+    let updated = format!("{}{begin}\n{report}{}", &text[..a], &text[b..]);
+    std::fs::write(&path, updated)?;
+    eprintln!("xtask: EVALUATION.md \"Off the lab\" rewritten");
+    Ok(())
 }
 
 /// `cargo xtask eval`: `detector eval` over the datasets committed in the repo, one held-out

@@ -73,6 +73,41 @@ pub enum DatasetCommand {
         /// Keep lab records no session explains (neighbour discovery, housekeeping) as benign.
         #[arg(long)]
         keep_unattributed: bool,
+        /// Which lab sessions become rows: all, or the training or test split (the test split,
+        /// every session `scenario/N` with N ≡ 3 mod 5, is what `detector eval-offlab` scores).
+        /// The others still feed the context windows.
+        #[arg(long, value_enum, default_value = "all")]
+        sessions: flows::Sessions,
+    },
+    /// Build a dataset of the live feature set from captures (pcap, pcapng): each replayed
+    /// through the kernel's flow logic as `detector replay` does, its records featurised with
+    /// fresh context windows as the agent does live, labelled as given; each file is a session.
+    FromCaptures {
+        /// Captures.
+        #[arg(value_name = "FILE", required_unless_present = "manifest")]
+        files: Vec<PathBuf>,
+        /// Also every file of this corpus manifest (MANIFEST.tsv) whose label is --label and
+        /// whose split is --split, each checked against its sha256.
+        #[arg(long, value_name = "PATH", requires = "split")]
+        manifest: Option<PathBuf>,
+        /// The manifest's split to take (e.g. train).
+        #[arg(long, value_name = "NAME", requires = "manifest")]
+        split: Option<String>,
+        /// Dataset file to write (replaced atomically).
+        #[arg(long, short, value_name = "PATH")]
+        out: PathBuf,
+        /// all: a row per record, as the agent scores them; final: a row per flow.
+        #[arg(long, value_enum, default_value = "all")]
+        rows: flows::Rows,
+        /// Label of every row.
+        #[arg(long, value_parser = ["benign", "attack"])]
+        label: String,
+        /// Family (default: benign, or other-attack).
+        #[arg(long)]
+        family: Option<String>,
+        /// Add the rows to the existing --out file instead of replacing it (same feature set).
+        #[arg(long)]
+        append: bool,
     },
     /// Print rows per family, attack and session, and per-feature ranges of dataset files.
     Stats {
@@ -121,6 +156,7 @@ pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
             family,
             session,
             keep_unattributed,
+            sessions,
         } => {
             let default_label = label.map(|l| {
                 let attack = l == "attack";
@@ -140,17 +176,58 @@ pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
                 rows,
                 default_label,
                 keep_unattributed,
+                sessions,
             };
             let (ds, sum) = flows::from_files(&files, &opts)?;
             ds.write(&out)?;
             println!(
-                "wrote {}: feature set {}, {} rows from {} flow records ({} unattributed skipped, {} other lines), sha256 {}",
+                "wrote {}: feature set {}, {} rows from {} flow records ({} unattributed skipped, {} outside the sessions asked for, {} other lines), sha256 {}",
                 out.display(),
                 ds.source,
                 sum.rows,
                 sum.records,
                 sum.skipped_unattributed,
+                sum.skipped_test_split,
                 sum.other_lines,
+                ds.digest()
+            );
+            Ok(())
+        }
+        DatasetCommand::FromCaptures {
+            mut files,
+            manifest,
+            split,
+            out,
+            rows,
+            label,
+            family,
+            append,
+        } => {
+            let attack = label == "attack";
+            if let (Some(m), Some(split)) = (&manifest, &split) {
+                files.extend(crate::offlab::manifest_files(m, split, &label)?);
+            }
+            let family =
+                family.unwrap_or_else(|| if attack { "other-attack" } else { "benign" }.into());
+            let flow = crate::config::Config::default().flow_config();
+            let (new, sum) = flows::from_captures(&files, rows, attack, &family, &flow)?;
+            let ds = if append && out.exists() {
+                let mut ds = Dataset::read(&out)?;
+                ds.append(&new)?;
+                ds
+            } else {
+                new
+            };
+            ds.write(&out)?;
+            println!(
+                "wrote {}: feature set {}, {} rows from {} flow records of {} captures ({} skipped; {} rows in all), sha256 {}",
+                out.display(),
+                ds.source,
+                sum.rows,
+                sum.records,
+                files.len() - sum.skipped_captures as usize,
+                sum.skipped_captures,
+                ds.rows(),
                 ds.digest()
             );
             Ok(())

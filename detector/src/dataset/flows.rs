@@ -43,15 +43,18 @@ pub struct FlowsOptions {
     pub default_label: Option<DefaultLabel>,
     /// Keep lab records labelled "unattributed" (as benign); else they are skipped.
     pub keep_unattributed: bool,
+    /// Which sessions become rows (the others still feed the context windows).
+    pub sessions: Sessions,
 }
 
 /// The `"lab"` object of a lab recording's record (see docs/lab.md).
-#[derive(Deserialize)]
-struct LabLabel {
-    label: String,
-    family: Option<String>,
-    variant: Option<String>,
-    session: Option<String>,
+#[derive(Clone, Debug, Deserialize)]
+pub struct LabLabel {
+    /// "attack", "benign" or "unattributed".
+    pub label: String,
+    pub family: Option<String>,
+    pub variant: Option<String>,
+    pub session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +69,10 @@ pub struct FlowsSummary {
     pub records: u64,
     pub rows: u64,
     pub skipped_unattributed: u64,
+    /// Records of sessions outside `FlowsOptions::sessions`.
+    pub skipped_test_split: u64,
+    /// Captures that could not be read ([`from_captures`]).
+    pub skipped_captures: u64,
     pub other_lines: u64,
 }
 
@@ -77,6 +84,84 @@ fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
         Box::new(f)
     };
     Ok(Box::new(BufReader::with_capacity(1 << 16, r)))
+}
+
+/// One flow record of a recording, with its lab label if it has one.
+pub struct LabeledRecord {
+    pub key: detector_common::flow::FlowKey,
+    pub state: detector_common::flow::FlowState,
+    pub reason: Reason,
+    pub is_final: bool,
+    /// The lab's label of a lab recording's record.
+    pub lab: Option<LabLabel>,
+}
+
+/// Calls `f` with every flow record of a JSON-lines file (optionally `.zst`), in order, and
+/// the place (`file:line`) it came from; other lines are counted in `other_lines`.
+pub fn for_each_record(
+    path: &Path,
+    other_lines: &mut u64,
+    mut f: impl FnMut(&str, LabeledRecord) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let reader = open(path)?;
+    for (n, line) in reader.lines().enumerate() {
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let line = line.with_context(at)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let head: Line =
+            serde_json::from_str(&line).with_context(|| format!("{}: not a JSON record", at()))?;
+        if head.kind != "flow" {
+            *other_lines += 1;
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(&line).with_context(at)?;
+        let json: FlowJson = serde_json::from_value(value.clone())
+            .with_context(|| format!("{}: not a flow record", at()))?;
+        let reason = reason_of(&json.reason)
+            .with_context(|| format!("{}: unknown reason {:?}", at(), json.reason))?;
+        let lab = match value.get("lab") {
+            Some(lab) => {
+                let lab: LabLabel = serde_json::from_value(lab.clone())
+                    .with_context(|| format!("{}: bad \"lab\" object", at()))?;
+                Some(lab)
+            }
+            None => None,
+        };
+        let (key, state) = json.to_state();
+        f(
+            &at(),
+            LabeledRecord {
+                key,
+                state,
+                reason,
+                is_final: json.is_final,
+                lab,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether a lab session (`scenario/N`) belongs to the recording's test split: the sessions
+/// N ≡ 3 (mod 5) — the third of each scenario, then every fifth — are never trained on
+/// (`cargo xtask train-default`) and are what `detector eval-offlab` scores of the lab.
+pub fn is_test_session(session: &str) -> bool {
+    session
+        .rsplit_once('/')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .is_some_and(|n| n % 5 == 3)
+}
+
+/// Which lab sessions become rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sessions {
+    All,
+    /// All but the test split ([`is_test_session`]).
+    Train,
+    /// Only the test split.
+    Test,
 }
 
 /// Builds one dataset of the live feature set from JSON-lines files (optionally `.zst`), read
@@ -91,65 +176,49 @@ pub fn from_files(
     for path in paths {
         // Context windows do not carry over between recordings.
         let mut fz = Featurizer::default();
-        let reader = open(path)?;
-        for (n, line) in reader.lines().enumerate() {
-            let at = || format!("{}:{}", path.display(), n + 1);
-            let line = line.with_context(at)?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let head: Line = serde_json::from_str(&line)
-                .with_context(|| format!("{}: not a JSON record", at()))?;
-            if head.kind != "flow" {
-                sum.other_lines += 1;
-                continue;
-            }
-            let value: serde_json::Value = serde_json::from_str(&line).with_context(at)?;
-            let json: FlowJson = serde_json::from_value(value.clone())
-                .with_context(|| format!("{}: not a flow record", at()))?;
-            let reason = reason_of(&json.reason)
-                .with_context(|| format!("{}: unknown reason {:?}", at(), json.reason))?;
+        let mut other = 0;
+        for_each_record(path, &mut other, |at, r| {
             sum.records += 1;
-            let (key, state) = json.to_state();
             // Every record feeds the context, whether or not it becomes a row.
-            fz.features(&key, &state, reason, &mut v);
-            if opts.rows == Rows::Final && !json.is_final {
-                continue;
+            fz.features(&r.key, &r.state, r.reason, &mut v);
+            if opts.rows == Rows::Final && !r.is_final {
+                return Ok(());
             }
-            let (label, family, attack, session) = match value.get("lab") {
-                Some(lab) => {
-                    let lab: LabLabel = serde_json::from_value(lab.clone())
-                        .with_context(|| format!("{}: bad \"lab\" object", at()))?;
-                    match lab.label.as_str() {
-                        "attack" | "benign" => {
-                            let attack = lab.label == "attack";
-                            let family = lab.family.unwrap_or_else(|| {
-                                if attack { "other-attack" } else { "benign" }.into()
-                            });
-                            (
-                                attack as u8,
-                                if attack {
-                                    family.clone()
-                                } else {
-                                    "benign".to_string()
-                                },
-                                lab.variant.unwrap_or(family),
-                                lab.session.unwrap_or_else(|| "none".into()),
-                            )
-                        }
-                        "unattributed" if opts.keep_unattributed => (
-                            0,
-                            "benign".into(),
-                            "unattributed".into(),
-                            "unattributed".into(),
-                        ),
-                        "unattributed" => {
-                            sum.skipped_unattributed += 1;
-                            continue;
-                        }
-                        other => bail!("{}: unknown lab label {other:?}", at()),
+            let (label, family, attack, session) = match r.lab {
+                Some(LabLabel {
+                    label,
+                    family,
+                    variant,
+                    session,
+                }) => match label.as_str() {
+                    "attack" | "benign" => {
+                        let attack = label == "attack";
+                        let family = family.unwrap_or_else(|| {
+                            if attack { "other-attack" } else { "benign" }.into()
+                        });
+                        (
+                            attack as u8,
+                            if attack {
+                                family.clone()
+                            } else {
+                                "benign".to_string()
+                            },
+                            variant.unwrap_or(family),
+                            session.unwrap_or_else(|| "none".into()),
+                        )
                     }
-                }
+                    "unattributed" if opts.keep_unattributed => (
+                        0,
+                        "benign".into(),
+                        "unattributed".into(),
+                        "unattributed".into(),
+                    ),
+                    "unattributed" => {
+                        sum.skipped_unattributed += 1;
+                        return Ok(());
+                    }
+                    other => bail!("{at}: unknown lab label {other:?}"),
+                },
                 None => match &opts.default_label {
                     Some(d) => (
                         d.attack as u8,
@@ -157,23 +226,88 @@ pub fn from_files(
                         d.family.clone(),
                         d.session.clone(),
                     ),
-                    None => bail!(
-                        "{}: record has no \"lab\" label; give --label and --family",
-                        at()
-                    ),
+                    None => bail!("{at}: record has no \"lab\" label; give --label and --family"),
                 },
             };
+            let wanted = match opts.sessions {
+                Sessions::All => true,
+                Sessions::Train => !is_test_session(&session),
+                Sessions::Test => is_test_session(&session),
+            };
+            if !wanted {
+                sum.skipped_test_split += 1;
+                return Ok(());
+            }
             ds.try_push(
                 &v,
                 label,
                 &family,
                 &attack,
                 &session,
-                Some(state.first_seen_ns),
+                Some(r.state.first_seen_ns),
             )
-            .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+            .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
             sum.rows += 1;
+            Ok(())
+        })?;
+        sum.other_lines += other;
+    }
+    Ok((ds, sum))
+}
+
+/// Builds one dataset of the live feature set from captures: each replayed through the
+/// kernel's flow logic (`replay`), its records featurised with fresh context windows, every
+/// record (or each flow's final one) a row labelled `label`, the capture's file name its
+/// session.
+pub fn from_captures(
+    paths: &[PathBuf],
+    rows: Rows,
+    attack: bool,
+    family: &str,
+    flow: &detector_common::flow::FlowConfig,
+) -> anyhow::Result<(Dataset, FlowsSummary)> {
+    let mut ds = Dataset::new(features::LIVE_FEATURE_SET, features::live_names());
+    let mut sum = FlowsSummary::default();
+    let mut v = vec![0f32; LIVE_COUNT];
+    for path in paths {
+        let session = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut fz = Featurizer::default();
+        let mut one = Dataset::new(features::LIVE_FEATURE_SET, features::live_names());
+        let (mut records, mut n) = (0, 0);
+        let replayed = crate::replay::replay_file(path, flow, |k, s, r| {
+            records += 1;
+            fz.features(k, s, r, &mut v);
+            if rows == Rows::Final && !r.is_final() {
+                return Ok(());
+            }
+            one.try_push(
+                &v,
+                attack as u8,
+                family,
+                family,
+                &session,
+                Some(s.first_seen_ns),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            n += 1;
+            Ok(())
+        });
+        // A capture replay cannot read (a link type it does not take) is named and left
+        // out, whole: the others still make the dataset.
+        if let Err(e) = replayed {
+            eprintln!("skipped {}: {e:#}", path.display());
+            sum.skipped_captures += 1;
+            continue;
         }
+        ds.append(&one)?;
+        sum.records += records;
+        sum.rows += n;
+    }
+    if ds.rows() == 0 && sum.skipped_captures > 0 {
+        bail!("none of the {} captures could be read", paths.len());
     }
     Ok((ds, sum))
 }
@@ -228,6 +362,7 @@ mod tests {
             rows: Rows::All,
             default_label: None,
             keep_unattributed: false,
+            sessions: Sessions::All,
         };
         let (ds, sum) = from_files(std::slice::from_ref(&p), &opts).unwrap();
         assert_eq!(
@@ -275,6 +410,7 @@ mod tests {
             rows: Rows::All,
             default_label: None,
             keep_unattributed: false,
+            sessions: Sessions::All,
         };
         let err = from_files(std::slice::from_ref(&p), &opts)
             .unwrap_err()

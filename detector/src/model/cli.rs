@@ -72,6 +72,13 @@ pub struct TrainArgs {
     /// The alert threshold keeps validation benign false alerts at or below this rate.
     #[arg(long, default_value_t = 1e-3)]
     pub target_fpr: f64,
+    /// Novelty reaches the alert threshold at this quantile of the benign distances.
+    #[arg(long, default_value_t = 0.999)]
+    pub novelty_quantile: f32,
+    /// Alert only on flows that are attack-like (probability) and unusual (novelty against
+    /// the benign prototypes); without it either part alone alerts.
+    #[arg(long)]
+    pub require_novelty: bool,
     /// Add an untrained input layer for this feature set although no data has it
     /// (`detector-flow-v1`, `detector-flowctx-v1`), so the agent can use the model and adapt it
     /// later.
@@ -101,8 +108,9 @@ impl TrainArgs {
                 hidden: self.hidden.clone(),
             },
             target_fpr: self.target_fpr,
+            novelty_quantile: self.novelty_quantile,
+            require_novelty: self.require_novelty,
             extra_feature_sets: self.add_feature_set.clone(),
-            ..TrainConfig::default()
         }
     }
 }

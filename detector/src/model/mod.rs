@@ -149,10 +149,17 @@ pub struct InputLayer {
 /// How the probability and the novelty make the final score.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoreRule {
-    /// Final score = max(probability, novelty_weight · novelty).
+    /// Novelty's share of the score: `novelty_weight · novelty` reaches the alert threshold
+    /// exactly at the benign quantile the model was trained with.
     pub novelty_weight: f32,
     /// A flow alerts when its final score ≥ this.
     pub alert_threshold: f32,
+    /// Attack-like and unusual: score = min(probability, novelty_weight · novelty), so a flow
+    /// alerts only when both parts reach the threshold. Otherwise (files without the field
+    /// too) either part alone: score = max(probability, novelty_weight · novelty). Without
+    /// prototypes the probability alone counts either way.
+    #[serde(default)]
+    pub require_novelty: bool,
 }
 
 impl Default for ScoreRule {
@@ -160,17 +167,22 @@ impl Default for ScoreRule {
         ScoreRule {
             novelty_weight: 0.5 / 0.999,
             alert_threshold: 0.5,
+            require_novelty: false,
         }
     }
 }
 
 impl ScoreRule {
-    /// Combines the parts; a missing part counts as 0.
+    /// Combines the parts; a missing part counts as 0, except a missing novelty under
+    /// `require_novelty`, which leaves the probability alone.
     #[inline]
     pub fn combine(&self, probability: Option<f32>, novelty: Option<f32>) -> f32 {
-        probability
-            .unwrap_or(0.0)
-            .max(self.novelty_weight * novelty.unwrap_or(0.0))
+        let p = probability.unwrap_or(0.0);
+        match novelty {
+            Some(n) if self.require_novelty => p.min(self.novelty_weight * n),
+            Some(n) => p.max(self.novelty_weight * n),
+            None => p,
+        }
     }
 }
 

@@ -71,6 +71,9 @@ pub struct TrainConfig {
     pub target_fpr: f64,
     /// Novelty alone reaches the alert threshold at this benign quantile.
     pub novelty_quantile: f32,
+    /// Alert only on flows that are attack-like and unusual ([`ScoreRule::require_novelty`]).
+    #[serde(default)]
+    pub require_novelty: bool,
     /// Known feature sets to give an (untrained) input layer although no data has them.
     pub extra_feature_sets: Vec<String>,
 }
@@ -95,6 +98,7 @@ impl Default for TrainConfig {
             arch: Arch::default(),
             target_fpr: 1e-3,
             novelty_quantile: 0.999,
+            require_novelty: false,
             extra_feature_sets: vec![],
         }
     }
@@ -400,7 +404,13 @@ pub fn train(
     // Validation logits per feature set: each has its own calibration and threshold (base
     // rates and score distributions differ between sources).
     let mut by_fs: BTreeMap<String, (Vec<f32>, Vec<u8>)> = BTreeMap::new();
-    for (p, sample) in prepared.iter().zip(&val_sample) {
+    // Calibration and threshold from datasets with attacks (those that trained the
+    // probability); a benign-only dataset describes normal traffic, for the prototypes.
+    for (p, sample) in prepared
+        .iter()
+        .zip(&val_sample)
+        .filter(|(p, _)| !p.usable.is_empty())
+    {
         let (logits, labels) = logits_of(&model, p, sample)?;
         if let Some(auc) = metrics::roc_auc(&logits, &labels) {
             metrics.insert(format!("val_auc/{}", p.ds.source), auc);
@@ -430,45 +440,46 @@ pub fn train(
             layer.rule = ScoreRule {
                 alert_threshold: threshold,
                 novelty_weight: threshold / cfg.novelty_quantile.clamp(0.5, 1.0),
+                require_novelty: cfg.require_novelty,
             };
         }
     }
-    for p in &prepared {
-        let fs = p.ds.source.clone();
-        if model.prototypes.contains_key(&fs) {
-            continue;
+    // Prototypes per feature set from the benign rows of every dataset of it (benign traffic
+    // of many networks: up to 4000 rows of each dataset), from training sessions; the benign
+    // distance distribution from validation sessions, so novelty is calibrated on benign
+    // traffic the prototypes have not seen.
+    let fs_names: Vec<String> = columns.keys().map(|s| s.to_string()).collect();
+    for fs in fs_names {
+        let (mut fit, mut refe) = (Vec::new(), Vec::new());
+        let (mut n_fit, mut n_ref) = (0, 0);
+        for p in prepared.iter().filter(|p| p.ds.source == fs) {
+            let benign_of = |rows: &[usize], rng: &mut ChaCha8Rng| {
+                let mut v: Vec<usize> = rows
+                    .iter()
+                    .copied()
+                    .filter(|&i| p.ds.label[i] == 0)
+                    .collect();
+                episodes::sample(&mut v, 4000, rng)
+            };
+            let benign = benign_of(&p.split.train, &mut rng);
+            let reference = benign_of(&p.split.val, &mut rng);
+            let embed = |rows: &[usize]| -> Result<Vec<f32>, ModelError> {
+                let x = gather(&p.x, p.d, rows);
+                let mut logits = vec![0f32; rows.len()];
+                let mut emb = vec![0f32; rows.len() * model.embed_dim()];
+                model
+                    .stack(&fs)?
+                    .forward(&x, rows.len(), &mut logits, Some(&mut emb));
+                Ok(emb)
+            };
+            fit.extend(embed(&benign)?);
+            refe.extend(embed(&reference)?);
+            n_fit += benign.len();
+            n_ref += reference.len();
         }
-        let mut benign: Vec<usize> = p
-            .split
-            .train
-            .iter()
-            .copied()
-            .filter(|&i| p.ds.label[i] == 0)
-            .collect();
-        let benign = episodes::sample(&mut benign, 4000, &mut rng);
-        let mut reference: Vec<usize> = p
-            .split
-            .val
-            .iter()
-            .copied()
-            .filter(|&i| p.ds.label[i] == 0)
-            .collect();
-        let reference = episodes::sample(&mut reference, 4000, &mut rng);
-        // Prototypes from training sessions; the benign distance distribution from validation
-        // sessions, so novelty is calibrated on benign traffic the prototypes have not seen.
-        let embed = |rows: &[usize]| -> Result<Vec<f32>, ModelError> {
-            let x = gather(&p.x, p.d, rows);
-            let mut logits = vec![0f32; rows.len()];
-            let mut emb = vec![0f32; rows.len() * model.embed_dim()];
-            model
-                .stack(&fs)?
-                .forward(&x, rows.len(), &mut logits, Some(&mut emb));
-            Ok(emb)
-        };
-        let (fit, refe) = (embed(&benign)?, embed(&reference)?);
-        if benign.len() >= novelty::MIN_ROWS {
+        if n_fit >= novelty::MIN_ROWS {
             let dim = model.embed_dim();
-            let pr = if reference.len() >= novelty::MIN_ROWS {
+            let pr = if n_ref >= novelty::MIN_ROWS {
                 Prototypes::fit_with_reference(&fit, &refe, dim, novelty::DEFAULT_K, &mut rng)
             } else {
                 Prototypes::fit(&fit, dim, novelty::DEFAULT_K, cfg.seed)

@@ -73,6 +73,10 @@ fn clamp_u16(x: f64) -> u16 {
 
 /// An arbitrary start time for rebuilt states (features hold durations, not times).
 const T0: u64 = 1_000_000_000_000;
+/// The round trip of rebuilt states, µs: features hold times in round trips. Rebuilt gaps are
+/// whole µs, so a rebuilt ratio is within about 2e-3 of the row's; the longest gaps seen in
+/// round trips of a veth (10⁶) still fit the state's counters.
+const UNIT_US: f64 = 1000.0;
 
 /// Rebuilds a flow key and state that give back the row's flow features (up to f32 rounding):
 /// addresses and ports are synthetic (only the protocol, the address family and the port's
@@ -116,7 +120,6 @@ pub fn state_from_features(cols: &Columns, v: &[f32]) -> (FlowKey, FlowState) {
         first_seen_ns: T0,
         ..Default::default()
     };
-    s.last_seen_ns = T0 + clamp_u64(g("duration_ns"));
     s.packets = [clamp_u64(g("packets_fwd")), clamp_u64(g("packets_rev"))];
     s.bytes = [clamp_u64(g("bytes_fwd")), clamp_u64(g("bytes_rev"))];
     s.payload_bytes = [
@@ -126,22 +129,39 @@ pub fn state_from_features(cols: &Columns, v: &[f32]) -> (FlowKey, FlowState) {
     let n = s.total_packets();
     s.min_len = clamp_u16(g("min_len"));
     s.max_len = clamp_u16(g("max_len"));
-    s.max_window = [
-        clamp_u16(g("max_window_fwd")),
-        clamp_u16(g("max_window_rev")),
-    ];
     s.retransmits = [
-        clamp_u32(g("retransmits_fwd")),
-        clamp_u32(g("retransmits_rev")),
+        clamp_u32(g("retransmit_share_fwd") * s.packets[FWD] as f64),
+        clamp_u32(g("retransmit_share_rev") * s.packets[REV] as f64),
     ];
-    s.iat_min_ns = clamp_u64(g("iat_min_ns"));
-    s.iat_max_ns = clamp_u64(g("iat_max_ns"));
+    // Times are in round trips: the rebuilt flow gets a round trip of `UNIT_US`. A flow
+    // without one keeps only the shape of its gaps, rebuilt around a mean gap of `UNIT_US`.
+    let rtt_known = g("rtt_known") > 0.5;
     if n > 1 {
-        // flow_features: var_us = sumsq / gaps − mean_us², std = √var.
         let gaps = (n - 1) as f64;
-        let mean_us = g("iat_mean_ns") / 1e3;
-        let std_us = g("iat_std_ns") / 1e3;
+        let (mean_us, std_us, max_us, min_us, duration_us) = if rtt_known {
+            (
+                g("iat_mean_rtts") * UNIT_US,
+                g("iat_std_rtts") * UNIT_US,
+                g("iat_max_rtts") * UNIT_US,
+                g("iat_min_rtts") * UNIT_US,
+                g("duration_rtts") * UNIT_US,
+            )
+        } else {
+            (
+                UNIT_US,
+                g("iat_cv") * UNIT_US,
+                g("iat_max_over_mean") * UNIT_US,
+                0.0,
+                UNIT_US * gaps,
+            )
+        };
+        s.last_seen_ns = T0 + clamp_u64(duration_us * 1e3);
+        s.iat_min_ns = clamp_u64(min_us * 1e3);
+        s.iat_max_ns = clamp_u64(max_us * 1e3);
+        // flow_features: var_us = sumsq / gaps − mean_us², std = √var.
         s.iat_sumsq_us = clamp_u64((std_us * std_us + mean_us * mean_us) * gaps);
+    } else {
+        s.last_seen_ns = T0;
     }
     s.icmp_type = clamp_u64(g("icmp_type")).min(255) as u8;
     s.icmp_code = clamp_u64(g("icmp_code")).min(255) as u8;
@@ -160,7 +180,7 @@ pub fn state_from_features(cols: &Columns, v: &[f32]) -> (FlowKey, FlowState) {
         let fixed = s.len_hist[top] as i64 + n as i64 - total as i64;
         s.len_hist[top] = fixed.clamp(0, u32::MAX as i64) as u32;
     }
-    const FLAGS: [&str; 8] = ["fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr"];
+    const FLAGS: [&str; 6] = ["fin", "syn", "rst", "psh", "ack", "urg"];
     for (d, dir) in [(FWD, "fwd"), (REV, "rev")] {
         for (bit, f) in FLAGS.iter().enumerate() {
             if g(&format!("tcp_{f}_{dir}")) > 0.5 {
@@ -174,7 +194,7 @@ pub fn state_from_features(cols: &Columns, v: &[f32]) -> (FlowKey, FlowState) {
         if size < 0.0 {
             s.first_dirs |= 1 << k;
         }
-        s.first_gaps_us[k] = clamp_u32(g(&format!("first_gap_us_{k}")));
+        s.first_gaps_us[k] = clamp_u32(g(&format!("first_gap_rtts_{k}")) * UNIT_US);
     }
     (key, s)
 }
@@ -482,11 +502,13 @@ mod tests {
         }
     }
 
+    /// A flow whose handshake takes one round trip of `UNIT_US` (800 + 200 µs), so that the
+    /// rebuilt state's times are the original's, in µs.
     fn original() -> Vec<Pkt> {
         vec![
             (true, 0, 0),
             (false, 0, 800),
-            (true, 0, 150),
+            (true, 0, 200),
             (true, 300, 90),
             (false, 1200, 2500),
             (false, 1200, 40),
@@ -525,8 +547,9 @@ mod tests {
             return;
         };
         let names = features::names();
-        let std_col = names.iter().position(|n| n == "iat_std_ns").unwrap();
-        let mean_col = names.iter().position(|n| n == "iat_mean_ns").unwrap();
+        let std_col = names.iter().position(|n| n == "iat_std_rtts").unwrap();
+        let mean_col = names.iter().position(|n| n == "iat_mean_rtts").unwrap();
+        let cv_col = names.iter().position(|n| n == "iat_cv").unwrap();
         let hist: Vec<usize> = (0..names.len())
             .filter(|&j| names[j].starts_with("len_hist_"))
             .collect();
@@ -544,10 +567,16 @@ mod tests {
                 if !even && hist.contains(&j) {
                     continue;
                 }
-                // The gap deviation comes back through a sum of squares rounded to whole µs²:
-                // within 1 µs, or 0.1% of the mean gap.
+                // The gap deviation comes back through a sum of squares (of the f32 mean and
+                // deviation, in a rebuilt round trip of UNIT_US): within 0.1% of the mean gap
+                // and of itself, or 1 µs; the same for the deviation's share of the mean.
                 let tol = if j == std_col {
-                    1e-3 * v[mean_col].abs() + 1000.0
+                    1e-3 * (v[mean_col].abs() + x.abs()) + 1.0 / UNIT_US as f32
+                } else if j == cv_col {
+                    2e-3 + 1e-3 * x.abs()
+                } else if names[j].contains("rtts") {
+                    // Gaps and the round trip rebuilt in whole µs.
+                    3e-3 * x.abs().max(1.0)
                 } else {
                     1e-3 * x.abs().max(1.0)
                 };

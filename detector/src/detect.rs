@@ -641,6 +641,26 @@ fn pipeline_for(model: &Model, path: ScorePath) -> anyhow::Result<Pipeline> {
     Ok(p)
 }
 
+/// Offline actions kept in memory (evaluation, warm-up, tests): alerts collected, nothing
+/// blocked.
+#[derive(Default)]
+pub struct CollectedAlerts {
+    pub alerts: Vec<AlertJson>,
+}
+
+impl Actions for CollectedAlerts {
+    fn blocked(&self, _: &BlockKey) -> bool {
+        false
+    }
+    fn block(&mut self, _: Block) -> anyhow::Result<()> {
+        anyhow::bail!("offline detection never blocks")
+    }
+    fn alert(&mut self, alert: &AlertJson) -> anyhow::Result<()> {
+        self.alerts.push(alert.clone());
+        Ok(())
+    }
+}
+
 /// Offline actions: shadow only, alerts to a writer.
 pub struct ShadowActions<'a> {
     pub out: &'a mut crate::output::JsonLines,

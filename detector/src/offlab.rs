@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     config::Config,
-    detect::{Actions, AlertJson, Detector},
+    detect::{AlertJson, CollectedAlerts, Detector},
     model::Model,
     record::FlowJson,
 };
@@ -78,25 +78,6 @@ pub struct SessionResult {
     pub attacker_alerted: bool,
 }
 
-/// Collects alerts in memory (offline: nothing is blocked).
-#[derive(Default)]
-struct Collect {
-    alerts: Vec<AlertJson>,
-}
-
-impl Actions for Collect {
-    fn blocked(&self, _: &detector_common::block::BlockKey) -> bool {
-        false
-    }
-    fn block(&mut self, _: crate::blocklist::Block) -> anyhow::Result<()> {
-        bail!("offline evaluation never blocks")
-    }
-    fn alert(&mut self, alert: &AlertJson) -> anyhow::Result<()> {
-        self.alerts.push(alert.clone());
-        Ok(())
-    }
-}
-
 /// The flow key of an alert's flow, to tell its flow apart.
 fn alert_flow(a: &AlertJson) -> String {
     let f = &a.flow;
@@ -122,20 +103,21 @@ pub fn run_unit(
         Mode::OutOfTheBox => 0,
         Mode::Warmup => n / 2,
     };
-    let mut col = Collect::default();
+    let mut col = CollectedAlerts::default();
     // Which records each alert came from: alerts are written in record order per flush, so
     // the flush boundaries map them back.
     let mut alert_rec: Vec<usize> = Vec::new();
     let mut batch_start = 0;
-    let mut flush = |det: &mut Detector, col: &mut Collect, upto: usize| -> anyhow::Result<()> {
-        let before = col.alerts.len();
-        det.flush(col)?;
-        for a in &col.alerts[before..] {
-            alert_rec.push(record_of(&unit.records[batch_start..upto], a) + batch_start);
-        }
-        batch_start = upto;
-        Ok(())
-    };
+    let mut flush =
+        |det: &mut Detector, col: &mut CollectedAlerts, upto: usize| -> anyhow::Result<()> {
+            let before = col.alerts.len();
+            det.flush(col)?;
+            for a in &col.alerts[before..] {
+                alert_rec.push(record_of(&unit.records[batch_start..upto], a) + batch_start);
+            }
+            batch_start = upto;
+            Ok(())
+        };
     for (i, r) in unit.records.iter().enumerate() {
         if mode == Mode::Warmup && i == counted_from {
             flush(&mut det, &mut col, i)?;

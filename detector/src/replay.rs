@@ -270,30 +270,36 @@ pub fn detect(
     let mut summaries = Vec::new();
     for file in &opts.files {
         let mut det = offline_detector(model.clone(), version.clone(), cfg, 0)?;
-        let mut alerts = 0u64;
-        let mut summary = replay_file(file, &opts.flow, |k, s, r| {
-            if det.push(k, s, r, None, Instant::now()) {
-                let mut act = ShadowActions {
-                    out: &mut out,
-                    alerts: 0,
-                };
-                det.flush(&mut act)?;
-                alerts += act.alerts;
-            }
-            Ok(())
-        })?;
         let mut act = ShadowActions {
             out: &mut out,
             alerts: 0,
         };
-        det.flush(&mut act)?;
-        alerts += act.alerts;
+        let mut summary = detect_file(file, &opts.flow, &mut det, &mut act)?;
+        summary.alerts = act.alerts;
         out.flush()?;
-        summary.alerts = alerts;
-        summary.thin_evidence = det.policy.thin_evidence;
         summaries.push(summary);
     }
     Ok(summaries)
+}
+
+/// One capture through `det` (featurise, batch, score, decide), every decision to `actions`;
+/// its summary, with the records held back for thin evidence.
+pub fn detect_file(
+    file: &Path,
+    flow: &FlowConfig,
+    det: &mut crate::detect::Detector,
+    actions: &mut dyn crate::detect::Actions,
+) -> anyhow::Result<FileSummary> {
+    let thin_before = det.policy.thin_evidence;
+    let mut summary = replay_file(file, flow, |k, s, r| {
+        if det.push(k, s, r, None, Instant::now()) {
+            det.flush(actions)?;
+        }
+        Ok(())
+    })?;
+    det.flush(actions)?;
+    summary.thin_evidence = det.policy.thin_evidence - thin_before;
+    Ok(summary)
 }
 
 /// The model with this host's baseline, fitted as at the end of the agent's warm-up on the
@@ -306,31 +312,12 @@ pub fn host_model(
     captures: &[PathBuf],
     flow: &FlowConfig,
 ) -> anyhow::Result<(std::sync::Arc<crate::model::Model>, String)> {
-    use crate::detect::Actions;
-
-    /// Warm-up alerts go nowhere.
-    struct Quiet;
-    impl Actions for Quiet {
-        fn blocked(&self, _: &detector_common::block::BlockKey) -> bool {
-            false
-        }
-        fn block(&mut self, _: crate::blocklist::Block) -> anyhow::Result<()> {
-            Ok(())
-        }
-        fn alert(&mut self, _: &crate::detect::AlertJson) -> anyhow::Result<()> {
-            Ok(())
-        }
-    }
     let mut det = offline_detector(model, version, cfg, cfg.adaptation.recent_records)?;
+    // Warm-up alerts are not reported.
+    let mut ignored = crate::detect::CollectedAlerts::default();
     for file in captures {
-        replay_file(file, flow, |k, s, r| {
-            if det.push(k, s, r, None, Instant::now()) {
-                det.flush(&mut Quiet)?;
-            }
-            Ok(())
-        })?;
+        detect_file(file, flow, &mut det, &mut ignored)?;
     }
-    det.flush(&mut Quiet)?;
     let min = crate::model::novelty::MIN_ROWS;
     if !crate::baseline::fit_now(&mut det, min, cfg.adaptation.host_novelty_quantile)? {
         bail!(

@@ -14,40 +14,37 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
     sync::Arc,
-    time::Instant,
 };
 
 use detector::{
-    blocklist::Block,
     config::Config,
-    detect::{Actions, AlertJson, Detector},
+    detect::{CollectedAlerts, Detector},
     dismissals::Dismissal,
     incidents::Selector,
     model::Model,
-    replay::{offline_detector, replay_file},
+    replay::{detect_file, offline_detector},
 };
-use detector_common::block::BlockKey;
 use integration_tests::{corpus_files, ndpi_files};
 
 /// The alerts of one pass: id, source, and the flow (5-tuple) each is about.
 #[derive(Default)]
 struct Collected(Vec<(String, IpAddr, String)>);
 
-impl Actions for Collected {
-    fn blocked(&self, _key: &BlockKey) -> bool {
-        false
-    }
-    fn block(&mut self, _block: Block) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn alert(&mut self, a: &AlertJson) -> anyhow::Result<()> {
-        let f = &a.flow;
-        let flow = format!(
-            "{}|{}|{}|{}|{}",
-            f.proto, f.src_addr, f.src_port, f.dst_addr, f.dst_port
-        );
-        self.0.push((a.id.clone(), f.src_addr, flow));
-        Ok(())
+impl From<CollectedAlerts> for Collected {
+    fn from(c: CollectedAlerts) -> Self {
+        Collected(
+            c.alerts
+                .into_iter()
+                .map(|a| {
+                    let f = &a.flow;
+                    let flow = format!(
+                        "{}|{}|{}|{}|{}",
+                        f.proto, f.src_addr, f.src_port, f.dst_addr, f.dst_port
+                    );
+                    (a.id.clone(), f.src_addr, flow)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -62,16 +59,9 @@ fn pass(
 ) -> Option<(Collected, Detector)> {
     let mut det = offline_detector(model.clone(), "base".into(), cfg, 1_000_000).unwrap();
     det.set_dismissed(dismissed);
-    let mut got = Collected::default();
-    replay_file(file, &cfg.flow_config(), |k, s, r| {
-        if det.push(k, s, r, None, Instant::now()) {
-            det.flush(&mut got)?;
-        }
-        Ok(())
-    })
-    .ok()?;
-    det.flush(&mut got).unwrap();
-    Some((got, det))
+    let mut got = CollectedAlerts::default();
+    detect_file(file, &cfg.flow_config(), &mut det, &mut got).ok()?;
+    Some((got.into(), det))
 }
 
 #[test]

@@ -16,39 +16,15 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
 };
 
 use detector::{
-    blocklist::Block,
     config::Config,
-    detect::{Actions, AlertJson},
+    detect::CollectedAlerts,
     model::Model,
-    replay::{offline_detector, replay_file},
+    replay::{detect_file, offline_detector},
 };
-use detector_common::block::BlockKey;
 use integration_tests::{corpus_files, ndpi_files, rewrite_pcap, unique};
-
-/// The flows (protocol and both endpoints) that alerted.
-#[derive(Default)]
-struct Flows(BTreeSet<String>);
-
-impl Actions for Flows {
-    fn blocked(&self, _: &BlockKey) -> bool {
-        false
-    }
-    fn block(&mut self, _: Block) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn alert(&mut self, a: &AlertJson) -> anyhow::Result<()> {
-        let f = &a.flow;
-        self.0.insert(format!(
-            "{} {}:{} -> {}:{}",
-            f.proto_name, f.src_addr, f.src_port, f.dst_addr, f.dst_port
-        ));
-        Ok(())
-    }
-}
 
 /// The default configuration with every time scale multiplied by `k`.
 fn scaled_config(k: f64) -> Config {
@@ -63,19 +39,24 @@ fn scaled_config(k: f64) -> Config {
     cfg
 }
 
-/// The alerted flows of one capture, None where replay cannot read it (link type).
+/// The alerted flows (protocol and both endpoints) of one capture, None where replay cannot
+/// read it (link type).
 fn alerted(file: &Path, cfg: &Config, model: &Arc<Model>) -> Option<BTreeSet<String>> {
     let mut det = offline_detector(model.clone(), "base".into(), cfg, 0).unwrap();
-    let mut got = Flows::default();
-    replay_file(file, &cfg.flow_config(), |k, s, r| {
-        if det.push(k, s, r, None, Instant::now()) {
-            det.flush(&mut got)?;
-        }
-        Ok(())
-    })
-    .ok()?;
-    det.flush(&mut got).unwrap();
-    Some(got.0)
+    let mut got = CollectedAlerts::default();
+    detect_file(file, &cfg.flow_config(), &mut det, &mut got).ok()?;
+    Some(
+        got.alerts
+            .iter()
+            .map(|a| {
+                let f = &a.flow;
+                format!(
+                    "{} {}:{} -> {}:{}",
+                    f.proto_name, f.src_addr, f.src_port, f.dst_addr, f.dst_port
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Offset of the TCP header's flags byte in an Ethernet frame (VLAN tags, IPv4 with options,

@@ -701,3 +701,71 @@ pub fn manifest_files(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(attack: bool, flows: u64, alerts: u64, attacker_alerted: bool) -> SessionResult {
+        SessionResult {
+            set: "s".into(),
+            unit: "u".into(),
+            session: "x".into(),
+            attack,
+            family: "f".into(),
+            flows,
+            alerts,
+            alerted_flows: alerts,
+            attacker: None,
+            attacker_alerted,
+        }
+    }
+
+    #[test]
+    fn totals_count_benign_events_per_flow_and_attacks_caught() {
+        let t = Totals::of(&[
+            result(false, 400, 0, false),
+            result(false, 600, 3, false),
+            result(true, 10, 2, true),
+            result(true, 10, 0, false),
+        ]);
+        assert_eq!((t.benign_sessions, t.benign_sessions_alerting), (2, 1));
+        assert_eq!(t.per_1000(), 3.0);
+        assert_eq!(
+            (
+                t.attack_sessions,
+                t.attack_sessions_alerted,
+                t.attacker_alerted
+            ),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_bad_manifest_is_an_error_naming_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("detector-offlab-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = dir.join("MANIFEST.tsv");
+        std::fs::write(&m, "file\tlabel\nx.pcap\tbenign\n").unwrap();
+        let e = format!("{:#}", manifest(&m).err().unwrap());
+        assert!(e.contains("MANIFEST.tsv") && e.contains("family"), "{e}");
+        std::fs::write(&m, "file\tlabel\tfamily\tsplit\nx.pcap\tbenign\n").unwrap();
+        let e = format!("{:#}", manifest(&m).err().unwrap());
+        assert!(
+            e.contains("MANIFEST.tsv:2") && e.contains("too few columns"),
+            "{e}"
+        );
+        // A file whose bytes are not the manifest's is refused by name.
+        std::fs::write(
+            &m,
+            "file\tlabel\tfamily\tsha256\tsplit\nx.pcap\tbenign\tweb\t00\ttrain\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("x.pcap"), b"not the same").unwrap();
+        let e = format!("{:#}", manifest_files(&m, "train", "benign").unwrap_err());
+        assert!(e.contains("x.pcap") && e.contains("sha256"), "{e}");
+        let e = format!("{:#}", manifest_files(&m, "dev", "benign").unwrap_err());
+        assert!(e.contains("no benign files in split dev"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

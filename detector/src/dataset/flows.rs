@@ -440,4 +440,21 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn the_test_split_is_every_session_three_mod_five() {
+        let test: Vec<&str> = [
+            "scan-syn/1",
+            "scan-syn/3",
+            "scan-syn/8",
+            "benign-dns/13",
+            "x/5",
+            "none",
+            "a/b",
+        ]
+        .into_iter()
+        .filter(|s| is_test_session(s))
+        .collect();
+        assert_eq!(test, ["scan-syn/3", "scan-syn/8", "benign-dns/13"]);
+    }
 }

@@ -65,11 +65,161 @@ pub enum Request {
 }
 
 /// A request with the channel its answer goes back on.
-pub type Envelope = (Request, oneshot::Sender<serde_json::Value>);
+pub type Envelope = (Request, oneshot::Sender<Response>);
+
+/// What the agent answers: one JSON object per line, `"ok": true` or `false` first.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    Failure(Failure),
+    Status(Box<Status>),
+    Dismissed(Dismissed),
+    Dismissals(DismissalList),
+    Withdrawn(Withdrawn),
+    History(History),
+    RolledBack(RolledBack),
+    Adapted(Adapted),
+}
+
+/// A refused or failed request.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub ok: bool,
+    pub error: String,
+}
 
 /// An error answer.
-pub fn error(msg: impl std::fmt::Display) -> serde_json::Value {
-    serde_json::json!({"ok": false, "error": msg.to_string()})
+pub fn error(msg: impl std::fmt::Display) -> Response {
+    Response::Failure(Failure {
+        ok: false,
+        error: msg.to_string(),
+    })
+}
+
+/// `status`: what is attached, what serves, what was read, scored, blocked and lost.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub ok: bool,
+    pub uptime_s: u64,
+    pub attached: Vec<String>,
+    /// The XDP mode each interface got.
+    pub xdp: Vec<XdpStatus>,
+    pub not_attached: Vec<String>,
+    pub model: String,
+    pub scoring_path: String,
+    pub policy: PolicyStatus,
+    pub records_read: u64,
+    pub records_per_s: f64,
+    pub scored: u64,
+    pub alerts_rate_limited: u64,
+    pub thin_evidence: u64,
+    pub blocks: Vec<BlockStatus>,
+    /// The kernel's counters by name, summed over CPUs.
+    pub kernel: std::collections::BTreeMap<String, u64>,
+    pub tracked_sources: usize,
+    pub recent_records: usize,
+    pub adaptations: u64,
+    /// Whether the serving model has this host's novelty prototypes.
+    pub novelty: bool,
+    pub warmup: WarmupStatus,
+    /// Whether only what is attack-like and unusual for this host alerts.
+    pub host_rule: bool,
+    pub dismissals: usize,
+    pub dismissed_alerts: u64,
+    /// Records of the last baseline fit.
+    pub baseline_rows: Option<usize>,
+}
+
+/// One interface's XDP attachment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct XdpStatus {
+    pub interface: String,
+    /// "native" or "skb".
+    pub mode: &'static str,
+    /// Why native mode was refused, where `auto` fell back to generic mode.
+    pub native_refused: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyStatus {
+    pub drop: crate::config::DropMode,
+    pub alert_threshold: f32,
+    pub drop_threshold: f32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockStatus {
+    pub what: String,
+    pub expires_unix_ns: u64,
+    pub alert_id: String,
+    pub family: String,
+}
+
+/// The host's warm-up (docs/model.md, "The host's baseline").
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WarmupStatus {
+    pub done: bool,
+    pub learned_s: u64,
+    pub needed_s: u64,
+}
+
+/// `dismiss`: the dismissal made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Dismissed {
+    pub ok: bool,
+    pub dismissal: String,
+    pub flows: usize,
+    pub dismissals: usize,
+}
+
+/// `dismissals`: those in force, without their exemplars.
+#[derive(Clone, Debug, Serialize)]
+pub struct DismissalList {
+    pub ok: bool,
+    pub dismissals: Vec<DismissalSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DismissalSummary {
+    pub id: String,
+    pub created_unix_ns: u64,
+    pub selected: String,
+    pub flows: usize,
+    pub exemplars: usize,
+}
+
+/// `undismiss`: the dismissal withdrawn.
+#[derive(Clone, Debug, Serialize)]
+pub struct Withdrawn {
+    pub ok: bool,
+    pub withdrawn: String,
+    pub dismissals: usize,
+}
+
+/// `model_history`.
+#[derive(Clone, Debug, Serialize)]
+pub struct History {
+    pub ok: bool,
+    pub current: String,
+    pub base: String,
+    pub history: Vec<crate::incidents::HistoryEntry>,
+}
+
+/// `model_rollback`: the model serving now.
+#[derive(Clone, Debug, Serialize)]
+pub struct RolledBack {
+    pub ok: bool,
+    pub model: String,
+}
+
+/// `incident`: the adapted model serving now, and the adaptation's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Adapted {
+    pub ok: bool,
+    pub model: String,
+    pub family: String,
+    pub flows: usize,
+    pub report: serde_json::Value,
 }
 
 /// Parses one request line; the error says what is wrong with it.
@@ -241,7 +391,11 @@ mod tests {
         tokio::spawn(serve(listener, tx));
         tokio::spawn(async move {
             while let Some((req, reply)) = rx.recv().await {
-                let _ = reply.send(serde_json::json!({"ok": true, "echo": format!("{req:?}")}));
+                // Any answer will do: the request's name travels in `model`.
+                let _ = reply.send(Response::RolledBack(RolledBack {
+                    ok: true,
+                    model: format!("{req:?}"),
+                }));
             }
         });
         let p = path.clone();
@@ -263,7 +417,7 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(v["echo"], "Status");
+            assert_eq!(v["model"], "Status");
         } else {
             assert!(garbage.contains("permission denied"), "{garbage}");
         }

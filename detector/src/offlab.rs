@@ -643,7 +643,7 @@ pub fn cli(a: OfflabArgs) -> anyhow::Result<()> {
         lab: a.lab,
     };
     let units = units(&src, &cfg.flow_config())?;
-    let (model, version) = crate::agent::base_model(&cfg)?;
+    let (model, version) = crate::model::serving::base_model(&cfg.scoring.model)?;
     let report = evaluate(&units, Arc::new(model), &version, &cfg)?;
     let md = markdown(&report);
     if let Some(p) = &a.json {

@@ -260,7 +260,7 @@ pub fn detect(
 
     use crate::{detect::ShadowActions, output::JsonLines};
 
-    let (model, version) = crate::agent::base_model(cfg)?;
+    let (model, version) = crate::model::serving::base_model(&cfg.scoring.model)?;
     let (model, version) = if baseline.is_empty() {
         (Arc::new(model), version)
     } else {

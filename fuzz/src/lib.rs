@@ -552,8 +552,9 @@ pub fn control_request(data: &[u8]) {
         }
         Err(e) => {
             let answer = detector::control::error(&e);
-            assert_eq!(answer["ok"], false);
-            serde_json::to_string(&answer).expect("the error answer serialises");
+            let text = serde_json::to_string(&answer).expect("the error answer serialises");
+            let v: serde_json::Value = serde_json::from_str(&text).expect("it is JSON");
+            assert_eq!(v["ok"], false, "{text}");
         }
     }
 }

@@ -67,7 +67,7 @@ fn pass(
 #[test]
 fn one_dismissal_per_capture_silences_its_source_and_is_measured_over_the_corpus() {
     let cfg = Config::default();
-    let (model, _) = detector::agent::base_model(&cfg).unwrap();
+    let (model, _) = detector::model::serving::base_model(&cfg.scoring.model).unwrap();
     let model = Arc::new(model);
     let mut report = serde_json::Map::new();
     let (mut other_before, mut other_after, mut freed) = (0usize, 0usize, 0usize);

@@ -101,7 +101,7 @@ fn variant(
 #[test]
 fn benign_captures_alert_on_the_same_flows_whatever_the_path_speed_or_ecn() {
     let cfg = Config::default();
-    let (model, _) = detector::agent::base_model(&cfg).unwrap();
+    let (model, _) = detector::model::serving::base_model(&cfg.scoring.model).unwrap();
     let model = Arc::new(model);
     let (mut checked, mut with_alerts) = (0, 0);
     let mut changed = Vec::new();

@@ -17,6 +17,7 @@ pub mod net;
 pub mod normalise;
 pub mod novelty;
 pub mod scorer;
+pub mod serving;
 pub mod train;
 
 use std::collections::BTreeMap;

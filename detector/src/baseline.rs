@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::{
-    detect::{Detector, Recent},
+    detect::Detector,
     features::{live_names, LIVE_FEATURE_SET},
     model::{Model, Rows},
+    recent::Recent,
 };
 
 /// Most rows a fit takes (an even spread over the recent records).

@@ -5,7 +5,6 @@
 
 use std::{
     collections::VecDeque,
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,9 +21,9 @@ use crate::{
     clock::TimeBase,
     features::{self, Featurizer, LIVE_COUNT, LIVE_FEATURE_SET},
     metrics::Metrics,
-    // The model's dot product: of two unit vectors, their cosine similarity.
-    model::{layers::dot, Contribution, Model, Pipeline, Rows, Score, ScorePath},
+    model::{Contribution, Model, Pipeline, Score, ScorePath},
     policy::{Decision, DropDecision, DropOutcome, Policy},
+    recent::{unit_embeddings, ExemplarIndex, Recent, DISMISSAL_SIMILARITY, FAMILY_SIMILARITY},
     record::{endpoints, FlowJson, ProcessRef},
 };
 
@@ -120,19 +119,6 @@ fn prefetch(p: *const u8, len: usize) {
     let _ = (p, len);
 }
 
-/// A scored record kept for incidents.
-#[derive(Clone, Debug)]
-pub struct Recent {
-    pub ts_unix_ns: u64,
-    /// The flow's initiator and responder.
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub key: FlowKey,
-    pub alert_id: Option<String>,
-    pub score: f32,
-    pub row: Box<[f32]>,
-}
-
 struct Pending {
     key: FlowKey,
     state: FlowState,
@@ -161,14 +147,13 @@ pub struct Detector {
     pub policy: Policy,
     /// Confirmed families, to name alerts ([`Detector::set_families`], [`Detector::add_family`]).
     families: Vec<FamilySignature>,
-    /// The families' exemplars embedded by the serving model (unit length, `embed_dim` each)
-    /// with the index of their family; built on the first alert after the model or the
-    /// families change, not for every alert.
-    exemplar_embeddings: Option<(Vec<f32>, Vec<usize>)>,
+    /// The families' exemplars embedded by the serving model; built on the first alert after
+    /// the model or the families change, not for every alert.
+    family_index: Option<ExemplarIndex>,
     /// Exemplar rows of the patterns the operator dismissed ([`crate::dismissals`]), and
     /// their embeddings under the serving model (unit length; built when first needed).
     dismissed: Vec<f32>,
-    dismissed_embeddings: Option<Vec<f32>>,
+    dismissed_index: Option<ExemplarIndex>,
     cfg: DetectConfig,
     time: TimeBase,
     batch: Vec<Pending>,
@@ -204,9 +189,9 @@ impl Detector {
             model_version,
             policy,
             families: Vec::new(),
-            exemplar_embeddings: None,
+            family_index: None,
             dismissed: Vec::new(),
-            dismissed_embeddings: None,
+            dismissed_index: None,
             batch: Vec::with_capacity(cfg.batch_size),
             values: Vec::with_capacity(cfg.batch_size * LIVE_COUNT),
             cfg,
@@ -244,22 +229,22 @@ impl Detector {
         self.score_path = path;
         self.model = model;
         self.model_version = version;
-        self.exemplar_embeddings = None;
-        self.dismissed_embeddings = None;
+        self.family_index = None;
+        self.dismissed_index = None;
         Ok(())
     }
 
     /// Replaces the confirmed families (at start and after a rollback).
     pub fn set_families(&mut self, families: Vec<FamilySignature>) {
         self.families = families;
-        self.exemplar_embeddings = None;
+        self.family_index = None;
     }
 
     /// Adds a confirmed family, replacing an earlier signature of the same name.
     pub fn add_family(&mut self, signature: FamilySignature) {
         self.families.retain(|f| f.family != signature.family);
         self.families.push(signature);
-        self.exemplar_embeddings = None;
+        self.family_index = None;
     }
 
     /// The confirmed families.
@@ -270,7 +255,7 @@ impl Detector {
     /// Replaces the dismissed patterns' exemplar rows (raw, concatenated).
     pub fn set_dismissed(&mut self, rows: Vec<f32>) {
         self.dismissed = rows;
-        self.dismissed_embeddings = None;
+        self.dismissed_index = None;
     }
 
     /// The scoring path in use.
@@ -495,50 +480,28 @@ impl Detector {
         self.pipeline.has_prototypes()
     }
 
-    /// The confirmed family with the most similar exemplar to this row (cosine ≥ 0.8), in the
-    /// serving model's embedding space: the space the model separates attacks in, where the
-    /// records of one family lie together even when raw features such as a source's context
-    /// differ between sessions.
+    /// The confirmed family with the most similar exemplar to this row (cosine ≥
+    /// [`FAMILY_SIMILARITY`]), in the serving model's embedding space: the space the model
+    /// separates attacks in, where the records of one family lie together even when raw
+    /// features such as a source's context differ between sessions.
     fn family_of(&mut self, row: &[f32]) -> String {
         if self.families.is_empty() {
             return "unknown".into();
         }
-        let d = self.model.embed_dim();
-        if self.exemplar_embeddings.is_none() {
-            let mut values = Vec::new();
-            let mut owner = Vec::new();
-            for (i, f) in self.families.iter().enumerate() {
-                let n = f.exemplars.len() / LIVE_COUNT;
-                values.extend_from_slice(&f.exemplars[..n * LIVE_COUNT]);
-                owner.extend(std::iter::repeat_n(i, n));
-            }
-            let Some(emb) = self.unit_embeddings(&values) else {
-                return "unknown".into();
-            };
-            self.exemplar_embeddings = Some((emb, owner));
+        if self.family_index.is_none() {
+            let owners: Vec<&[f32]> = self.families.iter().map(|f| &f.exemplars[..]).collect();
+            self.family_index = ExemplarIndex::build(&self.model, &self.pipeline.features, &owners);
         }
-        let Some(e0) = self.unit_embeddings(row) else {
-            return "unknown".into();
-        };
-        let Some((exemplars, owner)) = &self.exemplar_embeddings else {
-            return "unknown".into();
-        };
-        let mut best: Option<(f32, usize)> = None;
-        for (e, &i) in exemplars.chunks_exact(d).zip(owner) {
-            let sim = dot(e, &e0);
-            if sim >= 0.8 && best.is_none_or(|(s, _)| sim > s) {
-                best = Some((sim, i));
-            }
-        }
-        best.map_or_else(
-            || "unknown".into(),
-            |(_, i)| self.families[i].family.clone(),
-        )
+        let nearest = self.family_index.as_ref().and_then(|idx| {
+            let e = unit_embeddings(&self.model, &self.pipeline.features, row)?;
+            idx.nearest(&e, FAMILY_SIMILARITY)
+        });
+        nearest.map_or_else(|| "unknown".into(), |i| self.families[i].family.clone())
     }
 
     /// Per record of the batch: true when the policy would act on it (its score and evidence)
-    /// and its embedding lies within cosine [`crate::dismissals::SIMILARITY`] of a dismissed
-    /// exemplar. Only those records are embedded, in one call: none while nothing is dismissed.
+    /// and its embedding lies within cosine [`DISMISSAL_SIMILARITY`] of a dismissed exemplar.
+    /// Only those records are embedded, in one call: none while nothing is dismissed.
     fn dismissed_among(
         &mut self,
         batch: &[Pending],
@@ -555,75 +518,25 @@ impl Detector {
         if acts.is_empty() {
             return out;
         }
-        let d = self.model.embed_dim();
-        if self.dismissed_embeddings.is_none() {
-            let Some(emb) = self.unit_embeddings(&self.dismissed) else {
-                return out;
-            };
-            self.dismissed_embeddings = Some(emb);
+        if self.dismissed_index.is_none() {
+            self.dismissed_index =
+                ExemplarIndex::build(&self.model, &self.pipeline.features, &[&self.dismissed]);
         }
         let rows: Vec<f32> = acts
             .iter()
             .flat_map(|&i| values[i * LIVE_COUNT..(i + 1) * LIVE_COUNT].iter().copied())
             .collect();
-        let (Some(emb), Some(exemplars)) =
-            (self.unit_embeddings(&rows), &self.dismissed_embeddings)
-        else {
+        let (Some(emb), Some(idx)) = (
+            unit_embeddings(&self.model, &self.pipeline.features, &rows),
+            &self.dismissed_index,
+        ) else {
             return out;
         };
-        for (&i, e0) in acts.iter().zip(emb.chunks_exact(d)) {
-            out[i] = exemplars
-                .chunks_exact(d)
-                .any(|e| dot(e, e0) >= crate::dismissals::SIMILARITY);
+        for (&i, e) in acts.iter().zip(emb.chunks_exact(self.model.embed_dim())) {
+            out[i] = idx.nearest(e, DISMISSAL_SIMILARITY).is_some();
         }
         out
     }
-
-    /// [`Detector::embed`], each row's embedding scaled to unit length: what the cosine
-    /// comparisons with family and dismissed exemplars take.
-    fn unit_embeddings(&self, values: &[f32]) -> Option<Vec<f32>> {
-        let mut emb = self.embed(values)?;
-        emb.chunks_exact_mut(self.model.embed_dim()).for_each(unit);
-        Some(emb)
-    }
-
-    /// Embeddings of live-feature rows under the serving model; None when it fails.
-    fn embed(&self, values: &[f32]) -> Option<Vec<f32>> {
-        let rows = Rows {
-            feature_set: LIVE_FEATURE_SET,
-            features: &self.pipeline.features,
-            values,
-        };
-        self.model.forward(&rows).ok().map(|(_, emb)| emb)
-    }
-}
-
-/// Scales `v` to unit length (cosine similarity is then a dot product).
-fn unit(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
-    v.iter_mut().for_each(|x| *x /= n);
-}
-
-/// Rows kept per confirmed family to name later alerts.
-pub const SIGNATURE_EXEMPLARS: usize = 64;
-
-/// A signature from an incident's (or a dismissal's) rows: up to `max` of them (raw,
-/// concatenated), evenly spread; [`SIGNATURE_EXEMPLARS`] for a family. Exemplars rather than one
-/// mean: an incident's records are of several kinds (a flow's first packet, its reply, its end),
-/// and their mean resembles none of them.
-pub fn exemplars(rows: &[f32], max: usize) -> Vec<f32> {
-    let n = rows.len() / LIVE_COUNT;
-    let m = n.min(max);
-    if m == 0 {
-        return Vec::new();
-    }
-    // Row k·n/m, moved on by k mod (n/m): a fixed stride can fall in step with the records' own
-    // order (new, reply, early, final per flow) and take one kind only. Stays below n.
-    let stride = n / m;
-    (0..m)
-        .map(|k| k * n / m + k % stride)
-        .flat_map(|i| rows[i * LIVE_COUNT..(i + 1) * LIVE_COUNT].iter().copied())
-        .collect()
 }
 
 /// The scoring pipeline of the live feature set, or an error naming what the model has.
@@ -782,25 +695,5 @@ mod tests {
         assert_eq!(det.family_of(&big), "scan");
         det.set_families(vec![]);
         assert_eq!(det.family_of(&syn), "unknown");
-    }
-
-    #[test]
-    fn exemplars_take_every_kind_of_record_even_in_step_with_their_order() {
-        // Records in a period of four (a flow's new, reply, early, final), as incidents have
-        // them; 256 of them, 32 kept: a fixed stride of 8 would keep one kind only.
-        let rows: Vec<f32> = (0..256)
-            .flat_map(|i| std::iter::repeat_n((i % 4) as f32, LIVE_COUNT))
-            .collect();
-        let kept = exemplars(&rows, 32);
-        assert_eq!(kept.len(), 32 * LIVE_COUNT);
-        let kinds: std::collections::BTreeSet<u32> =
-            kept.chunks_exact(LIVE_COUNT).map(|r| r[0] as u32).collect();
-        assert_eq!(kinds.len(), 4, "kinds kept: {kinds:?}");
-        // Fewer rows than the cap: all of them, in order.
-        assert_eq!(
-            exemplars(&rows[..20 * LIVE_COUNT], 64),
-            rows[..20 * LIVE_COUNT]
-        );
-        assert!(exemplars(&[], 8).is_empty());
     }
 }

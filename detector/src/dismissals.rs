@@ -1,7 +1,7 @@
 //! Dismissals: flows the operator says were benign although the model alerted on them
 //! (`detector incident dismiss`). Up to [`EXEMPLARS`] of their flagged records are kept per
 //! dismissal. A later record that the policy would act on, and whose embedding under the serving
-//! model lies within cosine [`SIMILARITY`] of one of them, is neither alerted on nor dropped; it is
+//! model lies within cosine [`crate::recent::DISMISSAL_SIMILARITY`] of one of them, is neither alerted on nor dropped; it is
 //! counted (`dismissed_alerts`). The check comes before the policy, so a dismissed record takes
 //! no cooldown or rate-limit token that a real alert from the same source would then lack.
 //!
@@ -24,14 +24,11 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    detect::Recent,
     features::LIVE_COUNT,
     incidents::{self, Selector},
+    recent::Recent,
 };
 
-/// Cosine similarity at which an alert counts as a dismissed pattern. Stricter than the 0.8 that
-/// names an alert's family: a dismissal silences, so it must match closely.
-pub const SIMILARITY: f32 = 0.9;
 /// Reserved: no confirmed family may take this name (it would read as a dismissal).
 pub const FAMILY: &str = "dismissed";
 /// At most this many dismissals are kept; the oldest goes first.
@@ -74,7 +71,7 @@ impl Dismissal {
             created_unix_ns,
             selected: sel.to_string(),
             flows: support.flows,
-            exemplars: crate::detect::exemplars(&support.positives, EXEMPLARS),
+            exemplars: crate::recent::exemplars(&support.positives, EXEMPLARS),
         })
     }
 }

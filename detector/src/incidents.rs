@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    detect::Recent,
     features::{live_names, LIVE_FEATURE_SET},
     model::{adapt, AdaptConfig, Adapted, Model, Rows},
+    recent::Recent,
     state::write_atomic,
 };
 

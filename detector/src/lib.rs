@@ -21,6 +21,7 @@ pub mod offlab;
 pub mod output;
 pub mod pcap;
 pub mod policy;
+pub mod recent;
 pub mod record;
 pub mod replay;
 pub mod sockets;

@@ -11,11 +11,12 @@ use crate::{
     clock::{self, TimeBase},
     config::Config,
     control::{self, Adapted, History, Response, RolledBack},
-    detect::{self, Detector, FamilySignature},
+    detect::{Detector, FamilySignature},
     dismissals,
     incidents::{self, HistoryEntry, ModelStore, Selector},
     metrics::Metrics,
     model::{Model, ScorePath},
+    recent,
 };
 
 /// A finished adaptation, with the request's answer channel.
@@ -148,7 +149,7 @@ impl Models {
         };
         self.adapting = true;
         let model = detector.model().clone();
-        let signature = detect::exemplars(&support.positives, detect::SIGNATURE_EXEMPLARS);
+        let signature = recent::exemplars(&support.positives, recent::SIGNATURE_EXEMPLARS);
         let tx = self.tx.clone();
         info!(%family, flows = support.flows, "incident confirmed: adapting");
         tokio::task::spawn_blocking(move || {

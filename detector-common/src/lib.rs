@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod flow;
+pub mod key;
 pub mod packet;
 pub mod proc;
 

@@ -6,7 +6,7 @@
 //! does packet-pointer arithmetic that the verifier would have to prove safe; in user space it
 //! is a slice copy. Both sides therefore run this exact code.
 
-use crate::flow::FlowKey;
+use crate::key::FlowKey;
 
 /// Access to the bytes of one packet, starting at the Ethernet header.
 pub trait PacketBytes {

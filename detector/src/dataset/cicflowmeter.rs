@@ -13,7 +13,7 @@ use csv::ByteRecord;
 
 use super::{
     families::LabelTable,
-    import::{days_from_civil, header_names, require_columns, text, CellError, RowBuf, RowParser},
+    rows::{days_from_civil, header_names, require_columns, text, CellError, RowBuf, RowParser},
 };
 
 /// Feature-set name.
@@ -128,6 +128,12 @@ struct CicParser {
     dst_ip: Option<usize>,
     timestamp: Option<usize>,
     ignored: Vec<String>,
+}
+
+/// Whether a first line looks like a CICFlowMeter header.
+pub(crate) fn sniff(fields: &[String]) -> bool {
+    let has = |name: &str| fields.iter().any(|f| f == name);
+    has("flow duration") || has("fwd header length") || has("flow id")
 }
 
 /// Builds the parser from the header row (this layout always has one).

@@ -10,7 +10,7 @@ use csv::ByteRecord;
 
 use super::{
     families::LabelTable,
-    import::{one_hot, one_hot_names, text, CellError, RowBuf, RowParser},
+    rows::{one_hot, one_hot_names, text, CellError, RowBuf, RowParser},
 };
 
 /// Feature-set name of every KDD file.
@@ -167,6 +167,14 @@ pub fn feature_names() -> Vec<String> {
 struct KddParser {
     columns: Vec<String>,
     features: Vec<String>,
+}
+
+/// Whether a first line looks like NSL-KDD / KDD Cup 99: its header, or a headerless row (41
+/// features, a label, maybe a difficulty: a protocol name in field 2).
+pub(crate) fn sniff(fields: &[String]) -> bool {
+    let has = |name: &str| fields.iter().any(|f| f == name);
+    fields.first().is_some_and(|f| f == "duration") && has("protocol_type")
+        || (42..=43).contains(&fields.len()) && matches!(fields[1].as_str(), "tcp" | "udp" | "icmp")
 }
 
 /// Builds the parser from the first record; the bool says whether it was a header row.

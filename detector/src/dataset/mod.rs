@@ -9,6 +9,7 @@ pub mod flows;
 pub mod import;
 pub mod kdd;
 pub mod nfv2;
+pub mod rows;
 pub mod stats;
 pub mod unsw;
 

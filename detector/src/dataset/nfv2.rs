@@ -11,9 +11,7 @@ use csv::ByteRecord;
 
 use super::{
     families::{normalise_label, LabelTable},
-    import::{
-        header_names, parse_binary_label, require_columns, text, CellError, RowBuf, RowParser,
-    },
+    rows::{header_names, parse_binary_label, require_columns, text, CellError, RowBuf, RowParser},
 };
 
 /// Feature-set name.
@@ -98,6 +96,12 @@ struct NfParser {
     attack: usize,
     start: Option<usize>,
     ignored: Vec<String>,
+}
+
+/// Whether a first line looks like NF-v2 NetFlow (its nProbe columns).
+pub(crate) fn sniff(fields: &[String]) -> bool {
+    let has = |name: &str| fields.iter().any(|f| f == name);
+    has("ipv4_src_addr") || has("in_bytes") && has("l7_proto")
 }
 
 /// Builds the parser from the header row (NF-v2 files always have one).

@@ -13,7 +13,7 @@ use csv::ByteRecord;
 
 use super::{
     families::{normalise_label, LabelTable},
-    import::{
+    rows::{
         header_names, one_hot, one_hot_names, parse_binary_label, text, CellError, RowBuf,
         RowParser, SanitisedKind,
     },
@@ -194,6 +194,16 @@ struct UnswParser {
     addresses: Option<(usize, usize)>,
     stime: Option<usize>,
     features: Vec<String>,
+}
+
+/// Whether a first line looks like UNSW-NB15: a header of its columns, or a headerless row of
+/// the 49-column files (they start with an address).
+pub(crate) fn sniff(fields: &[String]) -> bool {
+    let has = |name: &str| fields.iter().any(|f| f == name);
+    has("attack_cat")
+        || has("dsport")
+        || has("sbytes")
+        || fields.len() == FULL_COLUMNS.len() && fields[0].parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Builds the parser from the first record (a header row, or a data row of a headerless

@@ -121,7 +121,11 @@ pub fn fit_now(detector: &mut Detector, min: usize, quantile: f32) -> anyhow::Re
     let done = job.run();
     let model = done.result?;
     let version = format!("{}+host", done.version);
-    detector.set_model(std::sync::Arc::new(model), version, path)?;
+    detector.set_model(crate::detect::Serving {
+        model: std::sync::Arc::new(model),
+        version,
+        path,
+    })?;
     Ok(true)
 }
 

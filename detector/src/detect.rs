@@ -22,7 +22,7 @@ use crate::{
     features::{self, Featurizer, LIVE_COUNT, LIVE_FEATURE_SET},
     metrics::Metrics,
     model::{Contribution, Model, Pipeline, Score, ScorePath},
-    policy::{Decision, DropDecision, DropOutcome, Policy},
+    policy::{Candidate, Decision, DropDecision, DropOutcome, Policy},
     recent::{unit_embeddings, ExemplarIndex, Recent, DISMISSAL_SIMILARITY, FAMILY_SIMILARITY},
     record::{endpoints, FlowJson, ProcessRef},
 };
@@ -53,6 +53,14 @@ impl Default for DetectConfig {
             context: crate::context::ContextConfig::default(),
         }
     }
+}
+
+/// A model as it serves: the model, the version that names it, and the path it scores on.
+#[derive(Clone)]
+pub struct Serving {
+    pub model: Arc<Model>,
+    pub version: String,
+    pub path: ScorePath,
 }
 
 /// An alert event (one JSON line).
@@ -168,17 +176,23 @@ pub struct Detector {
 impl Detector {
     /// A detector over `model` (which must have the live feature set's input layer).
     pub fn new(
-        model: Arc<Model>,
-        model_version: String,
-        path: ScorePath,
+        serving: Serving,
         policy: Policy,
         cfg: DetectConfig,
         time: TimeBase,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let Serving {
+            model,
+            version: model_version,
+            path,
+        } = serving;
         let pipeline = pipeline_for(&model, path)?;
         let mut policy = policy;
         policy.set_model_threshold(pipeline.rule().alert_threshold);
+        if cfg.forced_shadow {
+            policy.force_shadow();
+        }
         let start = TimeBase::monotonic().to_unix_ns(crate::clock::monotonic_ns()) / 1_000_000_000;
         let recent = cfg.recent;
         Ok(Self {
@@ -216,12 +230,12 @@ impl Detector {
     }
 
     /// Swaps in another model (after adaptation or rollback); batches in flight finish first.
-    pub fn set_model(
-        &mut self,
-        model: Arc<Model>,
-        version: String,
-        path: ScorePath,
-    ) -> anyhow::Result<()> {
+    pub fn set_model(&mut self, serving: Serving) -> anyhow::Result<()> {
+        let Serving {
+            model,
+            version,
+            path,
+        } = serving;
         let pipeline = pipeline_for(&model, path)?;
         self.policy
             .set_model_threshold(pipeline.rule().alert_threshold);
@@ -347,16 +361,15 @@ impl Detector {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Decision::default()
             } else {
-                self.policy.decide(
+                self.policy.decide(&Candidate {
                     src,
-                    &target_key,
-                    s.score,
-                    p.evidence,
-                    p.state.last_seen_ns,
+                    target: &target_key,
+                    score: s.score,
+                    evidence: p.evidence,
+                    now_ns: p.state.last_seen_ns,
                     // The blocklist is asked only where a drop could follow.
-                    self.policy.may_drop(s.score) && actions.blocked(&target_key),
-                    self.cfg.forced_shadow,
-                )
+                    blocked: self.policy.may_drop(s.score) && actions.blocked(&target_key),
+                })
             };
             let mut alert_id = None;
             if d.alert {
@@ -613,9 +626,11 @@ mod tests {
             ..Default::default()
         };
         let mut det = Detector::new(
-            Arc::new(crate::model::default_model().unwrap()),
-            "test".into(),
-            ScorePath::Reference,
+            Serving {
+                model: Arc::new(crate::model::default_model().unwrap()),
+                version: "test".into(),
+                path: ScorePath::Reference,
+            },
             Policy::new(Default::default(), vec![]),
             DetectConfig {
                 context,
@@ -645,9 +660,11 @@ mod tests {
     #[test]
     fn alerts_are_named_by_the_nearest_confirmed_family_and_a_new_signature_is_used() {
         let mut det = Detector::new(
-            Arc::new(crate::model::default_model().unwrap()),
-            "test".into(),
-            ScorePath::Reference,
+            Serving {
+                model: Arc::new(crate::model::default_model().unwrap()),
+                version: "test".into(),
+                path: ScorePath::Reference,
+            },
             Policy::new(Default::default(), vec![]),
             DetectConfig::default(),
             TimeBase::Unix,

@@ -125,6 +125,26 @@ pub struct Policy {
     /// would be (the blocked source would not be seen again).
     shadow: HashMap<BlockKey, u64, Keyed>,
     last_prune_ns: u64,
+    /// Drops become shadow drops whatever `drop` says (offline detection never touches a
+    /// kernel).
+    forced_shadow: bool,
+}
+
+/// One scored record, as the policy judges it.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// The flow's initiator.
+    pub src: IpAddr,
+    /// What a drop would block.
+    pub target: &'a BlockKey,
+    pub score: f32,
+    /// What the score rests on: the flow's packets and the other flows of its source and
+    /// service.
+    pub evidence: u64,
+    /// The record's time (the flow's last packet).
+    pub now_ns: u64,
+    /// A kernel entry for `target` is already active.
+    pub blocked: bool,
 }
 
 impl Policy {
@@ -143,7 +163,13 @@ impl Policy {
             cooldowns: HashMap::default(),
             shadow: HashMap::default(),
             last_prune_ns: 0,
+            forced_shadow: false,
         }
+    }
+
+    /// From now on every drop is a shadow drop (offline detection).
+    pub fn force_shadow(&mut self) {
+        self.forced_shadow = true;
     }
 
     /// The configuration in force.
@@ -188,21 +214,16 @@ impl Policy {
         self.cfg.drop != DropMode::Off && score >= self.cfg.drop_threshold
     }
 
-    /// Decides for one record whose initiator is `src`; `target` is what a drop would block.
-    /// `evidence` is what the score rests on (the flow's packets and the other flows of its
-    /// source and service). `blocked` says whether a kernel entry for it is already active.
-    /// `forced_shadow` turns drops into shadow drops (offline detection never touches a kernel).
-    #[allow(clippy::too_many_arguments)]
-    pub fn decide(
-        &mut self,
-        src: IpAddr,
-        target: &BlockKey,
-        score: f32,
-        evidence: u64,
-        now_ns: u64,
-        blocked: bool,
-        forced_shadow: bool,
-    ) -> Decision {
+    /// Decides for one record.
+    pub fn decide(&mut self, c: &Candidate<'_>) -> Decision {
+        let Candidate {
+            src,
+            target,
+            score,
+            evidence,
+            now_ns,
+            blocked,
+        } = *c;
         let mut d = Decision::default();
         if score >= self.alert_threshold().min(self.cfg.drop_threshold)
             && evidence < u64::from(self.cfg.min_evidence)
@@ -238,7 +259,7 @@ impl Policy {
                 DropOutcome::AlreadyBlocked
             } else if !self.bucket.take(now_ns) {
                 DropOutcome::RateLimited
-            } else if self.cfg.drop == DropMode::Shadow || forced_shadow {
+            } else if self.cfg.drop == DropMode::Shadow || self.forced_shadow {
                 let ttl = self.cfg.drop_ttl.0.as_nanos() as u64;
                 self.shadow.insert(*target, now_ns.saturating_add(ttl));
                 DropOutcome::Shadow
@@ -303,6 +324,24 @@ mod tests {
         )
     }
 
+    /// A record of `src` (not already blocked) for `decide`.
+    fn cand(
+        src: IpAddr,
+        target: &BlockKey,
+        score: f32,
+        evidence: u64,
+        now_ns: u64,
+    ) -> Candidate<'_> {
+        Candidate {
+            src,
+            target,
+            score,
+            evidence,
+            now_ns,
+            blocked: false,
+        }
+    }
+
     fn policy(mode: DropMode) -> Policy {
         let cfg = PolicySection {
             alert_threshold: Some(0.5),
@@ -321,28 +360,15 @@ mod tests {
         let mut p = policy(DropMode::Off);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(!p.decide(&cand(a, &t(&a.to_string()), 0.4, 10, S)).alert);
+        assert!(p.decide(&cand(a, &t(&a.to_string()), 0.6, 10, S)).alert);
+        assert!(!p.decide(&cand(a, &t(&a.to_string()), 0.7, 10, 2 * S)).alert);
+        assert!(!p.decide(&cand(a, &t(&a.to_string()), 0.7, 10, 3 * S)).alert);
         assert!(
-            !p.decide(a, &t(&a.to_string()), 0.4, 10, S, false, false)
-                .alert
-        );
-        assert!(
-            p.decide(a, &t(&a.to_string()), 0.6, 10, S, false, false)
-                .alert
-        );
-        assert!(
-            !p.decide(a, &t(&a.to_string()), 0.7, 10, 2 * S, false, false)
-                .alert
-        );
-        assert!(
-            !p.decide(a, &t(&a.to_string()), 0.7, 10, 3 * S, false, false)
-                .alert
-        );
-        assert!(
-            p.decide(b, &t(&b.to_string()), 0.7, 10, 3 * S, false, false)
-                .alert,
+            p.decide(&cand(b, &t(&b.to_string()), 0.7, 10, 3 * S)).alert,
             "other sources are not held back"
         );
-        let d = p.decide(a, &t(&a.to_string()), 0.7, 10, 12 * S, false, false);
+        let d = p.decide(&cand(a, &t(&a.to_string()), 0.7, 10, 12 * S));
         assert!(d.alert);
         assert_eq!(d.suppressed, 2);
         assert_eq!(d.drop, None, "drops are off");
@@ -363,8 +389,7 @@ mod tests {
         let written = (0..50u8)
             .filter(|i| {
                 let src: IpAddr = format!("198.51.100.{i}").parse().unwrap();
-                p.decide(src, &t(&src.to_string()), 0.9, 10, S, false, false)
-                    .alert
+                p.decide(&cand(src, &t(&src.to_string()), 0.9, 10, S)).alert
             })
             .count();
         assert_eq!(written, 3, "the burst, then nothing");
@@ -372,7 +397,7 @@ mod tests {
         // Two seconds later the bucket has refilled by four, capped at the burst; a held-back
         // source reports what it missed.
         let src: IpAddr = "198.51.100.10".parse().unwrap();
-        let d = p.decide(src, &t(&src.to_string()), 0.9, 10, 3 * S, false, false);
+        let d = p.decide(&cand(src, &t(&src.to_string()), 0.9, 10, 3 * S));
         assert!(d.alert);
         assert_eq!(d.suppressed, 1);
     }
@@ -382,15 +407,13 @@ mod tests {
         let mut p = policy(DropMode::Drop);
         let out = |d: Decision| d.drop.map(|x| x.outcome);
         assert_eq!(
-            out(p.decide(
+            out(p.decide(&cand(
                 "10.1.2.3".parse().unwrap(),
                 &t("10.1.2.3"),
                 0.99,
                 10,
-                S,
-                false,
-                false
-            )),
+                S
+            ))),
             Some(DropOutcome::Allowlisted)
         );
         for infra in [
@@ -403,134 +426,118 @@ mod tests {
             "224.0.0.251",
         ] {
             assert_eq!(
-                out(p.decide(infra.parse().unwrap(), &t(infra), 0.99, 10, S, false, false)),
+                out(p.decide(&cand(infra.parse().unwrap(), &t(infra), 0.99, 10, S))),
                 Some(DropOutcome::Allowlisted),
                 "{infra} is never dropped"
             );
         }
         assert_eq!(
-            out(p.decide(
+            out(p.decide(&cand(
                 "192.0.2.9".parse().unwrap(),
                 &t("192.0.2.9"),
                 0.8,
                 10,
-                S,
-                false,
-                false
-            )),
+                S
+            ))),
             None,
             "below the drop threshold"
         );
         assert_eq!(
-            out(p.decide(
+            out(p.decide(&cand(
                 "192.0.2.1".parse().unwrap(),
                 &t("192.0.2.1"),
                 0.99,
                 10,
-                S,
-                false,
-                false
-            )),
+                S
+            ))),
             Some(DropOutcome::Dropped)
         );
         assert_eq!(
-            out(p.decide(
+            out(p.decide(&cand(
                 "192.0.2.2".parse().unwrap(),
                 &t("192.0.2.2"),
                 0.99,
                 10,
-                S,
-                false,
-                false
-            )),
+                S
+            ))),
             Some(DropOutcome::Dropped)
         );
         assert_eq!(
-            out(p.decide(
+            out(p.decide(&cand(
                 "192.0.2.3".parse().unwrap(),
                 &t("192.0.2.3"),
                 0.99,
                 10,
-                S,
-                false,
-                false
-            )),
+                S
+            ))),
             Some(DropOutcome::RateLimited),
             "burst of 2"
         );
         assert_eq!(
-            out(p.decide(
+            out(p.decide(&cand(
                 "192.0.2.3".parse().unwrap(),
                 &t("192.0.2.3"),
                 0.99,
                 10,
-                2 * S,
-                false,
-                false
-            )),
+                2 * S
+            ))),
             Some(DropOutcome::Dropped),
             "1/s refills"
         );
         assert_eq!(
-            out(p.decide(
-                "192.0.2.1".parse().unwrap(),
-                &t("192.0.2.1"),
-                0.99,
-                10,
-                9 * S,
-                true,
-                false
-            )),
+            out(p.decide(&Candidate {
+                blocked: true,
+                ..cand(
+                    "192.0.2.1".parse().unwrap(),
+                    &t("192.0.2.1"),
+                    0.99,
+                    10,
+                    9 * S
+                )
+            })),
             Some(DropOutcome::AlreadyBlocked)
         );
+        p.force_shadow();
         assert_eq!(
-            out(p.decide(
+            out(p.decide(&cand(
                 "192.0.2.4".parse().unwrap(),
                 &t("192.0.2.4"),
                 0.99,
                 10,
-                20 * S,
-                false,
-                true
-            )),
+                20 * S
+            ))),
             Some(DropOutcome::Shadow),
             "forced shadow"
         );
         let mut shadow = policy(DropMode::Shadow);
-        let d = shadow.decide(
+        let d = shadow.decide(&cand(
             "192.0.2.5".parse().unwrap(),
             &t("192.0.2.5"),
             0.95,
             10,
             S,
-            false,
-            false,
-        );
+        ));
         assert_eq!(d.drop.unwrap().outcome, DropOutcome::Shadow);
         assert!(d.alert);
         // Reported once per TTL, like a real block.
-        let again = shadow.decide(
+        let again = shadow.decide(&cand(
             "192.0.2.5".parse().unwrap(),
             &t("192.0.2.5"),
             0.95,
             10,
             2 * S,
-            false,
-            false,
-        );
+        ));
         assert_eq!(again.drop.unwrap().outcome, DropOutcome::AlreadyBlocked);
         assert!(!again.alert, "inside the cooldown, nothing new to say");
         // Once its TTL is over, the shadow drop leaves the table (at the next prune).
         let ttl = PolicySection::default().drop_ttl.0.as_nanos() as u64;
-        shadow.decide(
+        shadow.decide(&cand(
             "192.0.2.6".parse().unwrap(),
             &t("192.0.2.6"),
             0.1,
             10,
             S + ttl + 11 * S,
-            false,
-            false,
-        );
+        ));
         assert!(
             shadow.shadow.is_empty(),
             "expired shadow drops are forgotten"
@@ -543,14 +550,14 @@ mod tests {
         let src: IpAddr = "192.0.2.7".parse().unwrap();
         // A lone first packet (evidence 1) and a lone handshake (2), however high the score.
         for evidence in [1, 2] {
-            let d = p.decide(src, &t("192.0.2.7"), 0.99, evidence, S, false, false);
+            let d = p.decide(&cand(src, &t("192.0.2.7"), 0.99, evidence, S));
             assert!(!d.alert && d.drop.is_none(), "evidence {evidence}");
         }
         assert_eq!(p.thin_evidence, 2);
         // Below both thresholds there is nothing to hold back.
-        p.decide(src, &t("192.0.2.7"), 0.1, 1, S, false, false);
+        p.decide(&cand(src, &t("192.0.2.7"), 0.1, 1, S));
         assert_eq!(p.thin_evidence, 2);
-        let d = p.decide(src, &t("192.0.2.7"), 0.99, 3, S, false, false);
+        let d = p.decide(&cand(src, &t("192.0.2.7"), 0.99, 3, S));
         assert!(d.alert);
         assert_eq!(d.drop.unwrap().outcome, DropOutcome::Dropped);
         // The gate can be switched off.
@@ -562,9 +569,6 @@ mod tests {
             vec![],
         );
         let other: IpAddr = "192.0.2.8".parse().unwrap();
-        assert!(
-            p.decide(other, &t("192.0.2.8"), 0.99, 1, S, false, false)
-                .alert
-        );
+        assert!(p.decide(&cand(other, &t("192.0.2.8"), 0.99, 1, S)).alert);
     }
 }

@@ -232,9 +232,11 @@ pub fn offline_detector(
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
     Detector::new(
-        model,
-        version,
-        path,
+        crate::detect::Serving {
+            model,
+            version,
+            path,
+        },
         Policy::new(cfg.policy.clone(), cfg.policy.allowlist.clone()),
         DetectConfig {
             batch_size: cfg.scoring.batch_size,

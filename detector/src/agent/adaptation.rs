@@ -11,7 +11,7 @@ use crate::{
     clock::{self, TimeBase},
     config::Config,
     control::{self, Adapted, History, Response, RolledBack},
-    detect::{Detector, FamilySignature},
+    detect::{Detector, FamilySignature, Serving},
     dismissals,
     incidents::{self, HistoryEntry, ModelStore, Selector},
     metrics::Metrics,
@@ -107,7 +107,11 @@ impl Models {
             },
             None => (self.base.clone(), self.base_version.clone()),
         };
-        match detector.set_model(Arc::new(m), v.clone(), self.score_path) {
+        match detector.set_model(Serving {
+            model: Arc::new(m),
+            version: v.clone(),
+            path: self.score_path,
+        }) {
             Ok(()) => {
                 detector.set_families(self.families());
                 info!(model = %v, "rolled back");
@@ -214,9 +218,11 @@ impl Models {
             }
         };
         let version = entry.version.clone();
-        if let Err(e) =
-            detector.set_model(Arc::new(adapted.model), version.clone(), self.score_path)
-        {
+        if let Err(e) = detector.set_model(Serving {
+            model: Arc::new(adapted.model),
+            version: version.clone(),
+            path: self.score_path,
+        }) {
             return control::error(format!("{e:#}"));
         }
         detector.add_family(FamilySignature {

@@ -238,9 +238,11 @@ mod tests {
         let (model, version) = crate::model::serving::base_model("").unwrap();
         let metrics = Arc::new(Metrics::default());
         let detector = Detector::new(
-            Arc::new(model),
-            version,
-            ScorePath::Reference,
+            crate::detect::Serving {
+                model: Arc::new(model),
+                version,
+                path: ScorePath::Reference,
+            },
             Policy::new(cfg.policy.clone(), Vec::new()),
             DetectConfig::default(),
             TimeBase::Unix,

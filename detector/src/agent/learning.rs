@@ -146,7 +146,11 @@ impl Learning {
                 serving = %detector.model_version,
                 "the model changed while the host baseline was fitted: fit dropped until the next refresh"
             ),
-            Ok(m) => match detector.set_model(Arc::new(m), done.version, path) {
+            Ok(m) => match detector.set_model(crate::detect::Serving {
+                model: Arc::new(m),
+                version: done.version,
+                path,
+            }) {
                 Err(e) => warn!("cannot serve the host baseline: {e:#}"),
                 Ok(()) => {
                     self.baseline_rows = Some(done.rows);

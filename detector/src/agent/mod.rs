@@ -43,7 +43,7 @@ use crate::{
     clock::{self, TimeBase},
     config::Config,
     control::{BlockStatus, Envelope, PolicyStatus, Request, Response, Status},
-    detect::{DetectConfig, Detector},
+    detect::{DetectConfig, Detector, Serving},
     ebpf::maps,
     features::LIVE_FEATURE_SET,
     iface,
@@ -620,9 +620,11 @@ fn detector(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Detector> {
     Detector::new(
-        Arc::new(model),
-        version,
-        path,
+        Serving {
+            model: Arc::new(model),
+            version,
+            path,
+        },
         Policy::new(cfg.policy.clone(), cfg.effective_allowlist()),
         DetectConfig {
             batch_size: cfg.scoring.batch_size,

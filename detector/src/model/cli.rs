@@ -499,14 +499,17 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let plots = report::write_plots(&args.out_dir, &results, &cfg.ks)?;
     let rel = |p: &std::path::Path| relative_to(p, &args.markdown);
     let notes = report::existing_notes(&args.markdown);
+    let plots: Vec<String> = plots.iter().map(|p| rel(p)).collect();
     let md = report::markdown(
         &run,
         &cfg,
         &results,
-        &rel(&json),
-        &rel(&draws),
-        &plots.iter().map(|p| rel(p)).collect::<Vec<_>>(),
-        notes.as_deref(),
+        &report::Companions {
+            json: &rel(&json),
+            draws: &rel(&draws),
+            plots: &plots,
+            notes: notes.as_deref(),
+        },
     );
     std::fs::write(&args.markdown, md)
         .with_context(|| format!("cannot write {}", args.markdown.display()))?;

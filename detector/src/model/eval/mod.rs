@@ -1097,34 +1097,39 @@ fn paired_diffs(
     out
 }
 
-fn verdict(
-    family: &str,
-    k: usize,
-    baseline: &str,
-    metric: &str,
-    m: Interval,
-    o: Interval,
-    d: Interval,
-) -> Verdict {
-    let outcome = if m.n == 0 || o.n == 0 {
-        "n/a"
-    } else if m.lo > o.hi {
-        "beats"
-    } else if m.hi < o.lo {
-        "worse"
-    } else {
-        "overlap"
-    };
-    Verdict {
-        family: family.to_string(),
-        k,
-        baseline: baseline.to_string(),
-        metric: metric.to_string(),
-        meta: m,
-        other: o,
-        diff: d,
-        outcome: outcome.to_string(),
-        paired_beats: d.n > 0 && d.lo > 0.0,
+/// The three intervals a verdict compares: meta's, the baseline's, and their paired
+/// difference.
+#[derive(Clone, Copy)]
+struct Compared {
+    meta: Interval,
+    other: Interval,
+    diff: Interval,
+}
+
+impl Verdict {
+    /// Meta against `baseline` on `metric` for `family` at K = `k`.
+    fn of(family: &str, k: usize, baseline: &str, metric: &str, c: Compared) -> Verdict {
+        let Compared { meta, other, diff } = c;
+        let outcome = if meta.n == 0 || other.n == 0 {
+            "n/a"
+        } else if meta.lo > other.hi {
+            "beats"
+        } else if meta.hi < other.lo {
+            "worse"
+        } else {
+            "overlap"
+        };
+        Verdict {
+            family: family.to_string(),
+            k,
+            baseline: baseline.to_string(),
+            metric: metric.to_string(),
+            meta,
+            other,
+            diff,
+            outcome: outcome.to_string(),
+            paired_beats: diff.n > 0 && diff.lo > 0.0,
+        }
     }
 }
 
@@ -1355,26 +1360,20 @@ pub fn evaluate_dataset(
             for metric in VERDICT_METRICS {
                 for f in &families {
                     if let Some(r) = f.by_k.iter().find(|r| r.k == k) {
-                        verdicts.push(verdict(
-                            &f.family,
-                            k,
-                            b,
-                            metric,
-                            r.summary[META][metric],
-                            r.summary[b][metric],
-                            r.paired[b][metric],
-                        ));
+                        let c = Compared {
+                            meta: r.summary[META][metric],
+                            other: r.summary[b][metric],
+                            diff: r.paired[b][metric],
+                        };
+                        verdicts.push(Verdict::of(&f.family, k, b, metric, c));
                     }
                 }
-                verdicts.push(verdict(
-                    "macro",
-                    k,
-                    b,
-                    metric,
-                    per_method[META][metric],
-                    per_method[b][metric],
-                    paired[b][metric],
-                ));
+                let c = Compared {
+                    meta: per_method[META][metric],
+                    other: per_method[b][metric],
+                    diff: paired[b][metric],
+                };
+                verdicts.push(Verdict::of("macro", k, b, metric, c));
             }
         }
         macro_summary.insert(k, per_method);

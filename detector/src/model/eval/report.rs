@@ -382,16 +382,30 @@ pub fn existing_notes(path: &Path) -> Option<String> {
     Some(text[a..b].trim().to_string())
 }
 
+/// Where the report's companions are, relative to it, and the notes it keeps.
+pub struct Companions<'a> {
+    /// The JSON summary.
+    pub json: &'a str,
+    /// Every draw.
+    pub draws: &'a str,
+    pub plots: &'a [String],
+    /// The hand-written notes of the file being rewritten.
+    pub notes: Option<&'a str>,
+}
+
 /// The markdown report.
 pub fn markdown(
     run: &RunInfo,
     cfg: &EvalConfig,
     datasets: &[DatasetResult],
-    json: &str,
-    draws: &str,
-    plots: &[String],
-    notes: Option<&str>,
+    with: &Companions<'_>,
 ) -> String {
+    let Companions {
+        json,
+        draws,
+        plots,
+        notes,
+    } = *with;
     let mut md = String::new();
     let w = &mut md;
     let _ = writeln!(w, "# Detection quality\n");

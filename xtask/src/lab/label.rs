@@ -29,6 +29,10 @@ pub struct SessionWindow {
     pub host: String,
     /// Host whose addresses identify the session's flows.
     pub queue: String,
+    /// More hosts whose flows with the victim are this session's (the later `peers` of a
+    /// scenario that reaches several hosts in a row); none run a session of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
     pub start_ns: u64,
     pub end_ns: u64,
     pub spoofed_sources: bool,
@@ -40,7 +44,7 @@ pub struct SessionWindow {
 #[derive(Clone, Debug)]
 pub struct HostAddrs {
     pub name: String,
-    /// "victim", "benign-client" or "attacker".
+    /// "victim", "benign-client", "attacker" or "server".
     pub role: String,
     pub addrs: Vec<IpAddr>,
 }
@@ -133,7 +137,9 @@ impl Labeller {
         }
         let mut by_queue: HashMap<String, Vec<SessionWindow>> = HashMap::new();
         for s in sessions {
-            by_queue.entry(s.queue.clone()).or_default().push(s.clone());
+            for h in std::iter::once(&s.queue).chain(&s.also) {
+                by_queue.entry(h.clone()).or_default().push(s.clone());
+            }
         }
         for v in by_queue.values_mut() {
             v.sort_by_key(|s| s.start_ns);
@@ -162,6 +168,15 @@ impl Labeller {
         self.by_addr.get(a) == Some(&self.victim)
     }
 
+    /// The limited broadcast or the lab subnet's (/24, the victim's) broadcast address.
+    fn is_broadcast(&self, a: &IpAddr) -> bool {
+        let IpAddr::V4(a) = a else { return false };
+        a.is_broadcast()
+            || self.hosts[self.victim].addrs.iter().any(|v| {
+                matches!(v, IpAddr::V4(v) if v.octets()[..3] == a.octets()[..3] && a.octets()[3] == 255)
+            })
+    }
+
     /// The session of `list` whose window, widened by [`SLACK_NS`], holds `t`; the nearest one
     /// when windows overlap.
     fn window(list: &[SessionWindow], t: u64) -> Option<&SessionWindow> {
@@ -185,18 +200,21 @@ impl Labeller {
             Some(h) => (h.role.as_str(), Some(h.name.as_str())),
             None => ("unknown", None),
         };
-        // Only flows with the victim at one end come from sessions; the bridge also floods
-        // other hosts' multicast to the victim.
+        // Only flows with the victim at one end come from sessions, and broadcasts a lab host's
+        // tool sends (a sweep of the subnet reaches its broadcast address, which every host
+        // receives); the bridge also floods other hosts' multicast to the victim.
         let other = if self.is_victim(&src) {
             dst
-        } else if self.is_victim(&dst) {
+        } else if self.is_victim(&dst) || (src_host.is_some() && self.is_broadcast(&dst)) {
             src
         } else {
             return LabLabel::unattributed(role, host);
         };
         // The victim's own multicast (MLD, ND) and neighbour discovery are the kernel's. A
         // multicast *source* is different: only a spoofing tool sends from one.
-        if is_nd(proto, icmp_type) || (other == dst && is_infrastructure(&dst)) {
+        if is_nd(proto, icmp_type)
+            || (other == dst && (is_infrastructure(&dst) || self.is_broadcast(&dst)))
+        {
             return LabLabel::unattributed(role, host);
         }
         if let Some(h) = self.host_of(&other) {
@@ -320,6 +338,8 @@ mod tests {
             h("client1", "benign-client", "10.77.0.11"),
             h("attacker1", "attacker", "10.77.0.21"),
             h("attacker2", "attacker", "10.77.0.22"),
+            h("server1", "server", "10.77.0.3"),
+            h("server2", "server", "10.77.0.4"),
         ]
     }
 
@@ -343,6 +363,7 @@ mod tests {
             end_ns: end,
             spoofed_sources: false,
             pid: 0,
+            also: Vec::new(),
         }
     }
 
@@ -363,7 +384,9 @@ mod tests {
         scan.pid = 400;
         let web = session("web/1", "benign", "client1", "client1", 10 * S, 50 * S);
         let beacon = session("beacon/1", "attack", "victim", "attacker2", 10 * S, 20 * S);
-        Labeller::new(hosts(), &[scan, flood, web, beacon]).unwrap()
+        let mut lateral = session("lateral/1", "attack", "victim", "server1", 30 * S, 40 * S);
+        lateral.also = vec!["server2".into()];
+        Labeller::new(hosts(), &[scan, flood, web, beacon, lateral]).unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -407,6 +430,22 @@ mod tests {
     }
 
     #[test]
+    fn a_session_with_several_peers_owns_the_flows_with_each() {
+        let l = labeller();
+        for (peer, t) in [("10.77.0.3", 31), ("10.77.0.4", 35)] {
+            let f = l.flow(ip("10.77.0.2"), ip(peer), 6, 0, t * S);
+            assert_eq!(f.session.as_deref(), Some("lateral/1"), "{peer}");
+            assert_eq!(f.role, "victim");
+        }
+        // A server answering outside the session's window is no one's.
+        let f = l.flow(ip("10.77.0.4"), ip("10.77.0.2"), 6, 0, 45 * S);
+        assert_eq!(
+            (f.label.as_str(), f.role.as_str()),
+            ("unattributed", "server")
+        );
+    }
+
+    #[test]
     fn spoofed_sources_go_to_the_spoofing_session() {
         let l = labeller();
         let f = l.flow(ip("203.0.113.9"), ip("10.77.0.2"), 6, 0, 35 * S);
@@ -432,6 +471,23 @@ mod tests {
         assert_eq!(f.label, "unattributed");
         // Not to or from the victim (flooded multicast between other hosts).
         let f = l.flow(ip("10.77.0.11"), ip("10.77.0.21"), 6, 0, 15 * S);
+        assert_eq!(f.label, "unattributed");
+        // The victim's own broadcast is the kernel's too, even while a spoofing session runs.
+        let f = l.flow(ip("10.77.0.2"), ip("10.77.0.255"), 17, 0, 35 * S);
+        assert_eq!(f.label, "unattributed");
+    }
+
+    #[test]
+    fn a_tool_broadcast_belongs_to_its_session() {
+        let l = labeller();
+        // A sweep of 10.77.0.0/24 probes its broadcast address, which reaches every host.
+        for dst in ["10.77.0.255", "255.255.255.255"] {
+            let f = l.flow(ip("10.77.0.21"), ip(dst), 6, 0, 15 * S);
+            assert_eq!(f.session.as_deref(), Some("scan/1"), "{dst}");
+            assert_eq!(f.role, "attacker");
+        }
+        // Another subnet's broadcast is not the lab's.
+        let f = l.flow(ip("10.77.0.21"), ip("10.78.0.255"), 6, 0, 15 * S);
         assert_eq!(f.label, "unattributed");
     }
 

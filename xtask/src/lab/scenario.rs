@@ -31,6 +31,7 @@ pub const ATTACK_FAMILIES: &[&str] = &[
     "backdoor",
     "exfiltration",
     "beaconing",
+    "lateral-movement",
 ];
 
 /// Placeholders an argument may contain, with what they become.
@@ -42,6 +43,11 @@ pub const PLACEHOLDERS: &[(&str, &str)] = &[
         "IPv4 address of `peer` (scenarios run on the victim)",
     ),
     ("peer6", "IPv6 address of `peer`"),
+    (
+        "peers",
+        "IPv4 addresses of every host in `peers` (or of `peer`), space-separated",
+    ),
+    ("peers6", "their IPv6 addresses, space-separated"),
     ("self", "IPv4 address of the host running the tool"),
     (
         "seed",
@@ -123,6 +129,8 @@ struct RawScenario {
     args: Vec<String>,
     hosts: Vec<String>,
     peer: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
     duration: String,
     sessions: u32,
     seed: u64,
@@ -145,8 +153,13 @@ pub struct Scenario {
     /// Where the tool runs; sessions rotate over them (see [`plan`]).
     pub hosts: Vec<String>,
     /// The lab host at the other end when the tool runs on the victim (a compromised victim
-    /// beaconing or exfiltrating to it); flows are attributed through its address.
+    /// beaconing or exfiltrating to it); flows are attributed through its address. With
+    /// `peers`, the first of them.
     pub peer: Option<String>,
+    /// Every host at the other end of a scenario that runs on the victim (`peers = [...]` in the
+    /// file, or `[peer]`): a session reaching several hosts in a row (lateral movement). The
+    /// session runs in the first one's queue; flows with any of them are its flows.
+    pub peers: Vec<String>,
     /// Longest a session may run: the tool is stopped then.
     #[serde(serialize_with = "ser_duration")]
     pub duration: Duration,
@@ -317,35 +330,57 @@ pub fn load_file(path: &Path) -> anyhow::Result<Scenario> {
             ));
         }
     }
-    match (&raw.peer, on_victim) {
-        (None, true) => {
+    let peers: Vec<String> = match (&raw.peer, raw.peers.is_empty()) {
+        (Some(_), false) => {
+            return Err(field(
+                "peers",
+                "name either `peer` (one host) or `peers` (several), not both".into(),
+            ))
+        }
+        (Some(p), true) => vec![p.clone()],
+        (None, _) => raw.peers.clone(),
+    };
+    let peer_field = if raw.peer.is_some() { "peer" } else { "peers" };
+    match (peers.is_empty(), on_victim) {
+        (true, true) => {
             return Err(field(
                 "peer",
                 "a scenario that runs on the victim names the lab host at the other end".into(),
             ))
         }
-        (Some(_), false) => {
+        (false, false) => {
             return Err(field(
-                "peer",
+                peer_field,
                 "only scenarios that run on the victim have a peer".into(),
             ))
         }
-        (Some(p), true) => match host_spec(p) {
-            Some(s) if s.role == wanted => {}
+        _ => {}
+    }
+    for (i, p) in peers.iter().enumerate() {
+        let name = if raw.peer.is_some() {
+            "peer".to_string()
+        } else {
+            format!("peers[{i}]")
+        };
+        match host_spec(p) {
+            // The victim's own network (file servers) may be at the other end of either.
+            Some(s) if s.role == wanted || s.role == Role::Server => {}
             Some(s) => {
                 return Err(field(
-                    "peer",
+                    &name,
                     format!(
-                        "`{p}` is a {} host; the peer of a {} scenario is a {} host",
+                        "`{p}` is a {} host; the peer of a {} scenario is a {} or server host",
                         s.role.as_str(),
                         raw.label.as_str(),
                         wanted.as_str()
                     ),
                 ))
             }
-            None => return Err(field("peer", format!("no host `{p}`"))),
-        },
-        (None, false) => {}
+            None => return Err(field(&name, format!("no host `{p}`"))),
+        }
+        if peers[..i].contains(p) {
+            return Err(field(&name, format!("`{p}` is named twice")));
+        }
     }
     if raw.spoofed_sources && raw.label != Label::Attack {
         return Err(field(
@@ -370,7 +405,10 @@ pub fn load_file(path: &Path) -> anyhow::Result<Scenario> {
     for (i, a) in raw.args.iter().enumerate() {
         let known = |n: &str| Ok(PLACEHOLDERS.iter().any(|(p, _)| *p == n).then(String::new));
         expand(a, known).map_err(|e| field(&format!("args[{i}]"), format!("{e:#}")))?;
-        if (a.contains("{peer}") || a.contains("{peer6}")) && raw.peer.is_none() {
+        let wants_peer = ["{peer}", "{peer6}", "{peers}", "{peers6}"]
+            .iter()
+            .any(|p| a.contains(p));
+        if wants_peer && peers.is_empty() {
             return Err(field(
                 &format!("args[{i}]"),
                 "`{peer}` needs a `peer` host".into(),
@@ -387,7 +425,8 @@ pub fn load_file(path: &Path) -> anyhow::Result<Scenario> {
         tool: raw.tool,
         args: raw.args,
         hosts: raw.hosts,
-        peer: raw.peer,
+        peer: peers.first().cloned(),
+        peers,
         duration,
         sessions: raw.sessions,
         seed: raw.seed,
@@ -435,6 +474,40 @@ pub fn check_set(scenarios: &[Scenario]) -> anyhow::Result<()> {
                 s.variant,
                 other.file.display()
             );
+        }
+    }
+    // A host reached as a second or later peer is not a queue of its own: every session that
+    // reaches it runs in one queue (that of the scenarios' first peer), so one session at a
+    // time can claim its flows.
+    let queues: Vec<(&str, &Scenario)> = scenarios
+        .iter()
+        .flat_map(|s| {
+            let qs: Vec<&str> = match s.peers.first() {
+                Some(p) => vec![p.as_str()],
+                None => s.hosts.iter().map(String::as_str).collect(),
+            };
+            qs.into_iter().map(move |q| (q, s))
+        })
+        .collect();
+    let mut second: HashMap<&str, (&str, &Scenario)> = HashMap::new();
+    for s in scenarios {
+        for p in s.peers.iter().skip(1) {
+            if let Some((_, other)) = queues.iter().find(|(q, _)| q == p) {
+                bail!(
+                    "{}: field `peers`: `{p}` is a later peer here, but {} runs its sessions in `{p}`'s own queue",
+                    s.file.display(),
+                    other.file.display()
+                );
+            }
+            let q = s.peers[0].as_str();
+            match second.insert(p, (q, s)) {
+                Some((oq, other)) if oq != q => bail!(
+                    "{}: field `peers`: `{p}` is also a later peer of {}, whose first peer is `{oq}`, not `{q}`",
+                    s.file.display(),
+                    other.file.display()
+                ),
+                _ => {}
+            }
         }
     }
     let mut spoof_host: Option<(&str, &Scenario)> = None;
@@ -512,7 +585,7 @@ pub fn plan(
             // Offset by the scenario's position, so the first sessions of all scenarios do not
             // all land on the first host.
             let host = s.hosts[(index as usize - 1 + si) % s.hosts.len()].clone();
-            let queue = s.peer.clone().unwrap_or_else(|| host.clone());
+            let queue = s.peers.first().cloned().unwrap_or_else(|| host.clone());
             all.push(PlannedSession {
                 id: format!("{}/{index}", s.name),
                 scenario: si,
@@ -609,6 +682,62 @@ seed = 7
         assert!(e.contains("`family`"), "{e}");
         let e = err_of("not-toml", "label = ");
         assert!(e.contains("x.toml"), "{e}");
+    }
+
+    const ON_VICTIM: &str = r#"
+label = "attack"
+family = "lateral-movement"
+variant = "psexec"
+tool = "sh"
+args = ["-c", "for h in {peers}; do echo $h; done"]
+hosts = ["victim"]
+peers = ["server1", "server2"]
+duration = "20s"
+sessions = 2
+seed = 9
+"#;
+
+    #[test]
+    fn a_victim_scenario_may_reach_several_peers() {
+        let d = tmp("peers");
+        let s = load_file(&write(&d, "lateral.toml", ON_VICTIM)).unwrap();
+        assert_eq!(s.peer.as_deref(), Some("server1"));
+        assert_eq!(s.peers, ["server1", "server2"]);
+        let q = plan(&[s], None);
+        assert_eq!(q["server1"].len(), 2, "{q:?}");
+        assert!(!q.contains_key("server2"));
+        let e = err_of(
+            "both",
+            &ON_VICTIM.replace(
+                "hosts = [\"victim\"]",
+                "hosts = [\"victim\"]\npeer = \"server3\"",
+            ),
+        );
+        assert!(e.contains("`peers`") && e.contains("not both"), "{e}");
+        let e = err_of("twice", &ON_VICTIM.replace("\"server2\"]", "\"server1\"]"));
+        assert!(e.contains("peers[1]") && e.contains("twice"), "{e}");
+        // A benign scenario may reach a server too, but not an attacker.
+        let benign = ON_VICTIM
+            .replace("\"attack\"", "\"benign\"")
+            .replace("\"lateral-movement\"", "\"benign\"");
+        load_file(&write(&d, "backup.toml", &benign)).unwrap();
+        let e = err_of(
+            "attacker-peer",
+            &benign.replace("\"server2\"", "\"attacker1\""),
+        );
+        assert!(e.contains("peers[1]") && e.contains("attacker"), "{e}");
+        // A later peer is nobody's queue.
+        let d = tmp("peer-queues");
+        write(&d, "a.toml", ON_VICTIM);
+        write(
+            &d,
+            "b.toml",
+            &ON_VICTIM
+                .replace("psexec", "backup")
+                .replace("[\"server1\", \"server2\"]", "[\"server2\"]"),
+        );
+        let e = format!("{:#}", load_dir(&d).unwrap_err());
+        assert!(e.contains("`server2`") && e.contains("queue"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct SessionResult {
     /// What the queue host's relay did during the session, per direction (`up`: toward the
     /// victim's bridge).
     pub relay: RelayCounts,
+    /// The link conditions of the session's later peers (`also`), each drawn for it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub also_links: BTreeMap<String, Conditions>,
 }
 
 /// Now as Unix ns.
@@ -167,6 +170,11 @@ pub fn expand_args(
     let victim = victim_spec();
     let me = host_spec(&p.host).context("unknown host")?;
     let peer = s.peer.as_deref().and_then(host_spec);
+    let peers: Vec<&'static super::topology::HostSpec> =
+        s.peers.iter().filter_map(|p| host_spec(p)).collect();
+    let join = |f: &dyn Fn(&super::topology::HostSpec) -> String| {
+        peers.iter().map(|h| f(h)).collect::<Vec<_>>().join(" ")
+    };
     let sctx = SessionContext {
         dir,
         seed: p.seed,
@@ -181,6 +189,8 @@ pub fn expand_args(
             "victim6" => victim.v6.to_string(),
             "peer" => peer.context("no peer")?.v4.to_string(),
             "peer6" => peer.context("no peer")?.v6.to_string(),
+            "peers" => join(&|h| h.v4.to_string()),
+            "peers6" => join(&|h| h.v6.to_string()),
             "self" => me.v4.to_string(),
             "seed" => p.seed.to_string(),
             "session" => p.index.to_string(),
@@ -220,6 +230,13 @@ fn run_one(ctx: &Ctx, p: &PlannedSession) -> anyhow::Result<SessionResult> {
     // The link of the host whose flows these are (the peer, for a tool run on the victim).
     let (link, link_seed) = ctx.links.for_session(&p.queue, &p.id, p.seed);
     ctx.topo.set_link(&p.queue, &link, link_seed)?;
+    // The later peers of a session that reaches several hosts: each its own draw.
+    let mut also_links = BTreeMap::new();
+    for h in s.peers.iter().skip(1) {
+        let (c, seed) = ctx.links.for_session(h, &format!("{}@{h}", p.id), p.seed);
+        ctx.topo.set_link(h, &c, seed)?;
+        also_links.insert(h.clone(), c);
+    }
     let relay_before = ctx.topo.relays.counts(&p.queue)?;
     let start_ns = now_ns();
     let started = Instant::now();
@@ -255,6 +272,7 @@ fn run_one(ctx: &Ctx, p: &PlannedSession) -> anyhow::Result<SessionResult> {
             label: s.label.as_str().to_string(),
             host: p.host.clone(),
             queue: p.queue.clone(),
+            also: s.peers.iter().skip(1).cloned().collect(),
             start_ns,
             end_ns,
             spoofed_sources: s.spoofed_sources,
@@ -268,5 +286,6 @@ fn run_one(ctx: &Ctx, p: &PlannedSession) -> anyhow::Result<SessionResult> {
         link,
         link_seed,
         relay,
+        also_links,
     })
 }

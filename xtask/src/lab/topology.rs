@@ -40,6 +40,9 @@ pub enum Role {
     Victim,
     BenignClient,
     Attacker,
+    /// Another host of the victim's network (a file server): the target of the victim's own
+    /// sessions (lateral movement, backups, metrics). It runs no tools of its own.
+    Server,
 }
 
 impl Role {
@@ -49,6 +52,7 @@ impl Role {
             Role::Victim => "victim",
             Role::BenignClient => "benign-client",
             Role::Attacker => "attacker",
+            Role::Server => "server",
         }
     }
 }
@@ -84,6 +88,9 @@ const fn host(name: &'static str, role: Role, last: u8) -> HostSpec {
 /// The hosts, victim first. Addresses are private (10.77.0.0/24, fd77::/64).
 pub const HOSTS: &[HostSpec] = &[
     host("victim", Role::Victim, 2),
+    host("server1", Role::Server, 3),
+    host("server2", Role::Server, 4),
+    host("server3", Role::Server, 5),
     host("client1", Role::BenignClient, 11),
     host("client2", Role::BenignClient, 12),
     host("client3", Role::BenignClient, 13),

@@ -117,6 +117,30 @@ pub fn write_site(www: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes an SMB share's files (the same on every host but for the seed): a few documents of
+/// 40 KB to 1.5 MB of seeded bytes and a text file, so that `ls`, `get` and `mget` have
+/// something to move. The folder is made writable for the lab user (uploads).
+pub fn write_share(dir: &Path, seed: u64) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut rng = Rng::new(seed);
+    let names = [
+        "report-q3.pdf",
+        "budget.xlsx",
+        "minutes.docx",
+        "inventory.csv",
+    ];
+    for name in names {
+        let mut buf = vec![0u8; 40 * 1024 + rng.below(1500 * 1024) as usize];
+        rng.fill(&mut buf);
+        fs::write(dir.join(name), &buf)?;
+    }
+    fs::write(
+        dir.join("readme.txt"),
+        "shared documents: reports, budgets, minutes\n",
+    )?;
+    Ok(())
+}
+
 /// What per-session files depend on.
 pub struct SessionContext<'a> {
     pub dir: &'a Path,

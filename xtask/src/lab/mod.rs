@@ -65,6 +65,16 @@ pub const PACKAGES: &[&str] = &[
     "chrony",
     "swaks",
     "python3",
+    "samba",
+    "samba-common-bin",
+    "smbclient",
+    "python3-impacket",
+    "sqlmap",
+    "wfuzz",
+    "dirb",
+    "gobuster",
+    "masscan",
+    "iodine",
 ];
 
 /// Where `--record` writes.

@@ -56,7 +56,26 @@ pub const REDIS_PORT: u16 = 6379;
 pub const SMTP_PORT: u16 = 25;
 /// NTP: chronyd serving its own clock (it never sets the machine's).
 pub const NTP_PORT: u16 = 123;
+/// SMB (Samba's smbd) on the victim and on every server: direct SMB and NetBIOS session.
+pub const SMB_PORTS: [u16; 2] = [445, 139];
+/// The vulnerable web application behind nginx's `/app/` (on 127.0.0.1 only: nginx proxies).
+pub const WEBAPP_PORT: u16 = 8082;
+/// TLS in front of the HTTP sink, on the attackers (C2 over HTTPS) and the servers (a
+/// monitoring endpoint the victim pushes metrics to).
+pub const SINK_TLS_PORT: u16 = 443;
+/// The attackers' stratum mining pool (JSON lines over one long-lived TCP connection).
+pub const STRATUM_PORT: u16 = 3333;
+/// The attacker running iodined (IP over DNS) on port 53 instead of dnsmasq, its tunnel
+/// domain, its end of the tunnel (the victim's iodine client takes the next address) and the
+/// tunnel's password.
+pub const IODINE_HOST: &str = "attacker2";
+pub const IODINE_DOMAIN: &str = "tun.c2.test";
+pub const IODINE_NET: &str = "10.99.0.1/27";
+/// The tunnel's password (scenarios name it in their arguments).
+pub const TUNNEL_PASSWORD: &str = "c2-tunnel-77";
 const LAB_UID: u32 = 1777;
+/// The vulnerable web application's source (Python 3's standard library only).
+const WEBAPP: &str = include_str!("webapp.py");
 
 /// The running services; dropping it stops them.
 pub struct Services {
@@ -208,6 +227,28 @@ pub fn start(topo: &Topology, work: &Path) -> anyhow::Result<Services> {
         )?);
     }
 
+    // The same vsftpd on the victim's IPv6 address, with vsftpd's own failed-login delay (3 s)
+    // on top of PAM's (pam_unix waits about 2 s after a failure in both): brute force against
+    // it is slow by itself.
+    let ftp6 = vsftpd6_conf(&dir)?;
+    procs.push(Proc::spawn(
+        "victim:vsftpd6",
+        &mut with_lab_accounts(&victim.ns, &dir, &["/usr/sbin/vsftpd", &path_str(&ftp6)?]),
+        &logs.join("vsftpd6.log"),
+    )?);
+    let app = dir.join("webapp.py");
+    write(&app, WEBAPP)?;
+    procs.push(Proc::spawn(
+        "victim:webapp",
+        victim.ns.cmd("/usr/bin/python3").args([
+            path_str(&app)?,
+            "127.0.0.1".into(),
+            WEBAPP_PORT.to_string(),
+            path_str(&dir.join("webapp.db"))?,
+        ]),
+        &logs.join("webapp.log"),
+    )?);
+    procs.push(smbd(victim, &dir, &dir.join("smb"), "VICTIM", &logs)?);
     for (port, script) in [
         (LINE_PORT, line_service(&dir)?),
         (FETCH_PORT, fetch_service(&dir)?),
@@ -229,28 +270,161 @@ pub fn start(topo: &Topology, work: &Path) -> anyhow::Result<Services> {
         )?);
     }
 
-    // The attackers' side of beaconing, exfiltration and DNS tunnelling.
     let mut sinks = Vec::new();
-    for h in topo.hosts.iter().filter(|h| h.spec.role == Role::Attacker) {
-        let conf = work.join(format!("dnsmasq-{}.conf", h.spec.name));
-        let answer = format!("address=/c2.test/{}", h.spec.v4);
-        let dns = dnsmasq_conf(&conf, h, &[&answer])?;
-        procs.push(Proc::spawn(
-            &format!("{}:dnsmasq", h.spec.name),
-            h.ns.cmd("dnsmasq").arg(format!("--conf-file={dns}")),
-            &logs.join(format!("dnsmasq-{}.log", h.spec.name)),
+    let mut want: Vec<(&Netns, Vec<String>)> = vec![(&victim.ns, victim_ports())];
+    // The servers: file shares the victim reaches (lateral movement, backups) and a monitoring
+    // endpoint over HTTPS it pushes metrics to.
+    for h in topo.hosts.iter().filter(|h| h.spec.role == Role::Server) {
+        let base = work.join(h.spec.name);
+        mkdir(&base, 0o755)?;
+        procs.push(smbd(
+            h,
+            &dir,
+            &base.join("smb"),
+            &h.spec.name.to_uppercase(),
+            &logs,
         )?);
-        for (port, http) in [(SINK_HTTP_PORT, true), (SINK_RAW_PORT, false)] {
-            sinks.push(Sink::start(&h.ns, port, http)?);
+        sinks.push(Sink::start(&h.ns, SINK_HTTP_PORT, SinkKind::Http)?);
+        procs.push(tls_front(h, &base, "metrics.lab.test", &logs)?);
+        want.push((&h.ns, ports(&["tcp:445", "tcp:139", "tcp:443", "tcp:8080"])));
+    }
+    // The attackers' side of beaconing, exfiltration, mining and tunnelling.
+    for h in topo.hosts.iter().filter(|h| h.spec.role == Role::Attacker) {
+        let base = work.join(h.spec.name);
+        mkdir(&base, 0o755)?;
+        if h.spec.name == IODINE_HOST {
+            // IP over DNS: iodined answers its domain on port 53 (in place of dnsmasq here)
+            // and ends the tunnel on a tun device of this namespace. -c: the client's address
+            // may change (a relay may reorder); -f: foreground.
+            procs.push(Proc::spawn(
+                &format!("{}:iodined", h.spec.name),
+                h.ns.cmd("iodined").args([
+                    "-f",
+                    "-c",
+                    "-P",
+                    TUNNEL_PASSWORD,
+                    "-l",
+                    &h.spec.v4.to_string(),
+                    "-p",
+                    "53",
+                    IODINE_NET,
+                    IODINE_DOMAIN,
+                ]),
+                &logs.join(format!("iodined-{}.log", h.spec.name)),
+            )?);
+        } else {
+            let conf = work.join(format!("dnsmasq-{}.conf", h.spec.name));
+            let answer = format!("address=/c2.test/{}", h.spec.v4);
+            let dns = dnsmasq_conf(&conf, h, &[&answer])?;
+            procs.push(Proc::spawn(
+                &format!("{}:dnsmasq", h.spec.name),
+                h.ns.cmd("dnsmasq").arg(format!("--conf-file={dns}")),
+                &logs.join(format!("dnsmasq-{}.log", h.spec.name)),
+            )?);
         }
+        for (port, kind) in [
+            (SINK_HTTP_PORT, SinkKind::Http),
+            (SINK_RAW_PORT, SinkKind::Raw),
+            (STRATUM_PORT, SinkKind::Stratum),
+        ] {
+            sinks.push(Sink::start(&h.ns, port, kind)?);
+        }
+        procs.push(tls_front(h, &base, "cdn-edge.c2.test", &logs)?);
+        want.push((&h.ns, ports(&["udp:53", "tcp:443"])));
     }
     let mut services = Services {
         procs,
         sinks,
         client_key,
     };
-    wait_listening(&victim.ns, &mut services)?;
+    wait_listening(&want, &mut services)?;
     Ok(services)
+}
+
+fn ports(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Samba's smbd on `host`, with its shares under `base` and the lab's accounts (the lab user,
+/// its password in Samba's own database): `files` (the lab user's documents), `public` (read
+/// only, for guests), and the administrative shares `ADMIN$` and `C$` that remote
+/// administration (psexec and its kind) writes to. Anonymous enumeration is allowed, as on
+/// many file servers. NetBIOS name service is off (no nmbd).
+fn smbd(
+    host: &LabHost,
+    accounts_dir: &Path,
+    base: &Path,
+    netbios: &str,
+    logs: &Path,
+) -> anyhow::Result<Proc> {
+    mkdir(base, 0o755)?;
+    let b = path_str(base)?;
+    for d in ["private", "lock", "state", "cache", "pid", "ncalrpc"] {
+        mkdir(&base.join(d), 0o755)?;
+    }
+    let seed = u64::from(host.spec.v4.octets()[3]);
+    for (share, seed) in [
+        ("files", seed),
+        ("public", seed + 100),
+        ("admin", seed + 200),
+    ] {
+        let d = base.join(share);
+        inputs::write_share(&d, seed)?;
+        // The lab user writes here (uploads); Samba runs as root and switches to it.
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777))?;
+    }
+    let conf = base.join("smb.conf");
+    write(
+        &conf,
+        &format!(
+            "[global]\n  workgroup = LAB\n  netbios name = {netbios}\n  server string = file server\n\
+             \x20 server role = standalone server\n  security = user\n  map to guest = bad user\n\
+             \x20 guest account = nobody\n  restrict anonymous = 0\n\
+             \x20 passdb backend = tdbsam:{b}/private/passdb.tdb\n  private dir = {b}/private\n\
+             \x20 lock directory = {b}/lock\n  state directory = {b}/state\n\
+             \x20 cache directory = {b}/cache\n  pid directory = {b}/pid\n  ncalrpc dir = {b}/ncalrpc\n\
+             \x20 log level = 0\n  disable netbios = yes\n  smb ports = 445 139\n\
+             \x20 load printers = no\n  printing = bsd\n  printcap name = /dev/null\n  disable spoolss = yes\n\
+             [files]\n  path = {b}/files\n  read only = no\n  valid users = {LAB_USER}\n\
+             [public]\n  path = {b}/public\n  read only = yes\n  guest ok = yes\n\
+             [ADMIN$]\n  path = {b}/admin\n  read only = no\n  valid users = {LAB_USER}\n\
+             [C$]\n  path = {b}/admin\n  read only = no\n  valid users = {LAB_USER}\n"
+        ),
+    )?;
+    let conf = path_str(&conf)?;
+    // The lab user's Samba password, then smbd in the foreground (its log on stdout).
+    let script =
+        "printf '%s\\n%s\\n' \"$1\" \"$1\" | smbpasswd -c \"$2\" -s -a \"$3\" >/dev/null && \
+                  exec smbd --foreground --no-process-group --debug-stdout -s \"$2\"";
+    Proc::spawn(
+        &format!("{}:smbd", host.spec.name),
+        &mut with_lab_accounts(
+            &host.ns,
+            accounts_dir,
+            &["sh", "-c", script, "sh", LAB_PASSWORD, &conf, LAB_USER],
+        ),
+        &logs.join(format!("smbd-{}.log", host.spec.name)),
+    )
+}
+
+/// TLS on port 443 of `host` in front of its HTTP sink (socat, one process per connection),
+/// with a self-signed certificate for `name` made at lab start (clients use `-k`).
+fn tls_front(host: &LabHost, base: &Path, name: &str, logs: &Path) -> anyhow::Result<Proc> {
+    let (cert, key) = (base.join("tls-cert.pem"), base.join("tls-key.pem"));
+    self_signed(name, &format!("DNS:{name}"), &cert, &key)?;
+    Proc::spawn(
+        &format!("{}:tls-{SINK_TLS_PORT}", host.spec.name),
+        host.ns.cmd("socat").args([
+            "-d".to_string(),
+            format!(
+                "OPENSSL-LISTEN:{SINK_TLS_PORT},pf=ip6,ipv6only=0,reuseaddr,fork,backlog=128,cert={},key={},verify=0",
+                path_str(&cert)?,
+                path_str(&key)?
+            ),
+            format!("TCP4:127.0.0.1:{SINK_HTTP_PORT}"),
+        ]),
+        &logs.join(format!("tls-{}.log", host.spec.name)),
+    )
 }
 
 fn path_str(p: &Path) -> anyhow::Result<String> {
@@ -259,41 +433,55 @@ fn path_str(p: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("non-UTF-8 path {}", p.display()))
 }
 
-/// Waits until the victim listens on every service port (sshd, vsftpd, nginx, dnsmasq,
-/// iperf3, socat), or fails with the log of a service that exited.
-fn wait_listening(ns: &Netns, services: &mut Services) -> anyhow::Result<()> {
+/// What the victim listens on once its services are up.
+fn victim_ports() -> Vec<String> {
     let mut want: Vec<String> = ["tcp:21", "tcp:22", "tcp:80", "udp:53"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     want.push(format!("udp:{DNS_ALT_PORT}"));
     want.push(format!("udp:{NTP_PORT}"));
-    want.extend([H2_PORT, REDIS_PORT, SMTP_PORT].map(|p| format!("tcp:{p}")));
+    want.extend([H2_PORT, REDIS_PORT, SMTP_PORT, WEBAPP_PORT].map(|p| format!("tcp:{p}")));
     want.extend(
         IPERF_PORTS
             .iter()
             .chain(&WEB_ALT_PORTS)
             .chain(&[LINE_PORT, FETCH_PORT])
+            .chain(&SMB_PORTS)
             .map(|p| format!("tcp:{p}")),
     );
+    want
+}
+
+/// Waits until every namespace listens on its ports (`proto:port`), or fails with the log of a
+/// service that exited.
+fn wait_listening(want: &[(&Netns, Vec<String>)], services: &mut Services) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         services.check_running()?;
-        let ss = ns.run("ss", &["-Hlntu"])?;
-        let listening: Vec<String> = ss
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let port = f.get(4)?.rsplit(':').next()?;
-                Some(format!("{}:{port}", f.first()?))
-            })
-            .collect();
-        let missing: Vec<&String> = want.iter().filter(|w| !listening.contains(w)).collect();
+        let mut missing = Vec::new();
+        for (ns, ports) in want {
+            let ss = ns.run("ss", &["-Hlntu"])?;
+            let listening: Vec<String> = ss
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let port = f.get(4)?.rsplit(':').next()?;
+                    Some(format!("{}:{port}", f.first()?))
+                })
+                .collect();
+            missing.extend(
+                ports
+                    .iter()
+                    .filter(|w| !listening.contains(w))
+                    .map(|w| format!("{}: {w}", ns.name)),
+            );
+        }
         if missing.is_empty() {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(15) {
-            bail!("victim services not listening after 15 s: {missing:?}");
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("services not listening after 20 s: {missing:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -446,6 +634,10 @@ http {{
             proxy_pass http://127.0.0.1:8081/check;
             proxy_set_header X-Login $login_ok;
         }}
+        location /app {{
+            proxy_pass http://127.0.0.1:{WEBAPP_PORT};
+            proxy_set_header Host $host;
+        }}
     }}
     server {{
         listen 127.0.0.1:8081;
@@ -468,6 +660,16 @@ fn tls_cert(dir: &Path) -> anyhow::Result<()> {
     let tls = dir.join("tls");
     mkdir(&tls, 0o755)?;
     let v = victim_spec();
+    self_signed(
+        "lab.test",
+        &format!("DNS:lab.test,IP:{},IP:{}", v.v4, v.v6),
+        &tls.join("cert.pem"),
+        &tls.join("key.pem"),
+    )
+}
+
+/// A self-signed P-256 certificate for `cn` with subjectAltName `san`.
+fn self_signed(cn: &str, san: &str, cert: &Path, key: &Path) -> anyhow::Result<()> {
     output(Command::new("openssl").args([
         "req",
         "-x509",
@@ -479,13 +681,13 @@ fn tls_cert(dir: &Path) -> anyhow::Result<()> {
         "-days",
         "3650",
         "-subj",
-        "/CN=lab.test",
+        &format!("/CN={cn}"),
         "-addext",
-        &format!("subjectAltName=DNS:lab.test,IP:{},IP:{}", v.v4, v.v6),
+        &format!("subjectAltName={san}"),
         "-keyout",
-        &path_str(&tls.join("key.pem"))?,
+        &path_str(key)?,
         "-out",
-        &path_str(&tls.join("cert.pem"))?,
+        &path_str(cert)?,
     ]))?;
     Ok(())
 }
@@ -594,6 +796,24 @@ fn vsftpd_conf(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// The second vsftpd: the victim's IPv6 address only, 3 s more delay after each failed login,
+/// its own passive ports.
+fn vsftpd6_conf(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = path_str(dir)?;
+    let v6 = victim_spec().v6;
+    let p = dir.join("vsftpd6.conf");
+    write(
+        &p,
+        &format!(
+            "listen=NO\nlisten_ipv6=YES\nlisten_address6={v6}\nbackground=NO\nanonymous_enable=NO\n\
+             local_enable=YES\nwrite_enable=NO\npam_service_name=dlab-vsftpd\nsecure_chroot_dir={d}/empty\n\
+             xferlog_enable=NO\nseccomp_sandbox=NO\ncheck_shell=NO\ndelay_failed_login=3\n\
+             max_login_fails=3\npasv_min_port=40101\npasv_max_port=40200\n"
+        ),
+    )?;
+    Ok(p)
+}
+
 /// A dnsmasq config answering only from `extra` lines (no upstream, no /etc/hosts): nothing is
 /// ever forwarded out of the lab.
 fn dnsmasq_conf(path: &Path, host: &LabHost, extra: &[&str]) -> anyhow::Result<String> {
@@ -610,16 +830,27 @@ fn dnsmasq_conf(path: &Path, host: &LabHost, extra: &[&str]) -> anyhow::Result<S
     path_str(path)
 }
 
+/// What a sink does with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SinkKind {
+    /// Answer 200 after the request headers (and body).
+    Http,
+    /// Read to EOF, then answer "ok".
+    Raw,
+    /// A stratum mining pool: answer each JSON-RPC line (subscribe, authorize, submit, ...)
+    /// and push a new job (`mining.notify`) every 10 to 40 s, until the miner closes.
+    Stratum,
+}
+
 /// A TCP listener inside a lab namespace, on a thread of this process (setns applies to the
-/// calling thread only). `http`: answer after the request headers (and body); otherwise answer
-/// after EOF.
+/// calling thread only).
 struct Sink {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Sink {
-    fn start(ns: &Netns, port: u16, http: bool) -> anyhow::Result<Self> {
+    fn start(ns: &Netns, port: u16, kind: SinkKind) -> anyhow::Result<Self> {
         let handle = fs::File::open(ns.path())
             .with_context(|| format!("cannot open {}", ns.path().display()))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -650,10 +881,17 @@ impl Sink {
                     }
                 };
                 let _ = tx.send(Ok(()));
+                let mut accepted = 0u64;
                 while !flag.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((s, _)) => {
-                            std::thread::spawn(move || serve(s, http));
+                            accepted += 1;
+                            let (stop, seed) = (flag.clone(), u64::from(port) << 32 | accepted);
+                            std::thread::spawn(move || match kind {
+                                SinkKind::Http => serve(s, true),
+                                SinkKind::Raw => serve(s, false),
+                                SinkKind::Stratum => serve_stratum(s, &stop, seed),
+                            });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
@@ -705,6 +943,88 @@ fn serve(mut s: TcpStream, http: bool) {
         b"ok\n"
     };
     let _ = s.write_all(reply);
+}
+
+/// One miner's connection to the stratum pool (see [`SinkKind::Stratum`]). Ends when the miner
+/// closes, the lab stops, or after 15 minutes.
+fn serve_stratum(mut s: TcpStream, stop: &AtomicBool, seed: u64) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(250)));
+    let mut rng = inputs::Rng::new(seed);
+    let hex = |n: usize, rng: &mut inputs::Rng| -> String {
+        (0..n)
+            .map(|_| char::from(b"0123456789abcdef"[rng.below(16) as usize]))
+            .collect()
+    };
+    let started = Instant::now();
+    let mut next_job: Option<Instant> = None;
+    let mut job = 0u64;
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(900) {
+        let mut out = String::new();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(req) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let id = req["id"].clone();
+            let result = match req["method"].as_str().unwrap_or_default() {
+                "mining.subscribe" => {
+                    next_job = Some(Instant::now());
+                    serde_json::json!([
+                        [
+                            ["mining.set_difficulty", hex(8, &mut rng)],
+                            ["mining.notify", hex(8, &mut rng)]
+                        ],
+                        hex(8, &mut rng),
+                        4
+                    ])
+                }
+                "mining.authorize" | "mining.submit" | "mining.extranonce.subscribe" => {
+                    serde_json::json!(true)
+                }
+                _ => serde_json::json!({ "status": "KEEPALIVED" }),
+            };
+            out.push_str(
+                &serde_json::json!({ "id": id, "result": result, "error": null }).to_string(),
+            );
+            out.push('\n');
+        }
+        if next_job.is_some_and(|t| Instant::now() >= t) {
+            if job == 0 {
+                out.push_str(
+                    "{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[16384]}\n",
+                );
+            }
+            job += 1;
+            let notify = serde_json::json!({
+                "id": null,
+                "method": "mining.notify",
+                "params": [
+                    format!("{job:x}"), hex(64, &mut rng), hex(116, &mut rng), hex(60, &mut rng),
+                    [hex(64, &mut rng), hex(64, &mut rng)], "20000000", "1703a30c",
+                    hex(8, &mut rng), job % 4 == 1
+                ]
+            });
+            out.push_str(&notify.to_string());
+            out.push('\n');
+            next_job = Some(Instant::now() + Duration::from_millis(10_000 + rng.below(30_000)));
+        }
+        if !out.is_empty() && s.write_all(out.as_bytes()).is_err() {
+            break;
+        }
+    }
 }
 
 fn content_length(head: &[u8]) -> usize {

@@ -797,6 +797,8 @@ seed = 9
             "brute-force",
             "exfiltration",
             "beaconing",
+            "web-attack",
+            "lateral-movement",
             "benign",
         ] {
             assert!(

@@ -194,25 +194,55 @@ fn deal(
     q: usize,
     rng: &mut impl Rng,
 ) -> Option<(Vec<usize>, Vec<usize>)> {
+    let dealt = deal_sessions(sessions, k.max(1), rng)?;
+    let mut support = dealt.support_rows(sessions);
+    let mut rest = dealt.other_rows(sessions);
+    Some((sample(&mut support, k, rng), sample(&mut rest, q, rng)))
+}
+
+/// Sessions in random order, the first `cut` of them dealt to a support.
+pub struct Dealt {
+    pub order: Vec<usize>,
+    pub cut: usize,
+}
+
+impl Dealt {
+    /// Every row of the support's sessions.
+    pub fn support_rows(&self, sessions: &[Vec<usize>]) -> Vec<usize> {
+        self.order[..self.cut]
+            .iter()
+            .flat_map(|&s| sessions[s].iter().copied())
+            .collect()
+    }
+
+    /// Every row of the other sessions.
+    pub fn other_rows(&self, sessions: &[Vec<usize>]) -> Vec<usize> {
+        self.order[self.cut..]
+            .iter()
+            .flat_map(|&s| sessions[s].iter().copied())
+            .collect()
+    }
+}
+
+/// Deals whole sessions, shuffled, to a support until it holds at least `min_rows` rows (one
+/// session at least): support and query never share a session. `None` when fewer than two
+/// sessions, or when no session would be left for the query.
+pub fn deal_sessions(
+    sessions: &[Vec<usize>],
+    min_rows: usize,
+    rng: &mut impl Rng,
+) -> Option<Dealt> {
     if sessions.len() < 2 {
         return None;
     }
     let mut order: Vec<usize> = (0..sessions.len()).collect();
     shuffle(&mut order, rng);
-    let mut support = Vec::new();
-    let mut cut = 0;
-    while cut < order.len() && support.len() < k.max(1) {
-        support.extend_from_slice(&sessions[order[cut]]);
+    let (mut rows, mut cut) = (0, 0);
+    while cut < order.len() && (rows < min_rows || cut == 0) {
+        rows += sessions[order[cut]].len();
         cut += 1;
     }
-    if cut >= order.len() {
-        return None;
-    }
-    let mut rest: Vec<usize> = order[cut..]
-        .iter()
-        .flat_map(|&s| sessions[s].iter().copied())
-        .collect();
-    Some((sample(&mut support, k, rng), sample(&mut rest, q, rng)))
+    (cut < order.len()).then_some(Dealt { order, cut })
 }
 
 /// Fisher–Yates shuffle.

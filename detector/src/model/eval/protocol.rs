@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use rand::Rng;
 
 use crate::dataset::Dataset;
-use crate::model::episodes::{sample, shuffle};
+use crate::model::episodes::{deal_sessions, sample, shuffle};
 
 /// Benign rows split by session: training sessions (meta-training, normaliser, benign
 /// support, thresholds, the unsupervised baseline) and query sessions (only ever scored).
@@ -109,27 +109,14 @@ pub struct Draw {
 /// rows (one session whenever the first holds `k`), draws `k` of those rows, and puts every
 /// row of the remaining sessions in the query. `None` when no session would be left.
 pub fn draw(fam: &FamilyRows, k: usize, rng: &mut impl Rng) -> Option<Draw> {
-    let n = fam.sessions.len();
-    if n < 2 || k == 0 {
+    if k == 0 {
         return None;
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    shuffle(&mut order, rng);
-    let mut pool = Vec::new();
-    let mut cut = 0;
-    while cut < n && pool.len() < k {
-        pool.extend_from_slice(&fam.sessions[order[cut]]);
-        cut += 1;
-    }
-    if cut >= n {
-        return None;
-    }
+    let dealt = deal_sessions(&fam.sessions, k, rng)?;
+    let mut pool = dealt.support_rows(&fam.sessions);
     let support = sample(&mut pool, k, rng);
-    let query = order[cut..]
-        .iter()
-        .flat_map(|&s| fam.sessions[s].iter().copied())
-        .collect();
-    let mut support_sessions = order[..cut].to_vec();
+    let query = dealt.other_rows(&fam.sessions);
+    let mut support_sessions = dealt.order[..dealt.cut].to_vec();
     support_sessions.sort_unstable();
     Some(Draw {
         support,

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod control;
+pub mod corpus;
 pub mod dataset;
 pub mod detect;
 pub mod dismissals;

@@ -1624,26 +1624,7 @@ mod tests {
         }
     }
 
-    /// The shared folder: `DETECTOR_SHARED_DIR`, else `<CARGO_MANIFEST_DIR>/../../shared`, else
-    /// `/work/shared`.
-    fn shared_dir() -> PathBuf {
-        let candidates = std::env::var_os("DETECTOR_SHARED_DIR")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-                PathBuf::from("/work/shared"),
-            ]);
-        for c in candidates {
-            if c.join("corpus/pcap").is_dir() {
-                return c;
-            }
-        }
-        panic!(
-            "shared capture corpus not found: set DETECTOR_SHARED_DIR to the folder holding \
-             corpus/pcap (tried $DETECTOR_SHARED_DIR, <CARGO_MANIFEST_DIR>/../../shared, /work/shared)"
-        );
-    }
+    use crate::dataset::test_util::shared_dir;
 
     /// Packets per corpus file (`tcpdump -nn -r FILE`, counting packet lines; plain `wc -l`
     /// over-counts the two files whose packets tcpdump prints on several lines, see below), and

@@ -46,18 +46,9 @@ pub fn require_root() {
     );
 }
 
-/// The shared corpus directory: $DETECTOR_SHARED_DIR, ../shared beside the checkout, or
-/// /work/shared.
+/// The shared corpus directory ([`detector::corpus::shared_dir`]).
 pub fn shared_dir() -> PathBuf {
-    let candidates = [
-        std::env::var_os("DETECTOR_SHARED_DIR").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")),
-        Some(PathBuf::from("/work/shared")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("corpus").is_dir())
+    detector::corpus::shared_dir()
         .expect("shared corpus not found: set DETECTOR_SHARED_DIR to the folder holding corpus/")
 }
 
@@ -77,7 +68,7 @@ pub fn corpus_files(sub: &str) -> Vec<PathBuf> {
 /// manifest, sorted.
 pub fn ndpi_files(split: &str, label: &str) -> Vec<PathBuf> {
     let dir = shared_dir().join("corpus/offlab/ndpi");
-    let mut v: Vec<PathBuf> = detector::offlab::manifest(&dir.join("MANIFEST.tsv"))
+    let mut v: Vec<PathBuf> = detector::corpus::manifest(&dir.join("MANIFEST.tsv"))
         .unwrap_or_else(|e| panic!("{e:#}"))
         .into_iter()
         .filter(|r| r.split.as_deref() == Some(split) && r.label == label)

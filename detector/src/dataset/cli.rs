@@ -205,7 +205,7 @@ pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
         } => {
             let attack = label == "attack";
             if let (Some(m), Some(split)) = (&manifest, &split) {
-                files.extend(crate::offlab::manifest_files(m, split, &label)?);
+                files.extend(crate::corpus::manifest_files(m, split, &label)?);
             }
             let family =
                 family.unwrap_or_else(|| if attack { "other-attack" } else { "benign" }.into());

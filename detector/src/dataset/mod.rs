@@ -941,25 +941,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub(crate) mod test_util {
     use std::path::PathBuf;
 
-    /// The shared folder: `DETECTOR_SHARED_DIR`, else `<manifest>/../../shared`, else
-    /// `/work/shared`.
+    /// The shared folder (panics, saying where it looked, when there is none).
     pub fn shared_dir() -> PathBuf {
-        let candidates = std::env::var_os("DETECTOR_SHARED_DIR")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-                PathBuf::from("/work/shared"),
-            ]);
-        for c in candidates {
-            if c.join("corpus").is_dir() {
-                return c;
-            }
-        }
-        panic!(
+        crate::corpus::shared_dir().expect(
             "shared corpus not found: set DETECTOR_SHARED_DIR to the folder holding corpus/ \
-             (tried $DETECTOR_SHARED_DIR, <CARGO_MANIFEST_DIR>/../../shared, /work/shared)"
-        );
+             (tried $DETECTOR_SHARED_DIR, <CARGO_MANIFEST_DIR>/../../shared, /work/shared)",
+        )
     }
 
     /// A file of the tabular corpus.

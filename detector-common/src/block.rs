@@ -54,7 +54,7 @@ impl BlockKey {
 pub struct BlockEntry {
     /// CLOCK_MONOTONIC time after which the entry no longer drops (0 = until removed).
     pub expires_ns: u64,
-    /// Packets dropped by this entry (best effort: CPUs race on it).
+    /// Packets dropped by this entry (added atomically: exact across CPUs).
     pub hits: u64,
 }
 

@@ -109,7 +109,12 @@ fn hit(key: &BlockKey, now_ns: u64) -> bool {
     match BLOCKLIST.get_ptr_mut(key) {
         Some(e) => unsafe {
             if (*e).active(now_ns) {
-                (*e).hits += 1;
+                // Atomic (BPF's `lock ... +=`; core has no 64-bit atomics for this target):
+                // CPUs drop the same source's packets at once, and a plain increment lost
+                // counts between them (tests/tests/xdp_program.rs).
+                asm!("lock *(u64 *)({p} + 0) += {v}",
+                    p = in(reg) core::ptr::addr_of_mut!((*e).hits), v = in(reg) 1u64,
+                    options(nostack, preserves_flags));
                 true
             } else {
                 false

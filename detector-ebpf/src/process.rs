@@ -37,9 +37,11 @@ static SK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(1638
 /// pid → parent pid, learned from fork events.
 #[map]
 static PARENTS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
-/// Thread id → user sockaddr pointer of a connect/accept in progress.
+/// Thread id → user sockaddr pointer of a connect/accept in progress. LRU: an entry is removed
+/// at the syscall's exit, and one whose exit never came (a thread killed mid-syscall, an exit
+/// tracepoint not attached) would otherwise stay for good; the oldest makes room.
 #[map]
-static PENDING: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+static PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -119,11 +121,11 @@ fn remember(ctx: &TracePointContext) -> u32 {
     if let Ok(addr) = unsafe { ctx.read_at::<u64>(24) } {
         let tid = bpf_get_current_pid_tgid() as u32;
         if PENDING.insert(&tid, &addr, 0).is_err() {
-            // Thousands of threads blocked in connect/accept at once: this call's event is
-            // lost. Rare enough to log (through aya-log, to the agent's log).
+            // The kernel could not make room (memory pressure): this call's event is lost.
+            // Rare enough to log (through aya-log, to the agent's log).
             warn!(
                 ctx,
-                "connect/accept tracking table full: an event of tid {} is lost", tid
+                "connect/accept tracking: an event of tid {} is lost", tid
             );
         }
     }

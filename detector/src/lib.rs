@@ -1,5 +1,15 @@
-//! The detector agent as a library: loading and attaching the eBPF programs, reading their ring
-//! buffers, turning records into JSON lines. `main.rs` is a thin CLI over it.
+//! The detector as a library; `main.rs` is a thin CLI over it.
+//!
+//! - The agent (`agent`, a loop over rooms): the eBPF programs loaded and attached (`ebpf`),
+//!   their records featurised (`features`, `context`), scored and judged (`detect`, `model`,
+//!   `policy`), acted on (`blocklist`), written (`record`, `output`, `metrics`); the operator's
+//!   requests (`control`), confirmed incidents (`incidents`), dismissals (`dismissals`), the
+//!   host's baseline (`baseline`) and what is kept of recent records (`recent`).
+//! - Offline, the same code over captures (`pcap`, `replay`) and the model the agent and they
+//!   serve (`model::serving`).
+//! - With the `trainer` feature (the default; the daemon the .deb installs is built without it):
+//!   meta-training (`model::train`), the evaluation protocol (`model::eval`, `offlab`) and
+//!   dataset imports (`dataset`'s importers).
 
 pub mod agent;
 pub mod baseline;
@@ -18,6 +28,7 @@ pub mod iface;
 pub mod incidents;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "trainer")]
 pub mod offlab;
 pub mod output;
 pub mod pcap;

@@ -31,7 +31,7 @@ enum Command {
     /// stderr. Drops are in shadow mode (logged, not enforced) until `policy.drop = "drop"`.
     /// SIGHUP reloads the configuration; SIGINT or SIGTERM detaches everything and flushes
     /// the flows still open.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run captures (pcap or pcapng, Ethernet) through the same flow logic as the kernel and
     /// write the same flow records, with capture timestamps.
     ///
@@ -40,21 +40,26 @@ enum Command {
     /// records also go through the agent's context, scoring and policy (drops reported as
     /// shadow drops), and the alerts are written instead of the records.
     Replay(ReplayArgs),
+    #[cfg(feature = "trainer")]
     /// Labelled datasets: import public flow datasets (CICFlowMeter, NF-v2, UNSW-NB15,
     /// NSL-KDD/KDD Cup 99), build datasets from flow records, and summarise them.
     Dataset {
         #[command(subcommand)]
         command: detector::dataset::cli::DatasetCommand,
     },
+    #[cfg(feature = "trainer")]
     /// Meta-train a model from labelled datasets.
     Train(detector::model::cli::TrainArgs),
+    #[cfg(feature = "trainer")]
     /// Adapt a model to a few flows of one attack family (offline; the agent adapts itself
     /// through `detector incident confirm`).
     Adapt(detector::model::cli::AdaptArgs),
+    #[cfg(feature = "trainer")]
     /// Measure detection quality by the protocol of EVALUATION.md (leave one family out,
     /// K-shot adaptation over many draws, five baselines, int8 gap, evasion); writes
     /// EVALUATION.md, JSON and plots.
     Eval(detector::model::cli::EvalArgs),
+    #[cfg(feature = "trainer")]
     /// Off the lab: replay captures from other networks (the nDPI dev split, the shared corpus)
     /// through the agent's detection, out of the box and after a warm-up on each capture's first
     /// half; alert events per 1,000 benign flows, benign captures alerting, attacks caught.
@@ -402,12 +407,17 @@ fn main() -> ExitCode {
     }
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Replay(args) => replay(args),
+        #[cfg(feature = "trainer")]
         Command::Dataset { command } => detector::dataset::cli::run(command),
+        #[cfg(feature = "trainer")]
         Command::Train(args) => detector::model::cli::train(args),
+        #[cfg(feature = "trainer")]
         Command::Adapt(args) => detector::model::cli::adapt_cmd(args),
+        #[cfg(feature = "trainer")]
         Command::Eval(args) => detector::model::cli::eval(args),
+        #[cfg(feature = "trainer")]
         Command::EvalOfflab(args) => detector::offlab::cli(args),
         Command::Status(c) => client(&c, &Request::Status {}).and_then(|v| print(&v)),
         Command::Incident { command } => {

@@ -1,5 +1,6 @@
-//! `cargo xtask dist` builds a Debian package that installs the binary, the systemd unit (which
-//! systemd accepts) and the default configuration (a conffile the agent accepts).
+//! `cargo xtask dist` builds a Debian package that installs the binary (the daemon, without the
+//! developer's trainer), the systemd unit (which systemd accepts) and the default configuration
+//! (a conffile the agent accepts).
 
 use std::{path::Path, process::Command};
 
@@ -53,6 +54,15 @@ fn the_deb_installs_binary_unit_and_config() {
     run(Command::new(&bin)
         .args(["config", "--check"])
         .arg(dir.join("etc/detector/detector.toml")));
+    // The daemon links no trainer: the developer's commands are not in it, replay is.
+    for cmd in ["train", "eval", "eval-offlab", "dataset", "adapt"] {
+        let out = Command::new(&bin).args([cmd, "--help"]).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "the packaged binary has `{cmd}`: it was built with the trainer"
+        );
+    }
+    run(Command::new(&bin).args(["replay", "--help"]));
     // systemd accepts the unit (pointing it at the unpacked binary).
     let unit = std::fs::read_to_string(dir.join("lib/systemd/system/detector.service")).unwrap();
     let check = dir.join("check");

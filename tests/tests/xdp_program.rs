@@ -269,6 +269,76 @@ fn only_blocklisted_traffic_is_dropped() {
     assert_eq!(flows[&key_of(&b_to_a)].packets, [1, 0]);
 }
 
+/// A blocklist entry's hit count is exact when two CPUs drop its packets at once (the
+/// program adds atomically; a plain increment lost counts here).
+#[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
+fn blocklist_hits_are_exact_when_cpus_drop_at_once() {
+    use aya::programs::{TestRun, TestRunOptions, Xdp};
+    let mut prog = Loaded::default_config();
+    {
+        let mut bl: HashMap<&mut MapData, BlockKey, BlockEntry> =
+            HashMap::try_from(prog.ebpf.map_mut(maps::BLOCKLIST).unwrap()).unwrap();
+        let entry = BlockEntry {
+            expires_ns: 0,
+            hits: 0,
+        };
+        bl.insert(BlockKey::source(4, &v4key(A)), entry, 0).unwrap();
+    }
+    bump_block_generation(&mut prog.ebpf);
+    const REPEAT: u32 = 500_000;
+    let frame = udp4(A, 1000, B, 53, 10);
+    let xdp: &Xdp = prog
+        .ebpf
+        .program(detector::ebpf::XDP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut out = vec![0u8; frame.len() + 256];
+                let r = xdp
+                    .test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        data_out: Some(&mut out),
+                        repeat: REPEAT,
+                        ..TestRunOptions::default()
+                    })
+                    .expect("BPF_PROG_TEST_RUN");
+                assert_eq!(r.return_value, XDP_DROP);
+            });
+        }
+    });
+    assert_eq!(prog.stats()[stat::BLOCKED as usize], 2 * REPEAT as u64);
+    let bl: HashMap<&MapData, BlockKey, BlockEntry> =
+        HashMap::try_from(prog.ebpf.map(maps::BLOCKLIST).unwrap()).unwrap();
+    assert_eq!(
+        bl.get(&BlockKey::source(4, &v4key(A)), 0).unwrap().hits,
+        2 * REPEAT as u64,
+        "hits lost between CPUs"
+    );
+}
+
+/// The tables the kernel programs fill per flow, socket, process or pending syscall are LRU:
+/// an entry nobody removes (a flow never swept, a syscall whose exit never came) cannot fill
+/// them for good.
+#[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
+fn per_flow_and_per_thread_tables_are_bounded_lru_maps() {
+    let prog = Loaded::default_config();
+    for name in ["FLOWS", "SOCKETS", "SK_OWNERS", "PARENTS", "PENDING"] {
+        let map = prog
+            .ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("the object has no {name} map"));
+        assert!(
+            matches!(map, aya::maps::Map::LruHashMap(_)),
+            "{name} is not an LRU map"
+        );
+    }
+}
+
 /// A flow's sides are looked up in the blocklist once per generation of it: an entry inserted
 /// mid-flow drops the flow's next packet once the generation moves on (as the agent does with
 /// every insert), and not before — which shows the answer really is cached.

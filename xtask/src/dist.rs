@@ -12,8 +12,20 @@ use crate::{cargo, root, run};
 pub fn deb(debug: bool) -> anyhow::Result<std::path::PathBuf> {
     let root = root();
     let profile = if debug { "debug" } else { "release" };
+    // The daemon without the developer's tools (training, evaluation, dataset imports: the
+    // `trainer` feature), in a target folder of its own so that it does not replace the
+    // developer's binary.
+    let target = root.join("target/daemon");
     let mut build = cargo();
-    build.args(["build", "-p", "detector"]);
+    build
+        .args([
+            "build",
+            "-p",
+            "detector",
+            "--no-default-features",
+            "--target-dir",
+        ])
+        .arg(&target);
     if !debug {
         build.arg("--release");
     }
@@ -39,7 +51,7 @@ pub fn deb(debug: bool) -> anyhow::Result<std::path::PathBuf> {
         Ok(())
     };
     put(
-        &root.join("target").join(profile).join("detector"),
+        &target.join(profile).join("detector"),
         "usr/bin/detector",
         0o755,
     )?;

@@ -162,6 +162,17 @@ fn task(task: Task) -> anyhow::Result<()> {
                     "-D",
                     "warnings",
                 ]))?;
+                // The daemon the .deb installs: without the trainer.
+                run(cargo().args([
+                    "clippy",
+                    "-p",
+                    "detector",
+                    "--no-default-features",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))?;
             }
             run(cargo().args(["build", "-p", "detector"]))?;
             let mut test = cargo();

@@ -2,15 +2,26 @@
 //! (one file, zstd-compressed columns behind a JSON header; see `docs/dataset-format.md`),
 //! importers for public flow datasets and summary statistics.
 
+// The importers and dataset commands are the developer's (`detector dataset`), not the
+// daemon's: built with the `trainer` feature only.
+#[cfg(feature = "trainer")]
 pub mod cicflowmeter;
+#[cfg(feature = "trainer")]
 pub mod cli;
 pub mod families;
+#[cfg(feature = "trainer")]
 pub mod flows;
+#[cfg(feature = "trainer")]
 pub mod import;
+#[cfg(feature = "trainer")]
 pub mod kdd;
+#[cfg(feature = "trainer")]
 pub mod nfv2;
+#[cfg(feature = "trainer")]
 pub mod rows;
+#[cfg(feature = "trainer")]
 pub mod stats;
+#[cfg(feature = "trainer")]
 pub mod unsw;
 
 use std::{
@@ -25,6 +36,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+#[cfg(feature = "trainer")]
 pub use import::{
     detect_format, import_file, Format, ImportOptions, ImportSummary, OnError, RowError,
 };
@@ -950,6 +962,7 @@ pub(crate) mod test_util {
     }
 
     /// A file of the tabular corpus.
+    #[cfg(feature = "trainer")]
     pub fn corpus(name: &str) -> PathBuf {
         shared_dir().join("corpus/tabular").join(name)
     }
@@ -964,6 +977,7 @@ pub(crate) mod test_util {
     }
 
     /// Writes `text` to `dir/name` and returns the path.
+    #[cfg(feature = "trainer")]
     pub fn fixture(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).expect("write fixture");

@@ -342,7 +342,8 @@ pub fn adapt(
     Ok(Adapted { model: new, report })
 }
 
-#[cfg(test)]
+// The tests adapt models that `train` makes: with the trainer only.
+#[cfg(all(test, feature = "trainer"))]
 mod tests {
     use super::*;
     use crate::dataset::Dataset;

@@ -6,8 +6,10 @@
 
 pub mod adapt;
 pub mod calibrate;
+#[cfg(feature = "trainer")]
 pub mod cli;
 pub mod episodes;
+#[cfg(feature = "trainer")]
 pub mod eval;
 pub mod file;
 pub mod int8;
@@ -18,6 +20,7 @@ pub mod normalise;
 pub mod novelty;
 pub mod scorer;
 pub mod serving;
+#[cfg(feature = "trainer")]
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -33,6 +36,7 @@ pub use layers::{Arch, Linear};
 pub use normalise::Normaliser;
 pub use novelty::Prototypes;
 pub use scorer::{Pipeline, ScorePath, Scorer};
+#[cfg(feature = "trainer")]
 pub use train::{train, Algo, TrainConfig, TrainError, TrainReport};
 
 use crate::dataset::Dataset;
@@ -245,8 +249,9 @@ impl Default for InnerLoop {
 pub struct ModelInfo {
     /// "detector <version>".
     pub created_by: String,
-    /// The training configuration, when trained.
-    pub training: Option<TrainConfig>,
+    /// The training configuration, when trained (`TrainConfig` as JSON: a daemon built without
+    /// the trainer reads it without knowing the type).
+    pub training: Option<serde_json::Value>,
     /// Training datasets.
     pub data: Vec<DataDigest>,
     /// Validation metrics from training and adaptation, by name.

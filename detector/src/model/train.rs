@@ -536,7 +536,7 @@ pub fn train(
         steps: cfg.inner_steps,
         lr: cfg.inner_lr,
     };
-    model.info.training = Some(cfg.clone());
+    model.info.training = serde_json::to_value(cfg).ok();
     model.info.data = datasets
         .iter()
         .map(|ds| DataDigest {

@@ -51,6 +51,7 @@ pub enum What {
     Scoring,
     Flood,
     Adapt,
+    Footprint,
     All,
 }
 
@@ -147,6 +148,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.what == What::Adapt {
         step("adapt", &mut || bench_adapt(&bin))?;
+    }
+    if all || args.what == What::Footprint {
+        step("footprint", &mut bench_footprint)?;
     }
     if all {
         fs::write(out.join("results.md"), &summary)?;
@@ -1587,5 +1591,79 @@ fn bench_adapt(bin: &Path) -> anyhow::Result<String> {
         }
     }
     let _ = served.load(Ordering::Relaxed);
+    Ok(md)
+}
+
+// ---------------------------------------------------------------------------------------------
+// footprint: the daemon without the trainer against the developer's build.
+
+/// Binary size and the idle agent's memory, for the developer's build (the `trainer` feature:
+/// training, evaluation, dataset imports, plots) and the daemon the .deb installs (without it),
+/// both release builds of this tree, each agent idle on a veth for 5 s.
+fn bench_footprint() -> anyhow::Result<String> {
+    let daemon_dir = root().join("target/daemon");
+    run_cmd(cargo().args(["build", "--release", "-p", "detector"]))?;
+    run_cmd(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "detector",
+                "--no-default-features",
+            ])
+            .arg("--target-dir")
+            .arg(&daemon_dir),
+    )?;
+    let builds = [
+        (
+            "developer (default features)",
+            root().join("target/release/detector"),
+        ),
+        (
+            "daemon (--no-default-features, the .deb's)",
+            daemon_dir.join("release/detector"),
+        ),
+    ];
+    let mut md = String::from(
+        "Command: `cargo xtask bench footprint` (root). Release builds; the agent idle on a veth \
+         (no traffic) for 5 s after it starts detecting; VmRSS and VmHWM from /proc.\n\n\
+         | build | binary | idle RSS | peak RSS |\n|---|---|---|---|\n",
+    );
+    for (name, bin) in builds {
+        let size = fs::metadata(&bin)
+            .with_context(|| format!("{}", bin.display()))?
+            .len();
+        let pair = Pair::new()?;
+        let work = std::env::temp_dir().join(format!("dbench{}-footprint", std::process::id()));
+        let _cleanup = RemoveDir(work.clone());
+        let agent = Agent::start(
+            &bin,
+            &pair.victim,
+            VICTIM_IF,
+            &work,
+            "",
+            &work.join("events"),
+            &[],
+        )?;
+        std::thread::sleep(Duration::from_secs(5));
+        let status = fs::read_to_string(format!("/proc/{}/status", agent.pid))?;
+        let kb = |key: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            size as f64 / (1 << 20) as f64,
+            kb("VmRSS:") as f64 / 1024.0,
+            kb("VmHWM:") as f64 / 1024.0
+        );
+        drop(agent);
+    }
     Ok(md)
 }

@@ -26,6 +26,7 @@ pub mod ebpf;
 pub mod features;
 pub mod iface;
 pub mod incidents;
+pub mod linktype;
 pub mod metrics;
 pub mod model;
 #[cfg(feature = "trainer")]

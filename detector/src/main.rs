@@ -32,7 +32,8 @@ enum Command {
     /// SIGHUP reloads the configuration; SIGINT or SIGTERM detaches everything and flushes
     /// the flows still open.
     Run(Box<RunArgs>),
-    /// Run captures (pcap or pcapng, Ethernet) through the same flow logic as the kernel and
+    /// Run captures (pcap or pcapng: Ethernet, Linux cooked, raw IP, BSD loopback, PPP or Cisco
+    /// HDLC) through the same flow logic as the kernel and
     /// write the same flow records, with capture timestamps.
     ///
     /// Files are read as streams (any size). A capture cut short is reported and the flows

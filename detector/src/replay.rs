@@ -60,6 +60,8 @@ pub fn replay_file(
     };
     let mut next_sweep = 0u64;
     let mut now = 0u64;
+    // A non-Ethernet packet's frame is built here, one buffer for the whole capture.
+    let mut frame = Vec::new();
     loop {
         let packet = match reader.next_packet() {
             Ok(Some(p)) => p,
@@ -70,19 +72,23 @@ pub fn replay_file(
             }
             Err(e) => return Err(e.into()),
         };
-        if packet.link_type != pcap::LINKTYPE_ETHERNET {
+        if !crate::linktype::supported(packet.link_type) {
             bail!(
-                "{}: link type {} ({}) is not supported: replay reads Ethernet captures",
+                "{}: link type {} ({}) is not supported: replay reads Ethernet, Linux cooked \
+                 (SLL, SLL2), raw IP, BSD loopback (NULL, LOOP), PPP and Cisco HDLC captures",
                 path.display(),
                 packet.link_type,
                 pcap::link_type_name(packet.link_type)
             );
         }
         now = packet.ts_ns;
-        let pkt = Captured {
-            data: packet.data,
-            wire_len: packet.wire_len,
-        };
+        let (data, wire_len) = crate::linktype::as_ethernet(
+            packet.link_type,
+            packet.data,
+            packet.wire_len,
+            &mut frame,
+        );
+        let pkt = Captured { data, wire_len };
         process_packet(&pkt, now, cfg, &mut table, &mut env);
         if now >= next_sweep {
             table.expire(now, cfg, false, &mut env);

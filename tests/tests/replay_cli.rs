@@ -137,14 +137,14 @@ fn a_damaged_header_or_foreign_link_type_is_one_clear_error() {
         "{last}"
     );
 
-    // LINKTYPE_RAW (101): plain IP, no Ethernet header.
-    let raw = damaged(&src, |b| b[20..24].copy_from_slice(&101u32.to_le_bytes()));
+    // LINKTYPE_IEEE802_11 (105): a link type replay does not read, named.
+    let raw = damaged(&src, |b| b[20..24].copy_from_slice(&105u32.to_le_bytes()));
     let out = replay(&[raw.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap();
     assert!(
-        last.contains(raw.to_str().unwrap()) && last.contains("link type 101 (RAW)"),
+        last.contains(raw.to_str().unwrap()) && last.contains("link type 105 (IEEE802_11)"),
         "{last}"
     );
     let _ = std::fs::remove_file(bad_magic);
@@ -199,4 +199,33 @@ fn a_baseline_keeps_the_unusual_attack_and_drops_what_the_host_does() {
         !out.status.success() && stderr.contains("fewer than"),
         "{stderr}"
     );
+}
+
+/// Real captures of many link types (the nDPI collection: Ethernet, Linux cooked v1 and v2, raw
+/// IP, BSD loopback, PPP, Cisco HDLC) all replay; one of another link type is refused by name.
+#[test]
+fn every_capture_of_the_ndpi_collection_replays_or_names_its_link_type() {
+    let dir = integration_tests::shared_dir().join("corpus/offlab/ndpi");
+    let mut files: Vec<std::path::PathBuf> = ["benign", "attack"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() > 400, "{} captures", files.len());
+    let cfg = detector::config::Config::default().flow_config();
+    let mut refused = Vec::new();
+    for f in &files {
+        if let Err(e) = detector::replay::replay_file(f, &cfg, |_, _, _| Ok(())) {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("link type") && e.contains("not supported"),
+                "{}: {e}",
+                f.display()
+            );
+            refused.push(e);
+        }
+    }
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(refused[0].contains("(PPI)"), "{}", refused[0]);
 }

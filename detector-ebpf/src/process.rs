@@ -12,7 +12,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, RingBuf},
+    maps::{LruHashMap, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };

@@ -338,9 +338,7 @@ impl Detector {
         let values = std::mem::take(&mut self.values);
         let dismissed = self.dismissed_among(&batch, &values, &scores);
         self.oldest = None;
-        self.metrics
-            .scored
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.scored.inc_by(n as u64);
         // Scored now, the whole batch: one clock read, not one per record.
         let scored_at = Instant::now();
         self.metrics.latencies(
@@ -356,9 +354,7 @@ impl Detector {
             // Before the policy, so that a dismissed record takes no cooldown or rate token
             // that a real alert from the same source would then lack.
             let d = if dismissed[i] {
-                self.metrics
-                    .dismissed_alerts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.dismissed_alerts.inc();
                 Decision::default()
             } else {
                 self.policy.decide(&Candidate {

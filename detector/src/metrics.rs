@@ -1,16 +1,26 @@
-//! Prometheus metrics on a local address: counters the agent keeps, plus the kernel's counters
-//! and map occupancy read at scrape time.
+//! Prometheus metrics on a local address: counters the agent keeps, plus the kernel's counters,
+//! map occupancy and the serving model, copied in at scrape time. Names, types, HELP lines and
+//! label escaping come from `prometheus-client`; what is ours is the batched latency histogram
+//! and the one-route HTTP responder (a GET of `/metrics` is all it serves, not worth an HTTP
+//! stack in a privileged daemon).
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
 
+use detector_common::flow::stat;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{
+        counter::Counter, exemplar::Exemplar, family::Family, gauge::Gauge, MetricType, TypedMetric,
+    },
+    registry::Registry,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -21,46 +31,254 @@ use tracing::warn;
 pub const LATENCY_BUCKETS_US: [u64; 10] =
     [50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000, 250_000];
 
-/// Counters the agent updates as it works.
-#[derive(Default)]
-pub struct Metrics {
-    pub flow_records: AtomicU64,
-    pub process_events: AtomicU64,
-    pub scored: AtomicU64,
-    pub adaptations: AtomicU64,
-    pub adaptations_refused: AtomicU64,
-    /// Alerts not raised because they matched a dismissed pattern.
-    pub dismissed_alerts: AtomicU64,
-    pub alerts: Mutex<BTreeMap<String, u64>>,
-    pub drops: Mutex<BTreeMap<String, u64>>,
-    pub shadow_drops: Mutex<BTreeMap<String, u64>>,
-    latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    latency_sum_us: AtomicU64,
-    /// Filled by the agent before each scrape: kernel counters, map occupancy, model.
-    pub gauges: Mutex<BTreeMap<String, f64>>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByFamily {
+    family: String,
 }
 
-fn bump(m: &Mutex<BTreeMap<String, u64>>, family: &str) {
-    if let Ok(mut m) = m.lock() {
-        *m.entry(family.to_string()).or_default() += 1;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelVersion {
+    version: String,
+}
+
+/// The counters the agent updates as it works, and the values a scrape copies in.
+pub struct Metrics {
+    registry: Registry,
+    pub flow_records: Counter,
+    pub process_events: Counter,
+    pub scored: Counter,
+    pub adaptations: Counter,
+    pub adaptations_refused: Counter,
+    /// Alerts not raised because they matched a dismissed pattern.
+    pub dismissed_alerts: Counter,
+    alerts: Family<ByFamily, Counter>,
+    drops: Family<ByFamily, Counter>,
+    shadow_drops: Family<ByFamily, Counter>,
+    latency: Latency,
+    /// Copied in before each scrape ([`Metrics::set_host`]).
+    host: HostSeries,
+}
+
+/// Series whose values live elsewhere (the kernel's per-CPU counters, the flow table, the
+/// policy) and are copied in before each scrape. The kernel and policy counts only grow, so they
+/// are counters whose value is stored rather than added to.
+struct HostSeries {
+    kernel: Vec<Counter>,
+    table_entries: Gauge,
+    table_capacity: Gauge,
+    blocklist_entries: Gauge,
+    tracked_sources: Gauge,
+    records_per_second: Gauge<f64, AtomicU64>,
+    alerts_rate_limited: Counter,
+    thin_evidence: Counter,
+    model_info: Family<ModelVersion, Gauge>,
+}
+
+/// What a scrape shows of the host at this moment (the agent fills it, see
+/// `agent::outputs::Gauges`).
+pub struct HostValues<'a> {
+    /// The kernel's counters, in `stat::NAMES` order.
+    pub kernel: &'a [u64],
+    pub table_entries: u64,
+    pub table_capacity: u64,
+    pub blocklist_entries: u64,
+    pub tracked_sources: u64,
+    pub records_per_second: f64,
+    pub alerts_rate_limited: u64,
+    pub thin_evidence: u64,
+    pub model_version: &'a str,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("detector");
+        // prometheus-client appends `_total` to counters and a full stop to HELP texts.
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let by_family = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<ByFamily, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let gauge = |r: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let flow_records = counter(&mut r, "flow_records", "Flow records read from the kernel");
+        let process_events = counter(
+            &mut r,
+            "process_events",
+            "Process events read from the kernel",
+        );
+        let scored = counter(&mut r, "scored", "Flow records scored");
+        let adaptations = counter(
+            &mut r,
+            "adaptations",
+            "Models adapted from confirmed incidents",
+        );
+        let adaptations_refused = counter(
+            &mut r,
+            "adaptations_refused",
+            "Adaptations refused by the false-alert check",
+        );
+        let dismissed_alerts = counter(
+            &mut r,
+            "dismissed_alerts",
+            "Alerts not raised: they matched a pattern the operator dismissed",
+        );
+        let alerts = by_family(&mut r, "alerts", "Alerts written, by family");
+        let drops = by_family(&mut r, "drops", "Blocklist entries inserted, by family");
+        let shadow_drops = by_family(
+            &mut r,
+            "shadow_drops",
+            "Drops logged in shadow mode, by family",
+        );
+        let latency = Latency::default();
+        r.register(
+            "scoring_latency_seconds",
+            "Time from reading a record to its score",
+            latency.clone(),
+        );
+        let kernel = stat::NAMES
+            .iter()
+            .map(|n| {
+                counter(
+                    &mut r,
+                    &format!("kernel_{n}"),
+                    &format!("The eBPF programs' {n} counter, summed over CPUs"),
+                )
+            })
+            .collect();
+        let host = HostSeries {
+            kernel,
+            table_entries: gauge(&mut r, "flow_table_entries", "Flows in the kernel's table"),
+            table_capacity: gauge(
+                &mut r,
+                "flow_table_capacity",
+                "Capacity of the kernel's flow table",
+            ),
+            blocklist_entries: gauge(&mut r, "blocklist_entries", "Sources the XDP program drops"),
+            tracked_sources: gauge(
+                &mut r,
+                "tracked_sources",
+                "Sources the agent keeps recent records of",
+            ),
+            records_per_second: {
+                let g = Gauge::<f64, AtomicU64>::default();
+                r.register(
+                    "records_per_second",
+                    "Flow records read per second over the last stats interval",
+                    g.clone(),
+                );
+                g
+            },
+            alerts_rate_limited: counter(
+                &mut r,
+                "alerts_rate_limited",
+                "Alerts held back by the per-source rate limit",
+            ),
+            thin_evidence: counter(
+                &mut r,
+                "thin_evidence",
+                "Scores over the threshold not acted on: too little evidence",
+            ),
+            model_info: {
+                let f = Family::<ModelVersion, Gauge>::default();
+                r.register("model_info", "The model serving (value 1)", f.clone());
+                f
+            },
+        };
+        Metrics {
+            registry: r,
+            flow_records,
+            process_events,
+            scored,
+            adaptations,
+            adaptations_refused,
+            dismissed_alerts,
+            alerts,
+            drops,
+            shadow_drops,
+            latency,
+            host,
+        }
     }
 }
 
 impl Metrics {
     pub fn alert(&self, family: &str) {
-        bump(&self.alerts, family);
+        self.alerts.get_or_create(&by(family)).inc();
     }
     pub fn dropped(&self, family: &str) {
-        bump(&self.drops, family);
+        self.drops.get_or_create(&by(family)).inc();
     }
     pub fn shadow_dropped(&self, family: &str) {
-        bump(&self.shadow_drops, family);
+        self.shadow_drops.get_or_create(&by(family)).inc();
     }
 
-    /// Records a batch's scoring latencies (record read → score done): counted locally, then
-    /// one atomic add per bucket used (two atomic adds per record were 2% of the agent's time
-    /// at full load).
+    /// Records a batch's scoring latencies (record read → score done).
     pub fn latencies(&self, ds: impl IntoIterator<Item = Duration>) {
+        self.latency.observe_batch(ds);
+    }
+
+    /// Copies in what the host shows now. The model's info series is replaced, not added to:
+    /// after a swap only the serving version reports 1.
+    pub fn set_host(&self, v: &HostValues) {
+        let h = &self.host;
+        for (c, x) in h.kernel.iter().zip(v.kernel) {
+            c.inner().store(*x, Relaxed);
+        }
+        h.table_entries.set(v.table_entries as i64);
+        h.table_capacity.set(v.table_capacity as i64);
+        h.blocklist_entries.set(v.blocklist_entries as i64);
+        h.tracked_sources.set(v.tracked_sources as i64);
+        h.records_per_second.set(v.records_per_second);
+        h.alerts_rate_limited
+            .inner()
+            .store(v.alerts_rate_limited, Relaxed);
+        h.thin_evidence.inner().store(v.thin_evidence, Relaxed);
+        let version = ModelVersion {
+            version: v.model_version.to_string(),
+        };
+        if h.model_info.get(&version).is_none() {
+            h.model_info.clear();
+        }
+        h.model_info.get_or_create(&version).set(1);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        // Writing into a String does not fail; the encoder's errors are fmt::Error from it.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut o, &self.registry);
+        o
+    }
+}
+
+fn by(family: &str) -> ByFamily {
+    ByFamily {
+        family: family.to_string(),
+    }
+}
+
+/// The scoring-latency histogram. Ours rather than the crate's `Histogram` (a lock per
+/// observation): a batch is counted locally, then one atomic add per bucket used; two atomic
+/// adds per record were 2% of the agent's time at full load.
+#[derive(Clone, Debug, Default)]
+struct Latency(Arc<LatencyCounts>);
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    fn observe_batch(&self, ds: impl IntoIterator<Item = Duration>) {
         let mut counts = [0u64; LATENCY_BUCKETS_US.len() + 1];
         let mut sum = 0u64;
         for d in ds {
@@ -72,115 +290,70 @@ impl Metrics {
             counts[i] += 1;
             sum += us;
         }
-        for (c, n) in self.latency.iter().zip(counts) {
+        for (c, n) in self.0.buckets.iter().zip(counts) {
             if n > 0 {
                 c.fetch_add(n, Relaxed);
             }
         }
-        self.latency_sum_us.fetch_add(sum, Relaxed);
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            &mut o,
-            "detector_flow_records_total",
-            "Flow records read from the kernel.",
-            self.flow_records.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "detector_process_events_total",
-            "Process events read from the kernel.",
-            self.process_events.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "detector_scored_total",
-            "Flow records scored.",
-            self.scored.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "detector_adaptations_total",
-            "Models adapted from confirmed incidents.",
-            self.adaptations.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "detector_dismissed_alerts_total",
-            "Alerts not raised: they matched a pattern the operator dismissed.",
-            self.dismissed_alerts.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "detector_adaptations_refused_total",
-            "Adaptations refused by the false-alert check.",
-            self.adaptations_refused.load(Relaxed),
-        );
-        for (name, help, m) in [
-            (
-                "detector_alerts_total",
-                "Alerts written, by family.",
-                &self.alerts,
-            ),
-            (
-                "detector_drops_total",
-                "Blocklist entries inserted, by family.",
-                &self.drops,
-            ),
-            (
-                "detector_shadow_drops_total",
-                "Drops logged in shadow mode, by family.",
-                &self.shadow_drops,
-            ),
-        ] {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-            if let Ok(m) = m.lock() {
-                for (family, v) in m.iter() {
-                    let _ = writeln!(o, "{name}{{family=\"{}\"}} {v}", escape(family));
-                }
-            }
-        }
-        let name = "detector_scoring_latency_seconds";
-        let _ = writeln!(
-            o,
-            "# HELP {name} Time from reading a record to its score.\n# TYPE {name} histogram"
-        );
-        let mut cum = 0;
-        for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cum += self.latency[i].load(Relaxed);
-            let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {cum}", *b as f64 / 1e6);
-        }
-        cum += self.latency[LATENCY_BUCKETS_US.len()].load(Relaxed);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(
-            o,
-            "{name}_sum {}",
-            self.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(o, "{name}_count {cum}");
-        if let Ok(g) = self.gauges.lock() {
-            for (k, v) in g.iter() {
-                let (metric, _) = k.split_once('{').unwrap_or((k.as_str(), ""));
-                let _ = writeln!(o, "# TYPE {metric} gauge\n{k} {v}");
-            }
-        }
-        o
+        self.0.sum_us.fetch_add(sum, Relaxed);
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
 }
 
-/// Serves `/metrics` (any path, really) on `listener`; `refresh` updates the gauges first.
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Per-bucket counts (the encoder accumulates them), the last one unbounded.
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+            .iter()
+            .map(|&b| b as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(self.0.buckets.iter().map(|c| c.load(Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_us.load(Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(
+            sum,
+            count,
+            &buckets,
+            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// What a request asked for, from its request line.
+#[derive(Debug, PartialEq)]
+enum Route {
+    Metrics,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+fn route(head: &[u8]) -> Route {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Route::BadRequest;
+    };
+    // A query string does not change what is served (Prometheus may add one).
+    let path = target.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => Route::Metrics,
+        ("GET" | "HEAD", _) => Route::NotFound,
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+/// Serves `GET /metrics` on `listener`; `refresh` has the agent copy in the host's values first.
+/// Other paths get 404, other methods 405.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -199,19 +372,36 @@ pub async fn serve(
         let refresh = refresh.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            // The request itself does not matter; read what came so the client is not reset.
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if refresh.send(tx).await.is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
-            }
-            let body = metrics.render();
+            let n = match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head_only = buf[..n].starts_with(b"HEAD ");
+            let (status, body) = match route(&buf[..n]) {
+                Route::Metrics => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if refresh.send(tx).await.is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+                    }
+                    ("200 OK", metrics.render())
+                }
+                Route::NotFound => ("404 Not Found", "only /metrics is served\n".into()),
+                Route::MethodNotAllowed => ("405 Method Not Allowed", "use GET\n".into()),
+                Route::BadRequest => ("400 Bad Request", "not an HTTP request\n".into()),
+            };
+            let content_type = if status.starts_with("200") {
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+            } else {
+                "text/plain; charset=utf-8"
+            };
             let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
+            if !head_only {
+                let _ = s.write_all(body.as_bytes()).await;
+            }
         });
     }
 }
@@ -220,10 +410,24 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    fn host(version: &str) -> HostValues<'_> {
+        HostValues {
+            kernel: &[5; stat::COUNT as usize],
+            table_entries: 12,
+            table_capacity: 100,
+            blocklist_entries: 0,
+            tracked_sources: 1,
+            records_per_second: 0.5,
+            alerts_rate_limited: 2,
+            thin_evidence: 0,
+            model_version: version,
+        }
+    }
+
     #[test]
     fn renders_counters_labels_and_a_cumulative_histogram() {
         let m = Metrics::default();
-        m.flow_records.fetch_add(3, Relaxed);
+        m.flow_records.inc_by(3);
         m.alert("scan");
         m.alert("scan");
         m.dropped("brute\"force");
@@ -232,32 +436,59 @@ mod tests {
             Duration::from_micros(700),
             Duration::from_secs(2),
         ]);
-        m.gauges
-            .lock()
-            .unwrap()
-            .insert("detector_flow_table_entries".into(), 12.0);
+        m.set_host(&host("default-1"));
         let t = m.render();
-        assert!(t.contains("detector_flow_records_total 3"), "{t}");
-        assert!(
-            t.contains("detector_alerts_total{family=\"scan\"} 2"),
-            "{t}"
+        for want in [
+            "# TYPE detector_flow_records_total counter",
+            "detector_flow_records_total 3",
+            "detector_alerts_total{family=\"scan\"} 2",
+            "detector_drops_total{family=\"brute\\\"force\"} 1",
+            "detector_scoring_latency_seconds_bucket{le=\"5e-05\"} 1",
+            "detector_scoring_latency_seconds_bucket{le=\"0.001\"} 2",
+            "detector_scoring_latency_seconds_bucket{le=\"+Inf\"} 3",
+            "detector_scoring_latency_seconds_count 3",
+            "# TYPE detector_kernel_packets_total counter",
+            "detector_kernel_packets_total 5",
+            "# TYPE detector_flow_table_entries gauge",
+            "detector_flow_table_entries 12",
+            "detector_alerts_rate_limited_total 2",
+            "detector_model_info{version=\"default-1\"} 1",
+        ] {
+            assert!(t.lines().any(|l| l == want), "no line {want:?} in:\n{t}");
+        }
+        // One TYPE line per metric, however many labelled series it has.
+        let types: Vec<&str> = t.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let mut unique = types.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len(), "{t}");
+    }
+
+    #[test]
+    fn a_model_swap_leaves_one_model_info_series() {
+        let m = Metrics::default();
+        m.set_host(&host("default-1"));
+        m.set_host(&host("host-1"));
+        let t = m.render();
+        let info: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("detector_model_info"))
+            .collect();
+        assert_eq!(info, ["detector_model_info{version=\"host-1\"} 1"], "{t}");
+    }
+
+    #[test]
+    fn only_get_of_metrics_is_served() {
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.1\r\n"), Route::Metrics);
+        assert_eq!(route(b"HEAD /metrics HTTP/1.0\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET / HTTP/1.1\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n"), Route::NotFound);
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n"),
+            Route::MethodNotAllowed
         );
-        assert!(
-            t.contains("detector_drops_total{family=\"brute\\\"force\"} 1"),
-            "{t}"
-        );
-        assert!(
-            t.contains("detector_scoring_latency_seconds_bucket{le=\"0.00005\"} 1"),
-            "{t}"
-        );
-        assert!(
-            t.contains("detector_scoring_latency_seconds_bucket{le=\"0.001\"} 2"),
-            "{t}"
-        );
-        assert!(
-            t.contains("detector_scoring_latency_seconds_bucket{le=\"+Inf\"} 3"),
-            "{t}"
-        );
-        assert!(t.contains("detector_flow_table_entries 12"), "{t}");
+        assert_eq!(route(b"\r\n"), Route::BadRequest);
+        assert_eq!(route(b""), Route::BadRequest);
     }
 }

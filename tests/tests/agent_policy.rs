@@ -287,3 +287,88 @@ fn the_control_socket_refuses_non_root_users() {
     );
     agent.stop();
 }
+
+/// Runs `curl` in `ns` and returns (HTTP status, body).
+fn http_get(ns: &integration_tests::Netns, url: &str) -> (String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "curl", "-s", "--max-time", "5"])
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
+fn a_live_agents_metrics_pass_promtool_and_only_metrics_is_served() {
+    require_root();
+    let lan = Lan::new(2);
+    let listen = format!("127.0.0.1:{}", 30000 + std::process::id() % 20000);
+    let agent = Agent::start(
+        &lan.hosts[VICTIM],
+        &[
+            "--iface",
+            &lan.ifaces[VICTIM],
+            "--drop",
+            "drop",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    // A scan gives the labelled series (alerts and drops by family) something to show.
+    nmap_syn_scan(&lan.hosts[ATTACKER], &lan.ip(VICTIM));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The file is read while the agent writes it: a partial last line is skipped.
+    let alerted = || {
+        std::fs::read_to_string(&agent.out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("\"type\":\"alert\""))
+    };
+    while !alerted() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert for the scan"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let victim = &lan.hosts[VICTIM];
+    let (code, text) = http_get(victim, &format!("http://{listen}/metrics"));
+    assert_eq!(code, "200", "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("detector_alerts_total{family=")),
+        "no alert series after the scan:\n{text}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool (cargo xtask setup --test-tools installs Debian's prometheus)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let problems = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && problems.trim().is_empty(),
+        "promtool check metrics found problems:\n{problems}\nin:\n{text}"
+    );
+    for path in ["/", "/metrics/x", "/favicon.ico"] {
+        let (code, _) = http_get(victim, &format!("http://{listen}{path}"));
+        assert_eq!(code, "404", "GET {path}");
+    }
+    agent.stop();
+}

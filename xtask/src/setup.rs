@@ -29,6 +29,8 @@ const TEST_PACKAGES: &[&str] = &[
     "zstd",
     "openssl",
     "openssh-client",
+    // promtool, to check the agent's /metrics (its server is not started: NoDaemonStart).
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

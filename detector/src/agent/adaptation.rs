@@ -2,7 +2,7 @@
 //! result is saved, then served (the agent's false-alert check may refuse it, and the model in
 //! force stays); `model history` and `model rollback` read and move the host's versions.
 
-use std::sync::{atomic::Ordering::Relaxed, Arc};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -180,7 +180,7 @@ impl Models {
         } = done;
         let answer = match result {
             Err(e) => {
-                metrics.adaptations_refused.fetch_add(1, Relaxed);
+                metrics.adaptations_refused.inc();
                 warn!("{e:#}");
                 control::error(format!("{e:#}"))
             }
@@ -229,7 +229,7 @@ impl Models {
             family: family.clone(),
             exemplars: signature,
         });
-        metrics.adaptations.fetch_add(1, Relaxed);
+        metrics.adaptations.inc();
         info!(model = %version, %family, flows, "adapted model serving");
         Response::Adapted(Adapted {
             ok: true,

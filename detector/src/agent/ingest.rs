@@ -2,10 +2,7 @@
 //! Each flow record is written (when records are on) and queued for scoring; full batches are
 //! scored and acted on at once, the rest at their deadline.
 
-use std::{
-    sync::{atomic::Ordering::Relaxed, Arc},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
 use detector_common::{
@@ -102,7 +99,7 @@ impl<S: BlockStore> Core<S> {
             None
         };
         self.read += 1;
-        self.metrics.flow_records.fetch_add(1, Relaxed);
+        self.metrics.flow_records.inc();
         if self.out.records_on() {
             let mut j = FlowJson::new(key, state, reason, self.time);
             j.process = process.clone();
@@ -165,7 +162,7 @@ impl<S: BlockStore> Core<S> {
     ) -> anyhow::Result<()> {
         while let Some(item) = guard.get_inner_mut().next() {
             self.read += 1;
-            self.metrics.process_events.fetch_add(1, Relaxed);
+            self.metrics.process_events.inc();
             match read_item::<ProcEvent>(&item) {
                 Some(ev) => self.on_process(&ev)?,
                 None => warn!(len = item.len(), "skipped a malformed process event"),

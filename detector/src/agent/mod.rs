@@ -455,7 +455,7 @@ impl Agent {
             },
             records_read: self.core.read,
             records_per_s: self.core.read as f64 / uptime.as_secs_f64().max(1e-3),
-            scored: self.core.metrics.scored.load(Relaxed),
+            scored: self.core.metrics.scored.get(),
             alerts_rate_limited: det.policy.rate_limited_alerts,
             thin_evidence: det.policy.thin_evidence,
             blocks: self
@@ -476,7 +476,7 @@ impl Agent {
                 .collect(),
             tracked_sources: det.tracked().0,
             recent_records: det.recent().len(),
-            adaptations: self.core.metrics.adaptations.load(Relaxed),
+            adaptations: self.core.metrics.adaptations.get(),
             novelty: det.has_baseline(),
             warmup: self.learning.status(self.cfg.adaptation.warmup.0),
             host_rule: det.has_baseline()
@@ -486,7 +486,7 @@ impl Agent {
                     .get(LIVE_FEATURE_SET)
                     .is_some_and(|l| l.rule.require_novelty),
             dismissals: self.dismissals.len(),
-            dismissed_alerts: self.core.metrics.dismissed_alerts.load(Relaxed),
+            dismissed_alerts: self.core.metrics.dismissed_alerts.get(),
             baseline_rows: self.learning.baseline_rows,
         }
     }

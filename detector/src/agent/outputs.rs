@@ -1,8 +1,6 @@
 //! Where the agent writes: records and alert events as JSON lines, the periodic stats line, and
 //! the gauges a metrics scrape reads.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
 use detector_common::flow::stat;
@@ -10,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     clock::{self, TimeBase},
-    metrics::Metrics,
+    metrics::{HostValues, Metrics},
     output::JsonLines,
     policy::Policy,
 };
@@ -114,7 +112,7 @@ impl StatsJson {
             table_full: c[stat::TABLE_FULL as usize],
             proc_ringbuf_full: c[stat::PROC_RINGBUF_FULL as usize],
             read,
-            scored: m.scored.load(Relaxed),
+            scored: m.scored.get(),
             blocks,
             alerts_rate_limited: policy.rate_limited_alerts,
             thin_evidence: policy.thin_evidence,
@@ -152,39 +150,19 @@ pub struct Gauges<'a> {
 }
 
 impl Gauges<'_> {
-    /// Puts these values in `m`'s gauges (the model's info series only for the model serving).
+    /// Copies these values into `m` for the scrape.
     pub fn publish(&self, m: &Metrics) {
-        let Ok(mut g) = m.gauges.lock() else { return };
-        for (n, v) in stat::NAMES.iter().zip(self.counters.iter()) {
-            g.insert(format!("detector_kernel_{n}_total"), *v as f64);
-        }
-        g.insert(
-            "detector_flow_table_entries".into(),
-            self.table_entries as f64,
-        );
-        g.insert(
-            "detector_flow_table_capacity".into(),
-            self.table_capacity as f64,
-        );
-        g.insert("detector_blocklist_entries".into(), self.blocks as f64);
-        g.insert(
-            "detector_tracked_sources".into(),
-            self.tracked_sources as f64,
-        );
-        g.retain(|k, _| !k.starts_with("detector_model_info{"));
-        g.insert(
-            format!("detector_model_info{{version=\"{}\"}}", self.model_version),
-            1.0,
-        );
-        g.insert("detector_records_per_second".into(), self.records_per_s);
-        g.insert(
-            "detector_alerts_rate_limited_total".into(),
-            self.policy.rate_limited_alerts as f64,
-        );
-        g.insert(
-            "detector_thin_evidence_total".into(),
-            self.policy.thin_evidence as f64,
-        );
+        m.set_host(&HostValues {
+            kernel: self.counters,
+            table_entries: self.table_entries,
+            table_capacity: self.table_capacity as u64,
+            blocklist_entries: self.blocks as u64,
+            tracked_sources: self.tracked_sources as u64,
+            records_per_second: self.records_per_s,
+            alerts_rate_limited: self.policy.rate_limited_alerts,
+            thin_evidence: self.policy.thin_evidence,
+            model_version: self.model_version,
+        });
     }
 }
 
@@ -230,31 +208,5 @@ mod tests {
         let s = StatsJson::new(&c, 7, &Metrics::default(), 1, &policy());
         assert_eq!((s.packets, s.ringbuf_full, s.read, s.blocks), (10, 2, 7, 1));
         assert_eq!(lost(&c), 5);
-    }
-
-    #[test]
-    fn a_model_swap_leaves_one_model_info_series() {
-        let m = Metrics::default();
-        let c: Counters = [0; stat::COUNT as usize];
-        let p = policy();
-        for v in ["default-1", "host-1"] {
-            Gauges {
-                counters: &c,
-                table_entries: 0,
-                table_capacity: 1,
-                blocks: 0,
-                tracked_sources: 0,
-                model_version: v,
-                records_per_s: 0.0,
-                policy: &p,
-            }
-            .publish(&m);
-        }
-        let g = m.gauges.lock().unwrap();
-        let info: Vec<&String> = g
-            .keys()
-            .filter(|k| k.starts_with("detector_model_info"))
-            .collect();
-        assert_eq!(info, ["detector_model_info{version=\"host-1\"}"]);
     }
 }

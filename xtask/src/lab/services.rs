@@ -7,9 +7,9 @@
 //! socat on 9000 and 50000, iperf3 on 5201-5204, DNS on 8600): real hosts run them, and a recording whose
 //! every benign service sat on a well-known port would teach "a port above 1023 is an attack".
 //!
-//! The lab user exists only for the services: sshd and vsftpd run in a private mount namespace
-//! where the lab's passwd/shadow/group and PAM files are bind-mounted over /etc, so the host's
-//! own accounts are never touched.
+//! The lab user exists only for the services: sshd, vsftpd and smbd run in a private mount
+//! namespace where the lab's passwd/shadow/group and PAM files lie over /etc (a read-only
+//! overlay), so the host's own accounts are never touched.
 
 use std::{
     fs,
@@ -559,23 +559,18 @@ fn accounts(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.join("client_key"))
 }
 
-/// `argv` inside the victim's network namespace and a private mount namespace in which the
-/// lab's account and PAM files replace the host's.
+/// `argv` inside the host's network namespace and a private mount namespace in which the
+/// lab's account and PAM files (`dir/etc`: passwd, shadow, group, pam.d) lie over the host's
+/// `/etc`: a read-only overlay, the lab's files on top. Not bind mounts of the four files: a
+/// package installed on the host during a run replaces `/etc/passwd` (a new file renamed over
+/// the old one), and the kernel then detaches mounts on the replaced file in every namespace,
+/// so the services lost the lab user halfway through a recording. Renames inside `/etc` leave a
+/// mount on `/etc` itself alone, and the lab's files stay on top.
 fn with_lab_accounts(ns: &Netns, dir: &Path, argv: &[&str]) -> Command {
-    let etc = dir.join("etc");
-    let mut script = String::new();
-    for (src, dst) in [
-        ("passwd", "/etc/passwd"),
-        ("shadow", "/etc/shadow"),
-        ("group", "/etc/group"),
-        ("pam.d", "/etc/pam.d"),
-    ] {
-        script.push_str(&format!(
-            "mount --bind '{}' {dst} && ",
-            etc.join(src).display()
-        ));
-    }
-    script.push_str("exec \"$@\"");
+    let script = format!(
+        "mount -t overlay dlab-etc -o 'lowerdir={}:/etc' /etc && exec \"$@\"",
+        dir.join("etc").display()
+    );
     let mut c = ns.cmd("unshare");
     c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg(script)

@@ -43,34 +43,38 @@ impl TimeBase {
     }
 }
 
-/// Parses a duration such as `30s`, `500ms`, `2m`, `1h` or `250us` (a bare number is seconds).
+/// Parses a duration in humantime's grammar: `30s`, `500ms`, `2m`, `1h 30m`, `250us`. Two forms
+/// that earlier versions read still load, so that existing configurations keep working: a bare
+/// number is seconds, and a decimal with one unit (`1.5s`). At most 10^9 seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
+    let d = match humantime::parse_duration(s) {
+        Ok(d) => d,
+        Err(e) => older_form(s).ok_or_else(|| {
+            format!("{s:?} is not a duration ({e}; examples: 30s, 500ms, 2m, 1h 30m)")
+        })?,
+    };
+    if d.as_secs_f64() > 1e9 {
+        return Err(format!("duration {s:?} is out of range (at most 10^9 s)"));
+    }
+    Ok(d)
+}
+
+/// `7` (seconds) or `1.5s`: a decimal number and at most one unit.
+fn older_form(s: &str) -> Option<std::time::Duration> {
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 30s, 500ms, 2m)"))?;
-    let scale = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {s:?} (use ns, us, ms, s, m, h)"
-            ))
-        }
+    let value: f64 = num.parse().ok()?;
+    let unit = match unit.trim() {
+        "" => "s",
+        u => u,
     };
-    let secs = value * scale;
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    let one = humantime::parse_duration(&format!("1{unit}")).ok()?;
+    let secs = value * one.as_secs_f64();
+    (secs.is_finite() && (0.0..=1e9).contains(&secs))
+        .then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -84,7 +88,12 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("100000y").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

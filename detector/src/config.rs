@@ -18,7 +18,7 @@ use crate::clock::parse_duration;
 /// Where the agent looks for its configuration when none is named.
 pub const DEFAULT_PATH: &str = "/etc/detector/detector.toml";
 
-/// A duration written as "30s", "500ms", "10m".
+/// A duration written as "30s", "500ms", "10m", "1h 30m" ([`parse_duration`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
@@ -32,88 +32,62 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 impl Serialize for Dur {
-    /// Whole seconds as "30s", whole milliseconds as "500ms" when that reads back exactly,
-    /// anything else as exact decimal seconds ("0.0015s"): what is written parses back to the
-    /// same duration (`detector config --check` prints what was loaded; a sub-millisecond
-    /// duration used to print as whole milliseconds, "1us" as "0ms").
+    /// humantime's form ("30s", "1ms 500us"): exact to the nanosecond, so what `detector config
+    /// --check` prints parses back to the same duration.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let d = self.0;
-        if d.subsec_nanos() == 0 {
-            return s.serialize_str(&format!("{}s", d.as_secs()));
-        }
-        if d.subsec_nanos().is_multiple_of(1_000_000) {
-            let ms = format!("{}ms", d.as_millis());
-            if parse_duration(&ms) == Ok(d) {
-                return s.serialize_str(&ms);
-            }
-        }
-        // Seconds parse with a scale of 1: one rounding, decimal to f64, which lands back on
-        // the same nanosecond.
-        let frac = format!("{:09}", d.subsec_nanos());
-        s.serialize_str(&format!("{}.{}s", d.as_secs(), frac.trim_end_matches('0')))
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
     }
 }
 
 /// An address block such as `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
+pub struct Cidr(pub ipnet::IpNet);
 
 impl Cidr {
     /// True when `ip` is inside the block (IPv4 and IPv6 never match each other).
     pub fn contains(&self, ip: &IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix as u32)
-                };
-                u32::from(net) & mask == u32::from(*ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix as u32)
-                };
-                u128::from(net) & mask == u128::from(*ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(ip)
+    }
+}
+
+impl From<IpAddr> for Cidr {
+    /// The block of that one address.
+    fn from(ip: IpAddr) -> Self {
+        Cidr(ip.into())
     }
 }
 
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or address block (e.g. 10.0.0.0/8)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
-        };
-        Ok(Self { addr, prefix })
+        let t = s.trim();
+        if let Ok(net) = t.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(net));
+        }
+        match t.split_once('/') {
+            None => t
+                .parse::<IpAddr>()
+                .map(Cidr::from)
+                .map_err(|_| format!("{s:?} is not an address or address block (e.g. 10.0.0.0/8)")),
+            Some((a, _)) => {
+                let max = match a.trim().parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) => 32,
+                    Ok(IpAddr::V6(_)) => 128,
+                    Err(_) => {
+                        return Err(format!(
+                            "{s:?} is not an address or address block (e.g. 10.0.0.0/8)"
+                        ))
+                    }
+                };
+                Err(format!("{s:?}: prefix length must be 0..={max}"))
+            }
+        }
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -522,10 +496,7 @@ impl Config {
         let mut v = self.policy.allowlist.clone();
         if self.policy.allow_ssh_client {
             if let Some(ip) = ssh_client() {
-                v.push(Cidr {
-                    addr: ip,
-                    prefix: if ip.is_ipv4() { 32 } else { 128 },
-                });
+                v.push(Cidr::from(ip));
             }
         }
         v
@@ -584,7 +555,7 @@ mod tests {
         let ser = |d: Duration| serde_json::to_value(Dur(d)).unwrap();
         assert_eq!(ser(Duration::from_secs(30)), "30s");
         assert_eq!(ser(Duration::from_millis(5)), "5ms");
-        assert_eq!(ser(Duration::from_micros(1500)), "0.0015s");
+        assert_eq!(ser(Duration::from_micros(1500)), "1ms 500us");
     }
 
     #[test]
@@ -596,7 +567,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.policy.drop, DropMode::Drop);
         assert_eq!(cfg.policy.drop_ttl.0, Duration::from_secs(120));
-        assert_eq!(cfg.policy.allowlist[1].prefix, 128);
+        assert_eq!(cfg.policy.allowlist[1].0.prefix_len(), 128);
         assert_eq!(cfg.flow_config().idle_timeout_ns, 5_000_000_000);
         assert_eq!(cfg.scoring, ScoringSection::default());
     }
@@ -655,5 +626,9 @@ mod tests {
                 && !one.contains(&"192.0.2.8".parse().unwrap())
         );
         assert!("nonsense".parse::<Cidr>().is_err());
+        let err = "10.0.0.0/33".parse::<Cidr>().unwrap_err();
+        assert!(err.contains("0..=32"), "{err}");
+        assert_eq!(one.to_string(), "192.0.2.7/32");
+        assert_eq!(n.to_string(), "10.1.0.0/16");
     }
 }

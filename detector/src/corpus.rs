@@ -85,7 +85,7 @@ pub fn manifest_files(
         if let Some(want) = &row.sha256 {
             let bytes =
                 std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let got = format!("{:x}", Sha256::digest(&bytes));
+            let got = hex::encode(Sha256::digest(&bytes));
             if &got != want {
                 bail!(
                     "{}: sha256 {got}, but {} says {want}",

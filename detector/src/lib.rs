@@ -12,6 +12,7 @@
 //!   dataset imports (`dataset`'s importers).
 
 pub mod agent;
+pub mod atomic_write;
 pub mod baseline;
 pub mod blocklist;
 pub mod clock;

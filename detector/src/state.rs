@@ -1,51 +1,19 @@
 //! The agent's state directory: files written atomically, so that a crash or a full disk never
 //! leaves a half-written model, blocklist or incident log behind.
 
-use std::{
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use anyhow::Context;
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, fsynced and then
-/// renamed over the old file: readers see the old or the new content, never a mix. On error
-/// (disk full, read-only, ...) the old file is left as it was and the temporary file removed.
+/// Writes `bytes` to `path` atomically ([`crate::atomic_write`]): readers see the old or the new
+/// content, never a mix. On error (disk full, read-only, ...) the old file is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| {
-            format!(
-                "cannot write {} (the previous version is kept)",
-                path.display()
-            )
-        });
-    }
-    Ok(())
+    crate::atomic_write::write_atomic(path, bytes).with_context(|| {
+        format!(
+            "cannot write {} (the previous version is kept)",
+            path.display()
+        )
+    })
 }
 
 /// Creates the state directory, readable by root only.

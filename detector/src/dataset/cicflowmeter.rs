@@ -13,7 +13,7 @@ use csv::ByteRecord;
 
 use super::{
     families::LabelTable,
-    rows::{days_from_civil, header_names, require_columns, text, CellError, RowBuf, RowParser},
+    rows::{header_names, require_columns, text, CellError, RowBuf, RowParser},
 };
 
 /// Feature-set name.
@@ -315,7 +315,10 @@ pub fn parse_timestamp(s: &str) -> Option<u64> {
     if h > 23 {
         return None;
     }
-    let days = u64::try_from(days_from_civil(y, m, d)).ok()?;
+    let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
+        .ok()?;
+    let days = u64::try_from((date - time::OffsetDateTime::UNIX_EPOCH.date()).whole_days()).ok()?;
     let secs = days * 86_400 + h * 3600 + min * 60;
     Some(secs * 1_000_000_000 + (sec * 1e9).round() as u64)
 }
@@ -575,7 +578,13 @@ mod tests {
             parse_timestamp("1970-01-02 00:00:00.5"),
             Some(86_400_500_000_000)
         );
+        assert_eq!(
+            parse_timestamp("2017-07-03 00:00:00"),
+            Some(17_350 * 86_400 * 1_000_000_000)
+        );
         assert_eq!(parse_timestamp("1/13/2017 8:00"), None);
+        // A day the month does not have.
+        assert_eq!(parse_timestamp("30/2/2017 8:00"), None);
         assert_eq!(parse_timestamp("1/1/2017 25:00"), None);
         assert_eq!(parse_timestamp("garbage"), None);
         assert_eq!(parse_timestamp(""), None);

@@ -24,14 +24,7 @@ pub mod stats;
 #[cfg(feature = "trainer")]
 pub mod unsw;
 
-use std::{
-    collections::HashMap,
-    fmt,
-    fs::{self, File},
-    io::{Read, Write},
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::{collections::HashMap, fmt, fs, io::Read, path::Path};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -524,7 +517,7 @@ impl Dataset {
             }
             None => h.update([0u8]),
         }
-        hex(&h.finalize())
+        hex::encode(h.finalize())
     }
 
     /// Writes the dataset to `path` atomically (a temporary file in the same folder, then a
@@ -533,7 +526,7 @@ impl Dataset {
         let bytes = self
             .encode()
             .map_err(|e| anyhow::anyhow!("cannot write dataset {}: {e}", path.display()))?;
-        write_atomic(path, &bytes)?;
+        crate::state::write_atomic(path, &bytes)?;
         Ok(())
     }
 
@@ -609,7 +602,7 @@ impl Dataset {
         for (_, b) in &blocks {
             blocks_hash.update(b);
         }
-        header.blocks_sha256 = hex(&blocks_hash.finalize());
+        header.blocks_sha256 = hex::encode(blocks_hash.finalize());
         let json = serde_json::to_vec(&header)
             .map_err(|e| DatasetError::Mismatch(format!("header serialisation failed: {e}")))?;
         let header_len = u32::try_from(json.len()).map_err(|_| {
@@ -751,7 +744,7 @@ impl Dataset {
                 count: len - end,
             });
         }
-        let actual = hex(&Sha256::digest(&bytes[header_end as usize..]));
+        let actual = hex::encode(Sha256::digest(&bytes[header_end as usize..]));
         if actual != header.blocks_sha256 {
             return Err(DatasetError::BlocksDigest {
                 file: f(),
@@ -905,47 +898,6 @@ fn hash_le<T: Copy, const N: usize>(h: &mut Sha256, values: &[T], to: impl Fn(T)
         }
         h.update(&buf);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow::anyhow!("{}: not a file path", path.display()))?;
-    let tmp: PathBuf = path.with_file_name(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        anyhow::bail!("cannot write dataset {}: {e}", path.display());
-    }
-    // Make the rename durable; not every filesystem lets a directory be opened, so best effort.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// Helpers shared by the dataset tests.

@@ -400,17 +400,6 @@ pub(crate) fn text(rec: &ByteRecord, col: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
 /// One input layout: knows its columns and turns data rows into [`RowBuf`]s.
 pub(crate) trait RowParser {
     /// Feature-set name of the rows.
@@ -774,13 +763,6 @@ mod tests {
             header_names(&rec),
             vec!["Fwd Header Length", "x", "Fwd Header Length.1", "x.1"]
         );
-    }
-
-    #[test]
-    fn civil_days() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2017, 7, 3), 17350);
-        assert_eq!(days_from_civil(2000, 3, 1), 11017);
     }
 
     #[test]

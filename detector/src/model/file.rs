@@ -103,30 +103,7 @@ fn digest<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(bytes);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    hex::encode(h.finalize())
 }
 
 impl Model {
@@ -174,7 +151,7 @@ impl Model {
     /// Writes the model atomically (temporary file in the same folder, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         let bytes = self.to_bytes()?;
-        write_atomic(path, &bytes).map_err(|source| ModelError::Io {
+        crate::atomic_write::write_atomic(path, &bytes).map_err(|source| ModelError::Io {
             file: path.display().to_string(),
             source,
         })

@@ -44,7 +44,7 @@ pub fn base_model(model_file: &str) -> anyhow::Result<(Model, String)> {
 fn digest(m: &Model) -> String {
     use sha2::{Digest, Sha256};
     let bytes = m.to_bytes().unwrap_or_default();
-    format!("{:x}", Sha256::digest(&bytes))
+    hex::encode(Sha256::digest(&bytes))
 }
 
 #[cfg(test)]

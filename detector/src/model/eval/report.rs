@@ -57,19 +57,10 @@ pub fn stem(file: &str) -> String {
     name.split('.').next().unwrap_or(name).to_string()
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// Writes the summary JSON.
 pub fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report)?;
-    write_atomic(path, text.as_bytes())
+    crate::state::write_atomic(path, text.as_bytes())
 }
 
 /// Writes every draw's numbers: dataset → family → K → method → metric → one value per draw.
@@ -105,7 +96,7 @@ pub fn write_draws(path: &Path, datasets: &[DatasetResult]) -> anyhow::Result<()
             }
         }
     }
-    write_atomic(path, serde_json::to_string(&out)?.as_bytes())
+    crate::state::write_atomic(path, serde_json::to_string(&out)?.as_bytes())
 }
 
 fn color(method: &str) -> ([u8; 3], bool) {

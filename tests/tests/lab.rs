@@ -240,7 +240,7 @@ fn lab_network_is_sealed_and_torn_down() {
     let topo = lab.topology.clone();
     let id = topo["id"].as_str().unwrap().to_string();
     let hosts = topo["hosts"].as_array().unwrap().clone();
-    assert_eq!(hosts.len(), 8, "{topo}");
+    assert_eq!(hosts.len(), 11, "{topo}");
     let bridge_ns = topo["bridge_ns"].as_str().unwrap();
     let capture = Capture::start(bridge_ns, topo["bridge"].as_str().unwrap());
     for h in &hosts {
@@ -699,5 +699,73 @@ fn lab_records_a_scan_and_benign_browsing_labelled() {
             "{s}: {rows:?}"
         );
     }
+    let _ = fs::remove_dir_all(&out);
+}
+
+/// A session that reaches several hosts in a row (the victim's lateral movement to three file
+/// servers) owns its flows with each of them, and a sweep of the subnet is labelled as the
+/// scanner's session where it crosses the victim's interface.
+#[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
+fn lab_records_lateral_movement_and_a_subnet_sweep() {
+    require_root();
+    let out = std::env::temp_dir().join(unique("lab-lateral-"));
+    let (ok, log) = run_ok(&mut lab_command(&[
+        "--scenario",
+        "lateral-smb-psexec",
+        "--scenario",
+        "scan-sweep-syn",
+        "--sessions",
+        "1",
+        "--link",
+        "rtt=2ms",
+        "--no-dataset",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(ok, "the lab failed:\n{log}");
+    let manifest: Value =
+        serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    for s in manifest["sessions"].as_array().unwrap() {
+        assert_eq!(s["exit_code"], 0, "{s}");
+    }
+    let records = read_recording(&out.join("records.jsonl.zst"));
+    let flows: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "flow" && r["final"] == true)
+        .collect();
+    // psexec and smbclient from the victim to each server's port 445, all one session's.
+    let mut servers = BTreeSet::new();
+    for f in flows
+        .iter()
+        .filter(|f| f["src_addr"] == "10.77.0.2" && f["dst_port"] == 445)
+    {
+        let lab = &f["lab"];
+        assert_eq!(
+            (&lab["session"], &lab["family"], &lab["role"]),
+            (
+                &"lateral-smb-psexec/1".into(),
+                &"lateral-movement".into(),
+                &"victim".into()
+            ),
+            "{f}"
+        );
+        servers.insert(f["dst_addr"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        servers,
+        BTreeSet::from(["10.77.0.3".into(), "10.77.0.4".into(), "10.77.0.5".into()]),
+        "servers reached"
+    );
+    // The sweep's SYNs to the victim: 200 ports, every flow the scan's.
+    let swept: BTreeSet<u64> = flows
+        .iter()
+        .filter(|f| f["src_addr"] == "10.77.0.21" && f["proto"] == 6)
+        .map(|f| {
+            assert_eq!(f["lab"]["session"], "scan-sweep-syn/1", "{f}");
+            f["dst_port"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(swept.len() >= 190, "{} ports swept", swept.len());
     let _ = fs::remove_dir_all(&out);
 }

@@ -11,6 +11,7 @@ pub const BLOCK_FLOW: u32 = 2;
 /// Key of the `BLOCKLIST` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct BlockKey {
     pub kind: u32,
     /// Explicit, always zero: hash-map keys are compared byte for byte, padding included.
@@ -51,6 +52,7 @@ impl BlockKey {
 /// Value of the `BLOCKLIST` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct BlockEntry {
     /// CLOCK_MONOTONIC time after which the entry no longer drops (0 = until removed).
     pub expires_ns: u64,

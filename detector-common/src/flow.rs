@@ -42,6 +42,7 @@ pub mod status {
 /// Everything kept per flow. Per-direction arrays are indexed by [`FWD`] and [`REV`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowState {
     /// Clock of the side that observed it: CLOCK_MONOTONIC in the kernel, capture time (Unix
     /// epoch) in the replayer. The agent converts to wall-clock time on output.
@@ -169,6 +170,7 @@ impl Reason {
 /// Flow-table settings, written by user space into the `CONFIG` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowConfig {
     /// A record is emitted again after the flow has been active this long since the last one.
     pub active_timeout_ns: u64,
@@ -199,6 +201,7 @@ impl Default for FlowConfig {
 /// A flow record as it crosses the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowRecord {
     pub key: FlowKey,
     /// [`Reason`] as u8.

@@ -7,6 +7,7 @@
 /// 8-byte alignment lets the BPF program compare and swap addresses as two u64 words.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowKey {
     pub addr_lo: [u8; 16],
     pub addr_hi: [u8; 16],

@@ -17,6 +17,7 @@ pub mod kind {
 /// One process event as it crosses the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ProcEvent {
     /// CLOCK_MONOTONIC, ns.
     pub ts_ns: u64,
@@ -75,6 +76,7 @@ impl ProcEvent {
 /// socket has a zero remote side.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockKey {
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
@@ -88,6 +90,7 @@ pub struct SockKey {
 /// Value of the `SOCKETS` map: who opened the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SockOwner {
     pub pid: u32,
     pub uid: u32,

@@ -1,5 +1,5 @@
 //! User-space side: `aya::Pod` for every type that crosses a map or ring buffer, and byte
-//! views of ring-buffer items.
+//! views of ring-buffer items (bytemuck).
 
 use crate::{
     block::{BlockEntry, BlockKey},
@@ -7,9 +7,9 @@ use crate::{
     proc::{ProcEvent, SockKey, SockOwner},
 };
 
-// SAFETY: all are #[repr(C)] plain data with explicit padding fields, valid for any bytes.
-// The layout checks below keep them free of implicit padding, which would make map keys
-// compare unequal and leak uninitialised bytes.
+// SAFETY: each type derives bytemuck::Pod, whose derive refuses to compile a type with
+// implicit padding or a field that is not itself plain data: any bytes are a valid value, and
+// map keys never carry uninitialised bytes that would make them compare unequal.
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowState {}
 unsafe impl aya::Pod for FlowRecord {}
@@ -23,31 +23,23 @@ unsafe impl aya::Pod for SockOwner {}
 /// A plain-data item of a ring-buffer slice, in place when the slice is aligned for `T` (ring
 /// buffer records are 8-byte aligned), copied otherwise; None when the size is wrong. In place,
 /// the agent's loop saves a copy of each 272-byte flow record.
-pub fn item_in_place<T: aya::Pod + Clone>(bytes: &[u8]) -> Option<std::borrow::Cow<'_, T>> {
-    if bytes.len() != core::mem::size_of::<T>() {
-        return None;
-    }
-    let p = bytes.as_ptr().cast::<T>();
-    if p.is_aligned() {
-        // SAFETY: T is Pod (any bit pattern is valid), the length matches and the pointer is
-        // aligned; the borrow of `bytes` keeps the memory alive and unchanged (the kernel does
-        // not reuse a ring-buffer record before the consumer moves past it).
-        Some(std::borrow::Cow::Borrowed(unsafe { &*p }))
-    } else {
-        read_item(bytes).map(std::borrow::Cow::Owned)
+pub fn item_in_place<T: bytemuck::Pod>(bytes: &[u8]) -> Option<std::borrow::Cow<'_, T>> {
+    match bytemuck::try_from_bytes::<T>(bytes) {
+        Ok(t) => Some(std::borrow::Cow::Borrowed(t)),
+        Err(bytemuck::PodCastError::TargetAlignmentGreaterAndInputNotAligned) => {
+            read_item(bytes).map(std::borrow::Cow::Owned)
+        }
+        Err(_) => None,
     }
 }
 
 /// Reads a plain-data item from a ring-buffer slice; None when the size is wrong.
-pub fn read_item<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() != core::mem::size_of::<T>() {
-        return None;
-    }
-    // SAFETY: T is Pod (any bit pattern is valid) and the length matches; read_unaligned
-    // because ring-buffer items are only 8-byte aligned by convention.
-    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+pub fn read_item<T: bytemuck::Pod>(bytes: &[u8]) -> Option<T> {
+    bytemuck::try_pod_read_unaligned(bytes).ok()
 }
 
+// The layouts the eBPF side writes (it does not build bytemuck's checks): the sizes spelt out
+// field by field, so that a field added on one side only fails here.
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
@@ -64,7 +56,8 @@ mod tests {
 
     use super::*;
 
-    fn record_bytes() -> (Vec<u64>, FlowRecord) {
+    #[test]
+    fn an_aligned_item_is_read_in_place_and_an_unaligned_one_is_copied() {
         let mut rec = FlowRecord::default();
         rec.key.port_lo = 443;
         rec.reason = 5;
@@ -72,23 +65,8 @@ mod tests {
         let n = core::mem::size_of::<FlowRecord>();
         // u64 storage: 8-byte aligned, one word spare to make an unaligned view.
         let mut words = vec![0u64; n / 8 + 1];
-        // SAFETY: the buffer holds n + 8 bytes; FlowRecord is plain data.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                (&rec as *const FlowRecord).cast::<u8>(),
-                words.as_mut_ptr().cast::<u8>(),
-                n,
-            )
-        };
-        (words, rec)
-    }
-
-    #[test]
-    fn an_aligned_item_is_read_in_place_and_an_unaligned_one_is_copied() {
-        let n = core::mem::size_of::<FlowRecord>();
-        let (words, rec) = record_bytes();
-        // SAFETY: the buffer holds n + 8 initialised bytes.
-        let bytes = unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), n + 8) };
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        bytes[..n].copy_from_slice(bytemuck::bytes_of(&rec));
         match item_in_place::<FlowRecord>(&bytes[..n]) {
             Some(Cow::Borrowed(r)) => {
                 assert_eq!(*r, rec);
@@ -97,12 +75,8 @@ mod tests {
             other => panic!("aligned bytes were not read in place: {other:?}"),
         }
         // The same bytes one past an 8-byte boundary: copied out, the same record.
-        let mut other = vec![0u64; n / 8 + 1];
-        // SAFETY: the buffer holds n + 8 bytes.
-        let shifted =
-            unsafe { core::slice::from_raw_parts_mut(other.as_mut_ptr().cast::<u8>(), n + 8) };
-        shifted[1..=n].copy_from_slice(&bytes[..n]);
-        match item_in_place::<FlowRecord>(&shifted[1..=n]) {
+        bytes.copy_within(..n, 1);
+        match item_in_place::<FlowRecord>(&bytes[1..=n]) {
             Some(Cow::Owned(r)) => assert_eq!(r, rec),
             other => panic!("unaligned bytes were not copied: {other:?}"),
         }

@@ -61,6 +61,10 @@ pub const FAMILIES: &[(&str, &str)] = &[
         "beaconing",
         "periodic command-and-control callbacks (the project's lab)",
     ),
+    (
+        "lateral-movement",
+        "a compromised host reaching its neighbours' admin shares and services (the project's lab)",
+    ),
     (OTHER_ATTACK, "an attack whose label is in no mapping table"),
 ];
 

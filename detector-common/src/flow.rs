@@ -230,7 +230,12 @@ pub mod stat {
     pub const TABLE_FULL: u32 = 7;
     /// Process events lost because their ring buffer had no room.
     pub const PROC_RINGBUF_FULL: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Entries put into the flow table (a closed flow's entry reused by its key's next SYN is
+    /// not one). User space derives the LRU's silent evictions from it: every entry inserted is
+    /// still in the table, removed by the sweep, or evicted. (Two CPUs that create the same
+    /// flow at the same instant both count it; one insert wins.)
+    pub const TABLE_INSERTS: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// Names in index order, as they appear in logs and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
         "packets",
@@ -242,8 +247,13 @@ pub mod stat {
         "records",
         "table_full",
         "proc_ringbuf_full",
+        "table_inserts",
     ];
 }
+
+/// Flows the kernel's table holds unless configured otherwise (`flows.table_size`), and the
+/// replayer's by default: the same bound on both sides.
+pub const DEFAULT_TABLE_SIZE: u32 = 65536;
 
 /// The flow table: an LRU hash map in the kernel, a `HashMap` in the replayer.
 pub trait FlowTable {
@@ -353,6 +363,7 @@ pub fn process_packet_at<P: PacketBytes, T: FlowTable, E: FlowEnv>(
             Some(state) => {
                 start(state, &p, now_ns);
                 env.count(stat::FLOWS_CREATED);
+                env.count(stat::TABLE_INSERTS);
                 state
             }
             None => {
@@ -613,6 +624,52 @@ mod tests {
         );
         let (k, s) = t.flows.iter().next().unwrap();
         (*k, *s)
+    }
+
+    #[test]
+    fn a_bounded_table_evicts_the_least_recently_seen_and_counts_them() {
+        let mut table = MemTable::bounded(16);
+        let mut env = MemEnv::default();
+        // Flow 0 is refreshed after the others start: the oldest by last packet are 1 and 2.
+        for i in 0..16u16 {
+            let f = tcp4(A, 1000 + i, B, 80, TCP_SYN, 1, 0);
+            process_packet(
+                &Captured::whole(&f),
+                u64::from(i) * MS,
+                &QUIET,
+                &mut table,
+                &mut env,
+            );
+        }
+        let again = tcp4(A, 1000, B, 80, TCP_ACK, 2, 0);
+        process_packet(
+            &Captured::whole(&again),
+            20 * MS,
+            &QUIET,
+            &mut table,
+            &mut env,
+        );
+        assert_eq!((table.flows.len(), table.evicted), (16, 0));
+        // One more flow: a batch of 16 / 8 = 2 goes, the least recently seen.
+        let f = tcp4(C, 2000, B, 80, TCP_SYN, 1, 0);
+        process_packet(&Captured::whole(&f), 30 * MS, &QUIET, &mut table, &mut env);
+        assert_eq!((table.flows.len(), table.evicted), (15, 2));
+        let ports: std::collections::BTreeSet<u16> =
+            table.flows.keys().map(|k| k.port_lo).collect();
+        assert!(ports.contains(&1000) && !ports.contains(&1001) && !ports.contains(&1002));
+        // Every insert is counted: still there, or evicted.
+        let inserts = env.stats[stat::TABLE_INSERTS as usize];
+        assert_eq!(inserts, 17);
+        assert_eq!(inserts, table.flows.len() as u64 + table.evicted);
+        // A packet of a flow still in the table evicts nothing.
+        process_packet(
+            &Captured::whole(&again),
+            40 * MS,
+            &QUIET,
+            &mut table,
+            &mut env,
+        );
+        assert_eq!(table.evicted, 2);
     }
 
     #[test]

@@ -26,7 +26,8 @@ use crate::stats::count;
 
 /// Per-flow state; least recently used flows are evicted when full. Size set by the agent.
 #[map]
-static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(detector_common::flow::DEFAULT_TABLE_SIZE, 0);
 /// Flow records for the agent. Size set by the agent.
 #[map]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);

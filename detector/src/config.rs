@@ -171,7 +171,7 @@ impl Default for FlowsSection {
             active_timeout: Dur(Duration::from_secs(60)),
             early_packets: 8,
             new_records: true,
-            table_size: 65536,
+            table_size: detector_common::flow::DEFAULT_TABLE_SIZE,
             ringbuf_bytes: 4 << 20,
             proc_ringbuf_bytes: 1 << 20,
         }

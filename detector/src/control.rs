@@ -116,6 +116,9 @@ pub struct Status {
     pub blocks: Vec<BlockStatus>,
     /// The kernel's counters by name, summed over CPUs.
     pub kernel: std::collections::BTreeMap<String, u64>,
+    /// Live flows the kernel's full flow table evicted before their final record (counted at
+    /// each sweep: a lower bound, exact when the table is quiet).
+    pub table_evicted: u64,
     pub tracked_sources: usize,
     pub recent_records: usize,
     pub adaptations: u64,

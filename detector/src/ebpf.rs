@@ -58,7 +58,7 @@ pub struct Sizes {
 impl Default for Sizes {
     fn default() -> Self {
         Self {
-            flow_table: 65536,
+            flow_table: detector_common::flow::DEFAULT_TABLE_SIZE,
             flow_ringbuf: 4 << 20,
             proc_ringbuf: 1 << 20,
         }

@@ -203,6 +203,11 @@ struct FlowArgs {
     /// Emit a `new` record on each flow's first packet.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     new_records: bool,
+    /// Flows the table holds, as the agent's kernel table (flows.table_size): when it is full,
+    /// the least recently seen flows are evicted without a final record, as in the agent.
+    #[arg(long, default_value_t = detector_common::flow::DEFAULT_TABLE_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    flow_table_size: u32,
 }
 
 impl FlowArgs {
@@ -361,6 +366,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         format: args.format,
         output: args.output,
         flow: args.flow.config(),
+        table_size: args.flow.flow_table_size,
     };
     let summaries = if args.detect {
         let cfg = Config::load(config_file(args.config).as_deref())?;
@@ -378,8 +384,19 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             not_ip = s.not_ip,
             alerts = s.alerts,
             thin_evidence = s.thin_evidence,
+            table_evicted = s.table_evicted,
             "replayed"
         );
+        if s.table_evicted > 0 {
+            tracing::warn!(
+                "{}: the flow table ({} flows) was full: {} flows were evicted before their \
+                 final record, as the agent's table would have evicted them; \
+                 --flow-table-size raises it",
+                s.file.display(),
+                args.flow.flow_table_size,
+                s.table_evicted
+            );
+        }
         if let Some(t) = &s.truncated {
             tracing::warn!("{t}");
         }

@@ -65,6 +65,7 @@ pub struct Metrics {
 struct HostSeries {
     kernel: Vec<Counter>,
     table_entries: Gauge,
+    table_evicted: Counter,
     table_capacity: Gauge,
     blocklist_entries: Gauge,
     tracked_sources: Gauge,
@@ -80,6 +81,7 @@ pub struct HostValues<'a> {
     /// The kernel's counters, in `stat::NAMES` order.
     pub kernel: &'a [u64],
     pub table_entries: u64,
+    pub table_evicted: u64,
     pub table_capacity: u64,
     pub blocklist_entries: u64,
     pub tracked_sources: u64,
@@ -156,6 +158,11 @@ impl Default for Metrics {
         let host = HostSeries {
             kernel,
             table_entries: gauge(&mut r, "flow_table_entries", "Flows in the kernel's table"),
+            table_evicted: counter(
+                &mut r,
+                "flow_table_evicted",
+                "Live flows the kernel's full flow table evicted before their final record",
+            ),
             table_capacity: gauge(
                 &mut r,
                 "flow_table_capacity",
@@ -233,6 +240,7 @@ impl Metrics {
             c.inner().store(*x, Relaxed);
         }
         h.table_entries.set(v.table_entries as i64);
+        h.table_evicted.inner().store(v.table_evicted, Relaxed);
         h.table_capacity.set(v.table_capacity as i64);
         h.blocklist_entries.set(v.blocklist_entries as i64);
         h.tracked_sources.set(v.tracked_sources as i64);
@@ -414,6 +422,7 @@ mod tests {
         HostValues {
             kernel: &[5; stat::COUNT as usize],
             table_entries: 12,
+            table_evicted: 3,
             table_capacity: 100,
             blocklist_entries: 0,
             tracked_sources: 1,

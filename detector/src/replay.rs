@@ -10,7 +10,7 @@ use detector_common::{
     flow::{
         process_packet, stat,
         user::{MemEnv, MemTable},
-        FlowConfig, FlowKey, FlowState, Reason,
+        FlowConfig, FlowKey, FlowState, Reason, DEFAULT_TABLE_SIZE,
     },
     packet::Captured,
 };
@@ -41,18 +41,36 @@ pub struct FileSummary {
     pub alerts: u64,
     /// Records that reached a threshold on too little evidence (`--detect`; policy.min_evidence).
     pub thin_evidence: u64,
+    /// Entries put into the flow table (`flows` less the closed entries a new SYN reused).
+    pub table_inserts: u64,
+    /// Flows evicted from the full flow table before their final record, as the agent's kernel
+    /// table would have evicted them.
+    pub table_evicted: u64,
 }
 
-/// Replays one capture; `on_record` gets every record in the order the kernel would emit them,
-/// ending with a `flush` record for each flow still open at the end of the capture.
+/// Replays one capture with the kernel's default table size; `on_record` gets every record in
+/// the order the kernel would emit them, ending with a `flush` record for each flow still open
+/// at the end of the capture.
 pub fn replay_file(
     path: &Path,
     cfg: &FlowConfig,
+    on_record: impl FnMut(&FlowKey, &FlowState, Reason) -> anyhow::Result<()>,
+) -> anyhow::Result<FileSummary> {
+    replay_file_in(path, cfg, DEFAULT_TABLE_SIZE, on_record)
+}
+
+/// [`replay_file`] with a flow table of `table_size` flows (`flows.table_size`): when it is
+/// full, the least recently seen flows are evicted without a final record, as the kernel's LRU
+/// table evicts them in the agent.
+pub fn replay_file_in(
+    path: &Path,
+    cfg: &FlowConfig,
+    table_size: u32,
     mut on_record: impl FnMut(&FlowKey, &FlowState, Reason) -> anyhow::Result<()>,
 ) -> anyhow::Result<FileSummary> {
     let mut reader =
         pcap::Reader::open(path).with_context(|| format!("cannot replay {}", path.display()))?;
-    let mut table = MemTable::default();
+    let mut table = MemTable::bounded(table_size as usize);
     let mut env = MemEnv::default();
     let mut summary = FileSummary {
         file: path.to_path_buf(),
@@ -107,6 +125,8 @@ pub fn replay_file(
     summary.records = env.stats[stat::RECORDS as usize];
     summary.malformed = env.stats[stat::MALFORMED as usize];
     summary.not_ip = env.stats[stat::NOT_IP as usize];
+    summary.table_inserts = env.stats[stat::TABLE_INSERTS as usize];
+    summary.table_evicted = table.evicted;
     Ok(summary)
 }
 
@@ -141,6 +161,8 @@ pub struct ReplayOptions {
     pub format: Format,
     pub output: Option<PathBuf>,
     pub flow: FlowConfig,
+    /// Flows the table holds (`flows.table_size` of the agent).
+    pub table_size: u32,
 }
 
 /// Identifier columns that lead each CSV row (not model inputs).
@@ -165,7 +187,7 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<Vec<FileSummary>> {
         Format::Json => {
             let mut out = JsonLines::open(opts.output.as_deref())?;
             for file in &opts.files {
-                let s = replay_file(file, &opts.flow, |k, st, r| {
+                let s = replay_file_in(file, &opts.flow, opts.table_size, |k, st, r| {
                     out.write(&FlowJson::new(k, st, r, TimeBase::Unix))
                 })?;
                 out.flush()?;
@@ -188,7 +210,7 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<Vec<FileSummary>> {
             let mut v = vec![0f32; features::COUNT];
             for file in &opts.files {
                 let name = file.display().to_string();
-                let s = replay_file(file, &opts.flow, |k, st, r| {
+                let s = replay_file_in(file, &opts.flow, opts.table_size, |k, st, r| {
                     if !r.is_final() {
                         return Ok(());
                     }
@@ -282,7 +304,7 @@ pub fn detect(
             out: &mut out,
             alerts: 0,
         };
-        let mut summary = detect_file(file, &opts.flow, &mut det, &mut act)?;
+        let mut summary = detect_file(file, &opts.flow, opts.table_size, &mut det, &mut act)?;
         summary.alerts = act.alerts;
         out.flush()?;
         summaries.push(summary);
@@ -295,11 +317,12 @@ pub fn detect(
 pub fn detect_file(
     file: &Path,
     flow: &FlowConfig,
+    table_size: u32,
     det: &mut crate::detect::Detector,
     actions: &mut dyn crate::detect::Actions,
 ) -> anyhow::Result<FileSummary> {
     let thin_before = det.policy.thin_evidence;
-    let mut summary = replay_file(file, flow, |k, s, r| {
+    let mut summary = replay_file_in(file, flow, table_size, |k, s, r| {
         if det.push(k, s, r, None, Instant::now()) {
             det.flush(actions)?;
         }
@@ -324,7 +347,7 @@ pub fn host_model(
     // Warm-up alerts are not reported.
     let mut ignored = crate::detect::CollectedAlerts::default();
     for file in captures {
-        detect_file(file, flow, &mut det, &mut ignored)?;
+        detect_file(file, flow, cfg.flows.table_size, &mut det, &mut ignored)?;
     }
     let min = crate::model::novelty::MIN_ROWS;
     if !crate::baseline::fit_now(&mut det, min, cfg.adaptation.host_novelty_quantile)? {

@@ -60,7 +60,14 @@ fn pass(
     let mut det = offline_detector(model.clone(), "base".into(), cfg, 1_000_000).unwrap();
     det.set_dismissed(dismissed);
     let mut got = CollectedAlerts::default();
-    detect_file(file, &cfg.flow_config(), &mut det, &mut got).ok()?;
+    detect_file(
+        file,
+        &cfg.flow_config(),
+        cfg.flows.table_size,
+        &mut det,
+        &mut got,
+    )
+    .ok()?;
     Some((got.into(), det))
 }
 

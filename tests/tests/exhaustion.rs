@@ -1,7 +1,8 @@
 //! Resource exhaustion, end to end in sealed network namespaces: a random-source SYN flood
 //! creates many times more flows than the agent's (deliberately small) kernel flow table holds.
 //! The test proves that the table stays bounded (its size is the configured one and its
-//! occupancy, read from the kernel map, does not exceed it), that records the ring buffer had
+//! occupancy, read from the kernel map, does not exceed it), that the flows it evicts are
+//! counted, that records the ring buffer had
 //! no room for are counted as lost rather than vanishing, that the agent's memory stays bounded
 //! (peak RSS under 128 MiB), that an nmap SYN scan run right after the flood, against a table
 //! full of the flood's flows, is still alerted, and that an allowlisted client keeps getting
@@ -250,6 +251,14 @@ fn a_spoofed_flood_beyond_the_flow_table_stays_bounded_and_a_scan_is_still_caugh
     assert!(
         created > 4 * u64::from(TABLE),
         "the flood created {created} flows, not well beyond the table's {TABLE}"
+    );
+    // The flood's flows pushed others out of the table: the agent counts those evictions
+    // (inserted = in the table + swept + evicted), which the kernel does silently.
+    let inserts = kernel["table_inserts"].as_u64().unwrap();
+    let evicted = st["table_evicted"].as_u64().unwrap();
+    assert!(
+        evicted <= inserts && evicted >= inserts.saturating_sub(2 * u64::from(TABLE)) / 2,
+        "{evicted} flows counted as evicted of {inserts} inserted into a table of {TABLE}"
     );
     let lost = kernel["ringbuf_full"].as_u64().unwrap();
     assert!(

@@ -44,7 +44,14 @@ fn scaled_config(k: f64) -> Config {
 fn alerted(file: &Path, cfg: &Config, model: &Arc<Model>) -> Option<BTreeSet<String>> {
     let mut det = offline_detector(model.clone(), "base".into(), cfg, 0).unwrap();
     let mut got = CollectedAlerts::default();
-    detect_file(file, &cfg.flow_config(), &mut det, &mut got).ok()?;
+    detect_file(
+        file,
+        &cfg.flow_config(),
+        cfg.flows.table_size,
+        &mut det,
+        &mut got,
+    )
+    .ok()?;
     Some(
         got.alerts
             .iter()

@@ -247,3 +247,144 @@ fn kernel_and_replay_agree_on_every_benign_and_attack_capture() {
         report.timed
     );
 }
+
+/// When a capture brings many more flows than the table holds, both sides stay within it and
+/// evict: the kernel's LRU map (a batch at a time, its own choice among the least recently
+/// used) and the replayer's bounded table (the least recently seen, a batch at a time). What
+/// the LRU chose may differ in detail, so this compares what must agree: every insert is either
+/// in the table or evicted on each side, the evictions agree within the kernel's batching, both
+/// keep the latest flows, and every flow that neither side evicted has the same records and the
+/// same final state.
+#[test]
+#[ignore = "needs root (eBPF, network namespaces): run `cargo xtask test`"]
+fn kernel_and_replay_agree_when_the_flow_table_is_full() {
+    use detector_common::flow::stat;
+    use std::collections::HashSet;
+
+    require_root();
+    /// Far fewer than the capture's 37,669 flows.
+    const TABLE: u32 = 2048;
+    // The kernel's LRU frees up to 128 entries at once, per CPU (its local free lists).
+    let slack = 128 * (std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 + 1);
+    let file = corpus_files("pcap/attack")
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains("flood-syn-spoofed"))
+        .expect("the spoofed SYN flood capture");
+    let cfg = config();
+
+    let mut user_records: Vec<(FlowKey, Reason, FlowState)> = Vec::new();
+    let summary = replay::replay_file_in(&file, &cfg, TABLE, |k, s, r| {
+        user_records.push((*k, r, *s));
+        Ok(())
+    })
+    .unwrap();
+    let user_final: HashMap<FlowKey, FlowState> = user_records
+        .iter()
+        .filter(|(_, r, _)| *r == Reason::Flush)
+        .map(|(k, _, s)| (*k, *s))
+        .collect();
+
+    let w = wire();
+    let sizes = Sizes {
+        flow_table: TABLE,
+        flow_ringbuf: 64 << 20,
+        ..Sizes::default()
+    };
+    let mut prog = Loaded::new(&sizes, &cfg);
+    prog.attach_xdp_in(&w.b, &w.b_if);
+    let padded = std::env::temp_dir().join(format!("{}.pcap", unique("dt-parity-full")));
+    let (count, _, _) = write_padded_pcap(&file, &padded);
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w.a.name,
+            "tcpreplay",
+            "-q",
+            "--topspeed",
+            "-i",
+            &w.a_if,
+        ])
+        .arg(&padded)
+        .output()
+        .expect("run tcpreplay");
+    let _ = std::fs::remove_file(&padded);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("Actual: {count} packets")),
+        "tcpreplay did not send all {count} packets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = prog.stats();
+    let kernel_table = prog.flows();
+    assert_eq!(stats[stat::PACKETS as usize], summary.packets);
+
+    // Bounded on both sides, and every insert accounted for.
+    let kernel_inserts = stats[stat::TABLE_INSERTS as usize];
+    let kernel_evicted = kernel_inserts - kernel_table.len() as u64;
+    let user_inserts = summary.table_inserts;
+    assert!(kernel_table.len() <= TABLE as usize && user_final.len() <= TABLE as usize);
+    assert_eq!(
+        user_inserts,
+        user_final.len() as u64 + summary.table_evicted,
+        "replayer: inserts = flows left + evicted"
+    );
+    eprintln!(
+        "{} packets; kernel: {kernel_inserts} inserts, {} left, {kernel_evicted} evicted; \
+         replayer: {user_inserts} inserts, {} left, {} evicted",
+        summary.packets,
+        kernel_table.len(),
+        user_final.len(),
+        summary.table_evicted
+    );
+    assert!(
+        summary.table_evicted > user_inserts / 2,
+        "the replayer evicted {} of {user_inserts}",
+        summary.table_evicted
+    );
+    assert!(
+        kernel_evicted.abs_diff(summary.table_evicted) <= slack,
+        "kernel evicted {kernel_evicted}, replayer {}",
+        summary.table_evicted
+    );
+
+    // Both keep the latest flows: most of what is left is left on both sides.
+    let kept: HashSet<FlowKey> = kernel_table
+        .keys()
+        .filter(|k| user_final.contains_key(k))
+        .copied()
+        .collect();
+    assert!(
+        kept.len() >= TABLE as usize / 2,
+        "only {} flows left on both sides of {TABLE}",
+        kept.len()
+    );
+    for key in &kept {
+        assert_eq!(
+            untimed(&kernel_table[key]),
+            untimed(&user_final[key]),
+            "flow {key:?}"
+        );
+    }
+
+    // The records of the flows neither side evicted: the same multiset.
+    let records = |v: Vec<(FlowKey, u8, FlowState)>| {
+        let mut v: Vec<_> = v.into_iter().filter(|(k, _, _)| kept.contains(k)).collect();
+        v.sort_by_key(|(k, r, s)| (*k, *r, s.total_packets()));
+        v
+    };
+    let kernel_records = records(
+        prog.records()
+            .into_iter()
+            .map(|r| (r.key, r.reason, untimed(&r.state)))
+            .collect(),
+    );
+    let user_interim = records(
+        user_records
+            .iter()
+            .filter(|(_, r, _)| *r != Reason::Flush)
+            .map(|(k, r, s)| (*k, *r as u8, untimed(s)))
+            .collect(),
+    );
+    assert!(!kernel_records.is_empty(), "no records of the kept flows");
+    assert_eq!(kernel_records, user_interim, "records of the kept flows");
+}

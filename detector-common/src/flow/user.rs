@@ -9,23 +9,66 @@ use crate::{
     packet::Parsed,
 };
 
-/// A `HashMap` flow table. Unbounded: a capture is finite, and idle flows are expired by
-/// capture time with [`MemTable::expire`].
+/// A `HashMap` flow table; idle flows are expired by capture time with [`MemTable::expire`].
+/// Unbounded by default (a capture is finite); [`MemTable::bounded`] holds at most as many
+/// flows as the kernel's table and, like the kernel's LRU map when its free list runs dry,
+/// evicts a batch of the least recently seen flows to make room, silently: their final records
+/// are lost, as they are in the agent, and counted in [`MemTable::evicted`].
 #[derive(Default)]
 pub struct MemTable {
     pub flows: HashMap<FlowKey, FlowState>,
+    /// At most this many flows (0: unbounded).
+    capacity: usize,
+    /// Flows evicted to make room.
+    pub evicted: u64,
 }
+
+/// The kernel's LRU frees up to 128 entries at once when it has none left (`LOCAL_FREE_TARGET`
+/// in kernel/bpf/bpf_lru_list.c, or less for small maps: its target is the map's size over
+/// twice the CPUs); the replayer frees as many, the least recently seen first.
+const EVICT_BATCH: usize = 128;
 
 impl FlowTable for MemTable {
     fn get(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
         self.flows.get_mut(key)
     }
     fn insert_zeroed(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
+        if self.capacity > 0 && self.flows.len() >= self.capacity && !self.flows.contains_key(key) {
+            self.evict();
+        }
         Some(self.flows.entry(*key).or_default())
     }
 }
 
 impl MemTable {
+    /// A table that holds at most `capacity` flows (at least one).
+    pub fn bounded(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Drops the least recently seen flows: a batch of up to [`EVICT_BATCH`], at most an
+    /// eighth of the table, at least one.
+    fn evict(&mut self) {
+        let n = (self.capacity / 8)
+            .clamp(1, EVICT_BATCH)
+            .min(self.flows.len());
+        let mut by_age: Vec<(u64, FlowKey)> = self
+            .flows
+            .iter()
+            .map(|(k, s)| (s.last_seen_ns, *k))
+            .collect();
+        if n < by_age.len() {
+            by_age.select_nth_unstable(n - 1);
+        }
+        for (_, key) in &by_age[..n] {
+            self.flows.remove(key);
+        }
+        self.evicted += n as u64;
+    }
+
     /// Removes the flows idle at `now` (all of them when `all`), emitting each one's final
     /// record. Returns how many were removed.
     pub fn expire<E: FlowEnv>(

@@ -222,6 +222,7 @@ impl Agent {
         let (sweep_tx, sweep_rx) = mpsc::channel(4);
         let sweeper = sweeper::Sweeper::spawn(
             &maps.flows,
+            &maps.stats,
             cfg.flow_config(),
             opts.sweep_interval,
             sweep_tx,
@@ -365,6 +366,7 @@ impl Agent {
             );
             self.last_lost = lost;
         }
+        let evicted = self.evicted();
         let core = &mut self.core;
         let line = StatsJson::new(
             &c,
@@ -372,7 +374,8 @@ impl Agent {
             &core.metrics,
             core.blocks.len(),
             &core.detector.policy,
-        );
+        )
+        .with_evicted(evicted);
         core.out.record(&line)?;
         core.out.flush()
     }
@@ -474,6 +477,7 @@ impl Agent {
                 .zip(c.iter())
                 .map(|(n, v)| (n.to_string(), *v))
                 .collect(),
+            table_evicted: self.evicted(),
             tracked_sources: det.tracked().0,
             recent_records: det.recent().len(),
             adaptations: self.core.metrics.adaptations.get(),
@@ -491,6 +495,11 @@ impl Agent {
         }
     }
 
+    /// Flows the kernel's table evicted, as of the last sweep.
+    fn evicted(&self) -> u64 {
+        self.sweeper.as_ref().map_or(0, |s| s.evicted.load(Relaxed))
+    }
+
     /// Before a metrics scrape: the gauges of this moment.
     fn publish_gauges(&self) {
         let c = read_stats(&self.stats).unwrap_or_default();
@@ -498,6 +507,7 @@ impl Agent {
         outputs::Gauges {
             counters: &c,
             table_entries: entries,
+            table_evicted: self.evicted(),
             table_capacity: self.cfg.flows.table_size,
             blocks: self.core.blocks.len(),
             tracked_sources: self.core.detector.tracked().0,
@@ -578,6 +588,7 @@ impl Agent {
         }
         self.core.score()?;
         let c = read_stats(&self.stats)?;
+        let evicted = self.evicted();
         let core = &mut self.core;
         let line = StatsJson::new(
             &c,
@@ -585,7 +596,8 @@ impl Agent {
             &core.metrics,
             core.blocks.len(),
             &core.detector.policy,
-        );
+        )
+        .with_evicted(evicted);
         core.out.record(&line)?;
         core.out.flush()?;
         self.learning.save();

@@ -84,6 +84,9 @@ pub struct StatsJson {
     pub table_full: u64,
     /// Process events lost because their ring buffer was full.
     pub proc_ringbuf_full: u64,
+    pub table_inserts: u64,
+    /// Live flows the full flow table evicted before their final record (as of the last sweep).
+    pub table_evicted: u64,
     /// Records the agent read (flow and process).
     pub read: u64,
     /// Flow records scored.
@@ -111,11 +114,23 @@ impl StatsJson {
             records: c[stat::RECORDS as usize],
             table_full: c[stat::TABLE_FULL as usize],
             proc_ringbuf_full: c[stat::PROC_RINGBUF_FULL as usize],
+            table_inserts: c[stat::TABLE_INSERTS as usize],
+            table_evicted: 0,
             read,
             scored: m.scored.get(),
             blocks,
             alerts_rate_limited: policy.rate_limited_alerts,
             thin_evidence: policy.thin_evidence,
+        }
+    }
+}
+
+impl StatsJson {
+    /// The line with the flow table's evictions (the sweep's count, not a kernel counter).
+    pub fn with_evicted(self, table_evicted: u64) -> Self {
+        Self {
+            table_evicted,
+            ..self
         }
     }
 }
@@ -141,6 +156,7 @@ pub fn read_stats(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Counters> {
 pub struct Gauges<'a> {
     pub counters: &'a Counters,
     pub table_entries: u64,
+    pub table_evicted: u64,
     pub table_capacity: u32,
     pub blocks: usize,
     pub tracked_sources: usize,
@@ -155,6 +171,7 @@ impl Gauges<'_> {
         m.set_host(&HostValues {
             kernel: self.counters,
             table_entries: self.table_entries,
+            table_evicted: self.table_evicted,
             table_capacity: self.table_capacity as u64,
             blocklist_entries: self.blocks as u64,
             tracked_sources: self.tracked_sources as u64,

@@ -1,5 +1,9 @@
 //! Idle flows: the kernel's flow table is walked once a sweep interval, on a thread of its own,
 //! and the flows idle past the timeout come back to the loop as final records.
+//!
+//! The walk also counts the flows the kernel's LRU table evicted to make room, which it does
+//! silently (a batch at a time, each flow's final record lost): every entry the programs
+//! inserted (`table_inserts`) is either still in the table, removed by a sweep, or evicted.
 
 use std::{
     sync::{
@@ -10,10 +14,12 @@ use std::{
 };
 
 use anyhow::Context;
-use aya::maps::{HashMap, IterableMap, MapData};
+use aya::maps::{HashMap, IterableMap, MapData, PerCpuArray};
 use detector_common::flow::{self, FlowConfig, FlowKey, FlowState};
 use tokio::sync::mpsc;
 use tracing::warn;
+
+use super::outputs::read_stats;
 
 use crate::clock;
 
@@ -26,7 +32,8 @@ pub trait FlowTable {
     /// Hands every entry to `f` in turn, without collecting them; an `Err` entry (a table that
     /// cannot be read further) ends the walk after it.
     fn walk(&self, f: &mut dyn FnMut(Result<(FlowKey, FlowState), String>));
-    fn remove(&mut self, key: &FlowKey);
+    /// Removes `key`; false when it was not there (evicted since the walk read it).
+    fn remove(&mut self, key: &FlowKey) -> bool;
 }
 
 impl FlowTable for HashMap<MapData, FlowKey, FlowState> {
@@ -39,10 +46,10 @@ impl FlowTable for HashMap<MapData, FlowKey, FlowState> {
             }
         }
     }
-    fn remove(&mut self, key: &FlowKey) {
+    fn remove(&mut self, key: &FlowKey) -> bool {
         // A packet may have refreshed the entry since it was read; it then starts a new flow
         // on its next packet. Losing that one packet's count is the price of not locking.
-        let _ = HashMap::remove(self, key);
+        HashMap::remove(self, key).is_ok()
     }
 }
 
@@ -54,16 +61,21 @@ pub fn sweep(
     now_mono: u64,
     all: bool,
 ) -> Vec<(FlowKey, FlowState)> {
-    sweep_counting(table, cfg, now_mono, all).0
+    sweep_counting(table, cfg, now_mono, all).expired
 }
 
-/// [`sweep`], also returning how many entries the table held when walked.
-fn sweep_counting(
-    table: &mut impl FlowTable,
-    cfg: &FlowConfig,
-    now_mono: u64,
-    all: bool,
-) -> (Vec<(FlowKey, FlowState)>, u64) {
+/// What one walk found.
+struct Walk {
+    /// Flows ended by the sweep (removed from the table).
+    expired: Vec<(FlowKey, FlowState)>,
+    /// Entries the walk read.
+    seen: u64,
+    /// Entries the sweep removed (an expired flow evicted meanwhile is not one).
+    removed: u64,
+}
+
+/// [`sweep`], also counting what the table held and what was removed.
+fn sweep_counting(table: &mut impl FlowTable, cfg: &FlowConfig, now_mono: u64, all: bool) -> Walk {
     // Collect first: deleting while walking with get_next_key restarts the walk.
     let mut expired = Vec::new();
     let mut seen = 0u64;
@@ -77,10 +89,20 @@ fn sweep_counting(
             Err(e) => warn!("cannot read the flow table: {e}"),
         }
     });
-    for (key, _) in &expired {
-        table.remove(key);
+    let removed = expired.iter().filter(|(key, _)| table.remove(key)).count() as u64;
+    Walk {
+        expired,
+        seen,
+        removed,
     }
-    (expired, seen)
+}
+
+/// Evictions so far, from the flow table's accounts: entries inserted (read before the walk),
+/// removed by earlier sweeps, and seen by the walk. Entries inserted during the walk and seen
+/// by it make this an underestimate for a moment, so the count never goes down: a lower bound
+/// at each sweep, exact when the table was quiet during the walk.
+fn evictions(before: u64, inserted: u64, removed: u64, seen: u64) -> u64 {
+    before.max(inserted.saturating_sub(removed).saturating_sub(seen))
 }
 
 /// The sweep thread and what it shares with the loop.
@@ -89,6 +111,9 @@ pub struct Sweeper {
     pub cfg: Arc<Mutex<FlowConfig>>,
     /// Entries in the table after the last walk (for the metrics).
     pub entries: Arc<AtomicU64>,
+    /// Flows the kernel's table evicted before their final record (a lower bound, see
+    /// [`evictions`]).
+    pub evicted: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -98,35 +123,38 @@ impl Sweeper {
     /// a walk of a full table is two syscalls per entry (130,000 for 65,536 flows, ~0.1 s), and
     /// on the agent's loop it held up every alert behind it once a second under a flood
     /// (BENCHMARKS.md). Expired flows come back through `tx`, at most [`PIECE`] at a time.
+    /// `stats` (the kernel's counters) gives the thread the table's inserts.
     pub fn spawn(
         flows: &HashMap<MapData, FlowKey, FlowState>,
+        stats: &PerCpuArray<MapData, u64>,
         cfg: FlowConfig,
         every: Duration,
         tx: mpsc::Sender<Vec<(FlowKey, FlowState)>>,
     ) -> anyhow::Result<Self> {
-        use std::os::fd::AsFd;
-        let fd = flows
-            .map()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("cannot duplicate the flow table's descriptor")?;
-        let data = MapData::from_fd(fd).context("cannot open the flow table a second time")?;
-        let table: HashMap<MapData, FlowKey, FlowState> =
-            HashMap::try_from(aya::maps::Map::LruHashMap(data))
-                .context("the flow table has an unexpected type")?;
-        let cfg = Arc::new(Mutex::new(cfg));
-        let stop = Arc::new(AtomicBool::new(false));
-        let entries = Arc::new(AtomicU64::new(0));
-        let (c, s, e) = (cfg.clone(), stop.clone(), entries.clone());
+        let table: HashMap<MapData, FlowKey, FlowState> = HashMap::try_from(
+            aya::maps::Map::LruHashMap(reopen(flows.map(), "flow table")?),
+        )
+        .context("the flow table has an unexpected type")?;
+        let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+            reopen(stats.map(), "counters")?,
+        ))
+        .context("the counters have an unexpected type")?;
+        let shared = Shared {
+            cfg: Arc::new(Mutex::new(cfg)),
+            stop: Arc::new(AtomicBool::new(false)),
+            entries: Arc::new(AtomicU64::new(0)),
+            evicted: Arc::new(AtomicU64::new(0)),
+        };
+        let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("detector-sweep".into())
-            .spawn(move || sweep_loop(table, c, every, tx, s, e))
+            .spawn(move || sweep_loop(table, stats, every, tx, s))
             .context("cannot start the sweep thread")?;
         Ok(Self {
-            cfg,
-            entries,
-            stop,
+            cfg: shared.cfg,
+            entries: shared.entries,
+            evicted: shared.evicted,
+            stop: shared.stop,
             thread,
         })
     }
@@ -138,14 +166,44 @@ impl Sweeper {
     }
 }
 
-fn sweep_loop(
-    mut table: HashMap<MapData, FlowKey, FlowState>,
+/// A second handle to a map, for the sweep thread.
+fn reopen(map: &MapData, what: &str) -> anyhow::Result<MapData> {
+    use std::os::fd::AsFd;
+    let fd = map
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .with_context(|| format!("cannot duplicate the {what}' descriptor"))?;
+    MapData::from_fd(fd).with_context(|| format!("cannot open the {what} a second time"))
+}
+
+/// What the sweep thread shares with the loop.
+#[derive(Clone)]
+struct Shared {
     cfg: Arc<Mutex<FlowConfig>>,
-    every: Duration,
-    tx: mpsc::Sender<Vec<(FlowKey, FlowState)>>,
     stop: Arc<AtomicBool>,
     entries: Arc<AtomicU64>,
+    evicted: Arc<AtomicU64>,
+}
+
+/// Evictions are warned of at most this often (a flood evicts on every sweep).
+const EVICTION_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+fn sweep_loop(
+    mut table: HashMap<MapData, FlowKey, FlowState>,
+    stats: PerCpuArray<MapData, u64>,
+    every: Duration,
+    tx: mpsc::Sender<Vec<(FlowKey, FlowState)>>,
+    shared: Shared,
 ) {
+    let Shared {
+        cfg,
+        stop,
+        entries,
+        evicted,
+    } = shared;
+    let mut removed = 0u64;
+    let mut warned = (None::<Instant>, 0u64);
     // The lowest priority (nice 19) for this thread alone: a walk of a full table takes ~0.1 s
     // of CPU, and at equal weight it took half of the core from the agent's loop for that long
     // (alerts waited behind it under a flood). The loop leaves it the CPU it does not use.
@@ -165,8 +223,33 @@ fn sweep_loop(
         }
         next += every;
         let cfg = *cfg.lock().unwrap_or_else(|e| e.into_inner());
-        let (expired, seen) = sweep_counting(&mut table, &cfg, clock::monotonic_ns(), false);
-        entries.store(seen.saturating_sub(expired.len() as u64), Relaxed);
+        let inserted = read_stats(&stats).map(|c| c[flow::stat::TABLE_INSERTS as usize]);
+        let walk = sweep_counting(&mut table, &cfg, clock::monotonic_ns(), false);
+        entries.store(walk.seen.saturating_sub(walk.removed), Relaxed);
+        match inserted {
+            Ok(inserted) => {
+                let before = evicted.load(Relaxed);
+                let now = evictions(before, inserted, removed, walk.seen);
+                evicted.store(now, Relaxed);
+                if now > warned.1
+                    && warned
+                        .0
+                        .is_none_or(|t| t.elapsed() >= EVICTION_WARNING_EVERY)
+                {
+                    warn!(
+                        evicted = now - warned.1,
+                        evicted_total = now,
+                        "the flow table was full: the kernel evicted live flows to make room, \
+                         and their final records are lost (a flood of new flows, or \
+                         flows.table_size too small for this host)"
+                    );
+                    warned = (Some(Instant::now()), now);
+                }
+            }
+            Err(e) => warn!("cannot read the flow table's inserts: {e:#}"),
+        }
+        removed += walk.removed;
+        let expired = walk.expired;
         // Whole, a spoofed flood's sweep (tens of thousands of one-packet flows a second) held
         // every alert behind it for tens of milliseconds (BENCHMARKS.md, flood).
         for piece in expired.chunks(PIECE) {
@@ -198,8 +281,10 @@ mod tests {
                 f(Ok(*r));
             }
         }
-        fn remove(&mut self, key: &FlowKey) {
+        fn remove(&mut self, key: &FlowKey) -> bool {
+            let n = self.rows.len();
             self.rows.retain(|(k, _)| k != key);
+            self.rows.len() < n
         }
     }
 
@@ -227,9 +312,10 @@ mod tests {
             rows: vec![flow(1, now - cfg.idle_timeout_ns - 1), flow(2, now)],
             broken_at: None,
         };
-        let (gone, seen) = sweep_counting(&mut t, &cfg, now, false);
-        assert_eq!(seen, 2);
-        assert_eq!(gone.iter().map(|(k, _)| k.port_lo).collect::<Vec<_>>(), [1]);
+        let walk = sweep_counting(&mut t, &cfg, now, false);
+        assert_eq!((walk.seen, walk.removed), (2, 1));
+        let ports: Vec<u16> = walk.expired.iter().map(|(k, _)| k.port_lo).collect();
+        assert_eq!(ports, [1]);
         assert_eq!(t.rows.len(), 1);
         // At the end, every flow goes.
         assert_eq!(sweep(&mut t, &cfg, now, true).len(), 1);
@@ -246,5 +332,17 @@ mod tests {
         let gone = sweep(&mut t, &cfg, u64::MAX / 2, false);
         assert_eq!(gone.len(), 1);
         assert_eq!(t.rows.len(), 2);
+    }
+
+    #[test]
+    fn evictions_are_what_the_table_lost_and_never_go_down() {
+        // 10 inserted, 2 removed by sweeps, 5 in the table: 3 evicted.
+        assert_eq!(evictions(0, 10, 2, 5), 3);
+        // A walk that met entries inserted after the count was read undercounts: kept.
+        assert_eq!(evictions(3, 10, 2, 7), 3);
+        // More inserts into a full table: more evictions.
+        assert_eq!(evictions(3, 30, 2, 5), 23);
+        // Nothing lost.
+        assert_eq!(evictions(0, 4, 1, 3), 0);
     }
 }

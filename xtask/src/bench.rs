@@ -41,7 +41,11 @@ use std::{
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
-use crate::{cargo, root, run as run_cmd, setup};
+use crate::{
+    cargo,
+    lab::topology::{output, Netns},
+    root, run as run_cmd, setup,
+};
 
 /// What `cargo xtask bench` measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -226,64 +230,15 @@ fn bench_scoring(out: &Path) -> anyhow::Result<String> {
 // ---------------------------------------------------------------------------------------------
 // Sealed networks, the agent as a child process, its control socket.
 
-/// A network namespace, deleted (with its interfaces) when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> anyhow::Result<Self> {
-        let name = format!("dbench{}-{role}", std::process::id());
-        sh(&["ip", "netns", "add", &name])?;
-        let ns = Self { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        // IPv4 only: no neighbour discovery or MLD chatter in the measurements.
-        ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])?;
-        ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"])?;
-        Ok(ns)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-
-    /// A command run inside the namespace (nsenter keeps the host's /sys, so tracefs stays
-    /// visible to the agent).
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg(prog);
-        c
-    }
-
-    fn exec(&self, argv: &[&str]) -> anyhow::Result<String> {
-        let mut c = self.cmd(argv[0]);
-        c.args(&argv[1..]);
-        output(&mut c)
-    }
-
-    /// Runs `f` on a thread that entered this namespace.
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = self.path();
-        std::thread::spawn(move || {
-            let ns = fs::File::open(&path).expect("open the namespace");
-            // SAFETY: setns on this thread only; the fd is valid.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
+/// A namespace for the bench: the lab's (killed and deleted when dropped), IPv4 only, so that
+/// no neighbour discovery or MLD chatter gets into the measurements.
+fn bench_netns(role: &str) -> anyhow::Result<Netns> {
+    let ns = Netns::create(&format!("dbench{}-{role}", std::process::id()))?;
+    ns.sysctl(&[
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ])?;
+    Ok(ns)
 }
 
 const VICTIM_IF: &str = "bv0";
@@ -300,8 +255,8 @@ struct Pair {
 
 impl Pair {
     fn new() -> anyhow::Result<Self> {
-        let victim = Netns::new("victim")?;
-        let attacker = Netns::new("attacker")?;
+        let victim = bench_netns("victim")?;
+        let attacker = bench_netns("attacker")?;
         sh(&[
             "ip",
             "link",
@@ -321,15 +276,16 @@ impl Pair {
             (&victim, VICTIM_IF, VICTIM),
             (&attacker, ATTACKER_IF, ATTACKER),
         ] {
-            ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname])?;
-            ns.exec(&[
-                "ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off",
-            ])?;
-            ns.exec(&["ip", "link", "set", ifname, "up"])?;
+            ns.run("ip", &["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+            ns.run(
+                "ethtool",
+                &["-K", ifname, "tso", "off", "gso", "off", "gro", "off"],
+            )?;
+            ns.run("ip", &["link", "set", ifname, "up"])?;
         }
         // Sealed: no default route in either namespace.
         for ns in [&victim, &attacker] {
-            let routes = ns.exec(&["ip", "route", "show", "default"])?;
+            let routes = ns.run("ip", &["route", "show", "default"])?;
             if !routes.trim().is_empty() {
                 bail!("namespace {} has a default route: {routes}", ns.name);
             }
@@ -340,18 +296,6 @@ impl Pair {
 
 fn sh(argv: &[&str]) -> anyhow::Result<String> {
     output(Command::new(argv[0]).args(&argv[1..]))
-}
-
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let line = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot run {line}"))?;
-    if !out.status.success() {
-        bail!(
-            "{line} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn mono_ns() -> u64 {
@@ -684,7 +628,7 @@ fn perf_top(pid: u32, secs: u64, file: &Path) -> anyhow::Result<Vec<(f64, String
 
 /// The id of the XDP program attached to `iface` in `ns`.
 fn xdp_prog_id(ns: &Netns, iface: &str) -> anyhow::Result<u32> {
-    let text = ns.exec(&["ip", "-j", "link", "show", "dev", iface])?;
+    let text = ns.run("ip", &["-j", "link", "show", "dev", iface])?;
     let v: Value = serde_json::from_str(&text)?;
     fn find(v: &Value) -> Option<u64> {
         match v {
@@ -1171,7 +1115,7 @@ impl Drop for EventPipe {
 }
 
 fn rx_packets(ns: &Netns, iface: &str) -> u64 {
-    ns.exec(&["ip", "-s", "-j", "link", "show", "dev", iface])
+    ns.run("ip", &["-s", "-j", "link", "show", "dev", iface])
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|v| v[0]["stats64"]["rx"]["packets"].as_u64())
@@ -1422,8 +1366,10 @@ fn bench_adapt(bin: &Path) -> anyhow::Result<String> {
         .map(|i| Ipv4Addr::new(10, 251, 0, 10 + i))
         .collect();
     for s in &sources {
-        pair.attacker
-            .exec(&["ip", "addr", "add", &format!("{s}/24"), "dev", ATTACKER_IF])?;
+        pair.attacker.run(
+            "ip",
+            &["addr", "add", &format!("{s}/24"), "dev", ATTACKER_IF],
+        )?;
     }
     // The victim's service: answers each connection, until `stop`.
     let stop = Arc::new(AtomicBool::new(false));

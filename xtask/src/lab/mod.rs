@@ -15,7 +15,7 @@ mod relay;
 mod scenario;
 mod services;
 mod sessions;
-mod topology;
+pub(crate) mod topology;
 
 use std::{
     collections::BTreeMap,

@@ -169,6 +169,22 @@ impl Netns {
         output(self.cmd(program).args(args))
     }
 
+    /// Runs `f` on a thread that entered this namespace (its sockets are the namespace's).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        use std::os::fd::AsRawFd;
+        let path = self.path();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: setns on this thread only; the fd is valid.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+
     /// Sets sysctls inside the namespace (net.* keys are per namespace).
     pub fn sysctl(&self, settings: &[&str]) -> anyhow::Result<()> {
         let mut args = vec!["-q", "-w"];

@@ -26,7 +26,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     os::{
-        fd::{AsRawFd, FromRawFd},
+        fd::FromRawFd,
         unix::{fs::FileTypeExt, net::UnixStream, process::CommandExt},
     },
     path::{Path, PathBuf},
@@ -39,6 +39,8 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
 use serde_json::Value;
 
 use crate::{
@@ -624,7 +626,7 @@ fn perf_top(pid: u32, secs: u64, file: &Path) -> anyhow::Result<Vec<(f64, String
 }
 
 // ---------------------------------------------------------------------------------------------
-// BPF_PROG_TEST_RUN on the agent's own program (raw syscalls: xtask does not link aya).
+// BPF_PROG_TEST_RUN on the agent's own program (aya's TestRun on a handle to it).
 
 /// The id of the XDP program attached to `iface` in `ns`.
 fn xdp_prog_id(ns: &Netns, iface: &str) -> anyhow::Result<u32> {
@@ -649,80 +651,26 @@ fn xdp_prog_id(ns: &Netns, iface: &str) -> anyhow::Result<u32> {
         .ok_or_else(|| anyhow!("no XDP program on {iface}: {text}"))
 }
 
-/// An fd of a loaded program, by id (BPF_PROG_GET_FD_BY_ID).
-fn prog_fd(id: u32) -> anyhow::Result<std::os::fd::OwnedFd> {
-    let attr: [u32; 4] = [id, 0, 0, 0];
-    // SAFETY: BPF_PROG_GET_FD_BY_ID (13) with a valid attr of the given size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            13,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        bail!(
-            "BPF_PROG_GET_FD_BY_ID {id}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: a new fd we own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-#[repr(C)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    pad: u32,
+/// The loaded program `id` (the agent's XDP program) as aya's handle, to run it with
+/// BPF_PROG_TEST_RUN. Dropping it closes this handle only: the agent keeps its own.
+fn loaded_xdp(id: u32) -> anyhow::Result<Xdp> {
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .ok_or_else(|| anyhow!("no loaded BPF program has id {id}"))?;
+    Xdp::from_program_info(info, "detector_xdp".into(), XdpAttachType::Interface)
+        .with_context(|| format!("cannot open BPF program {id}"))
 }
 
 /// BPF_PROG_TEST_RUN: runs the program `repeat` times on `frame`.
-fn test_run(fd: i32, frame: &[u8], out: &mut [u8], repeat: u32) -> anyhow::Result<()> {
-    let mut attr = TestRunAttr {
-        prog_fd: fd as u32,
-        retval: 0,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
+fn test_run(prog: &Xdp, frame: &[u8], out: &mut [u8], repeat: u32) -> anyhow::Result<()> {
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(out),
         repeat,
-        duration: 0,
-        ctx_size_in: 0,
-        ctx_size_out: 0,
-        ctx_in: 0,
-        ctx_out: 0,
-        flags: 0,
-        cpu: 0,
-        batch_size: 0,
-        pad: 0,
-    };
-    // SAFETY: BPF_PROG_TEST_RUN (10) with a valid attr; the buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            10,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
+        ..TestRunOptions::default()
+    })
+    .context("BPF_PROG_TEST_RUN")?;
     Ok(())
 }
 
@@ -766,7 +714,7 @@ const GEN_FLOWS: u32 = 4096;
 /// Drives the agent's XDP program from a thread pinned to the generator CPU: `rate` records/s
 /// (None: as fast as it can) for `secs`, over [`GEN_FLOWS`] flows from `sources` addresses.
 /// Returns the runs made.
-fn generate(fd: i32, rate: Option<f64>, secs: f64, sources: u32) -> anyhow::Result<u64> {
+fn generate(prog: &Xdp, rate: Option<f64>, secs: f64, sources: u32) -> anyhow::Result<u64> {
     let (_, gen_cpu) = cpus();
     let frames: Vec<Vec<u8>> = (0..GEN_FLOWS)
         .map(|i| {
@@ -798,7 +746,7 @@ fn generate(fd: i32, rate: Option<f64>, secs: f64, sources: u32) -> anyhow::Resu
                     }
                 }
                 let f = &frames[(calls % GEN_FLOWS as u64) as usize];
-                test_run(fd, f, &mut out, RUNS_PER_CALL)?;
+                test_run(prog, f, &mut out, RUNS_PER_CALL)?;
                 calls += 1;
             }
             Ok(calls * RUNS_PER_CALL as u64)
@@ -901,9 +849,9 @@ fn bench_ringbuf(bin: &Path, step_secs: u64, no_perf: bool) -> anyhow::Result<St
             ],
         )?;
         let id = xdp_prog_id(&pair.victim, VICTIM_IF)?;
-        let fd = prog_fd(id)?;
+        let prog = loaded_xdp(id)?;
         // Warm-up: creates the flows, lets the agent fit its host baseline (novelty on).
-        generate(fd.as_raw_fd(), Some(100e3), 1.0, sources)?;
+        generate(&prog, Some(100e3), 1.0, sources)?;
         drained(&agent, Duration::from_secs(120))?;
         std::thread::sleep(Duration::from_secs(2));
         let mut steps = Vec::new();
@@ -914,7 +862,7 @@ fn bench_ringbuf(bin: &Path, step_secs: u64, no_perf: bool) -> anyhow::Result<St
             let c0 = agent.cpu_s();
             let (_, w0) = agent.sched_s();
             let t0 = Instant::now();
-            let runs = generate(fd.as_raw_fd(), rate, step_secs as f64, sources)?;
+            let runs = generate(&prog, rate, step_secs as f64, sources)?;
             let gen_s = t0.elapsed().as_secs_f64();
             let c1 = agent.cpu_s();
             let (_, w1) = agent.sched_s();
@@ -1003,7 +951,7 @@ fn bench_ringbuf(bin: &Path, step_secs: u64, no_perf: bool) -> anyhow::Result<St
             let secs = step_secs.max(3);
             let prof = std::thread::scope(|s| {
                 let h = s.spawn(|| perf_top(pid, secs, &file));
-                let _ = generate(fd.as_raw_fd(), None, secs as f64 + 0.5, sources);
+                let _ = generate(&prog, None, secs as f64 + 0.5, sources);
                 h.join().map_err(|_| anyhow!("perf thread panicked"))?
             })?;
             let _ = writeln!(
@@ -1017,7 +965,7 @@ fn bench_ringbuf(bin: &Path, step_secs: u64, no_perf: bool) -> anyhow::Result<St
         drained(&agent, Duration::from_secs(120))?;
         let (hwm, _) = agent.memory_mib();
         let _ = writeln!(md, "\nAgent peak RSS (VmHWM) in this run: {hwm:.0} MiB.");
-        drop(fd);
+        drop(prog);
         agent.stop()?;
     }
     md.push_str(

@@ -305,7 +305,7 @@ pub fn adapt_cmd(args: AdaptArgs) -> anyhow::Result<()> {
 /// Evaluate the model by the protocol of EVALUATION.md: leave one family out, adapt from K
 /// confirmed attack rows over many support draws (support and query from different
 /// sessions), the five baselines on the same draws, int8 against f32, and the evasion check.
-/// Writes a markdown summary, a JSON file with every number and PNG plots.
+/// Writes a markdown summary, a JSON file with every number and SVG plots.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// Dataset files (from `detector dataset import` or `dataset from-flows`); each is
@@ -734,7 +734,7 @@ mod tests {
             "{text}"
         );
         assert!(out.join("eval.json").exists() && out.join("draws.json").exists());
-        assert!(out.join("s-roc-a.png").exists() && out.join("s-tpr-vs-k.png").exists());
+        assert!(out.join("s-roc-a.svg").exists() && out.join("s-tpr-vs-k.svg").exists());
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
         assert_eq!(json["datasets"][0]["families"].as_array().unwrap().len(), 2);

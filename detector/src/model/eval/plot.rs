@@ -1,176 +1,38 @@
-//! Small line charts as PNG files, with no system dependency: an RGB canvas, lines, markers
-//! and error bars, text from an embedded 8×8 bitmap font (`font8x8`), and a PNG encoder
-//! (deflate by `miniz_oxide`, CRC by `crc32fast`).
+//! The evaluation report's charts as SVG files, drawn by `plotters`: panels on a grid under a
+//! figure title, and one legend for the whole figure underneath.
 
+use std::ops::Range;
 use std::path::Path;
 
-use anyhow::Context;
-
-/// An RGB colour.
-pub type Rgb = [u8; 3];
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Colours that stay apart for up to ten series.
-pub const PALETTE: [Rgb; 10] = [
-    [31, 119, 180],
-    [214, 39, 40],
-    [44, 160, 44],
-    [255, 127, 14],
-    [148, 103, 189],
-    [140, 86, 75],
-    [227, 119, 194],
-    [127, 127, 127],
-    [188, 189, 34],
-    [23, 190, 207],
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
-const WHITE: Rgb = [255, 255, 255];
-const BLACK: Rgb = [0, 0, 0];
-const GRID: Rgb = [225, 225, 225];
+const GRID: RGBColor = RGBColor(225, 225, 225);
+const FONT: &str = "sans-serif";
 
-/// An RGB image.
-pub struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    /// A white canvas.
-    pub fn new(w: usize, h: usize) -> Self {
-        Canvas {
-            w,
-            h,
-            px: vec![255; w * h * 3],
-        }
-    }
-
-    fn set(&mut self, x: i64, y: i64, c: Rgb) {
-        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
-            let i = (y as usize * self.w + x as usize) * 3;
-            self.px[i..i + 3].copy_from_slice(&c);
-        }
-    }
-
-    /// The colour at (x, y) (white outside).
-    pub fn get(&self, x: usize, y: usize) -> Rgb {
-        if x < self.w && y < self.h {
-            let i = (y * self.w + x) * 3;
-            [self.px[i], self.px[i + 1], self.px[i + 2]]
-        } else {
-            WHITE
-        }
-    }
-
-    /// Fills the rectangle [x0, x1] × [y0, y1].
-    pub fn fill(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb) {
-        for y in y0.min(y1)..=y0.max(y1) {
-            for x in x0.min(x1)..=x0.max(x1) {
-                self.set(x, y, c);
-            }
-        }
-    }
-
-    /// A line `width` pixels wide; `dash`: on/off lengths in pixels (0: solid).
-    pub fn line(&mut self, a: (f64, f64), b: (f64, f64), c: Rgb, width: i64, dash: i64) {
-        let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-        let steps = dx.abs().max(dy.abs()).ceil().max(1.0) as i64;
-        if steps > 100_000 {
-            return;
-        }
-        let r = (width - 1) / 2;
-        for s in 0..=steps {
-            if dash > 0 && (s / dash) % 2 == 1 {
-                continue;
-            }
-            let t = s as f64 / steps as f64;
-            let (x, y) = ((a.0 + dx * t).round() as i64, (a.1 + dy * t).round() as i64);
-            self.fill(x - r, y - r, x - r + width - 1, y - r + width - 1, c);
-        }
-    }
-
-    /// Text with its top-left corner at (x, y), `scale` pixels per font pixel.
-    pub fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb, scale: i64) {
-        for (k, ch) in s.chars().enumerate() {
-            let g = glyph(ch);
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..8 {
-                    if (bits >> col) & 1 == 1 {
-                        let px = x + (k as i64 * 8 + col) * scale;
-                        let py = y + row as i64 * scale;
-                        self.fill(px, py, px + scale - 1, py + scale - 1, c);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Text turned 90° anticlockwise (read bottom to top), its baseline end at (x, y).
-    pub fn text_up(&mut self, x: i64, y: i64, s: &str, c: Rgb, scale: i64) {
-        for (k, ch) in s.chars().enumerate() {
-            let g = glyph(ch);
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..8 {
-                    if (bits >> col) & 1 == 1 {
-                        let px = x + row as i64 * scale;
-                        let py = y - (k as i64 * 8 + col) * scale;
-                        self.fill(px, py, px + scale - 1, py + scale - 1, c);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The image as a PNG file (8-bit RGB, no interlace).
-    pub fn png(&self) -> Vec<u8> {
-        let mut raw = Vec::with_capacity((self.w * 3 + 1) * self.h);
-        for row in self.px.chunks_exact(self.w * 3) {
-            raw.push(0); // filter: none
-            raw.extend_from_slice(row);
-        }
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&(self.w as u32).to_be_bytes());
-        ihdr.extend_from_slice(&(self.h as u32).to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        chunk(&mut out, b"IHDR", &ihdr);
-        chunk(
-            &mut out,
-            b"IDAT",
-            &miniz_oxide::deflate::compress_to_vec_zlib(&raw, 9),
-        );
-        chunk(&mut out, b"IEND", &[]);
-        out
-    }
-
-    /// Writes the PNG file.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, self.png()).with_context(|| format!("cannot write {}", path.display()))
-    }
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let mut h = crc32fast::Hasher::new();
-    h.update(kind);
-    h.update(data);
-    out.extend_from_slice(&h.finalize().to_be_bytes());
-}
-
-fn glyph(c: char) -> [u8; 8] {
-    let i = c as usize;
-    if i < 128 {
-        font8x8::legacy::BASIC_LEGACY[i]
-    } else {
-        font8x8::legacy::BASIC_LEGACY[b'?' as usize]
-    }
-}
-
-/// Width in pixels of `s` at `scale`.
-pub fn text_width(s: &str, scale: i64) -> i64 {
-    s.chars().count() as i64 * 8 * scale
-}
+const PANEL_W: u32 = 440;
+const PANEL_H: u32 = 330;
+const TITLE_H: u32 = 40;
+const LEGEND_COL_W: u32 = 260;
+const LEGEND_ROW_H: u32 = 22;
 
 /// An axis: range, scale and labelled ticks.
 #[derive(Clone, Debug)]
@@ -181,20 +43,10 @@ pub struct Axis {
     pub max: f64,
     /// Logarithmic (base 10).
     pub log: bool,
-    /// Ticks: value and label.
+    /// Ticks (with a grid line each): value and label.
     pub ticks: Vec<(f64, String)>,
     /// Axis title.
     pub label: String,
-}
-
-impl Axis {
-    fn frac(&self, v: f64) -> f64 {
-        if self.log {
-            (v.max(self.min).log10() - self.min.log10()) / (self.max.log10() - self.min.log10())
-        } else {
-            (v - self.min) / (self.max - self.min)
-        }
-    }
 }
 
 /// One line of a chart.
@@ -203,15 +55,13 @@ pub struct Series {
     /// Legend text.
     pub label: String,
     /// Colour.
-    pub color: Rgb,
+    pub color: RGBColor,
     /// Dashed.
     pub dashed: bool,
-    /// (x, y) points; non-finite y breaks the line.
+    /// (x, y) points; a non-finite coordinate breaks the line.
     pub points: Vec<(f64, f64)>,
-    /// Error bar (low, high) per point, if any.
+    /// Error bar (low, high) per point, with a marker at the point; none: a plain line.
     pub errors: Option<Vec<(f64, f64)>>,
-    /// Draw a marker at every point.
-    pub markers: bool,
 }
 
 /// One chart of a figure.
@@ -227,143 +77,187 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
-const PANEL_W: i64 = 440;
-const PANEL_H: i64 = 330;
-
 /// Draws panels on a grid of `cols` columns, with a figure title and a legend of every
-/// distinct series label underneath.
-pub fn figure(title: &str, panels: &[Panel], cols: usize) -> Canvas {
-    let cols = cols.max(1) as i64;
-    let rows = (panels.len() as i64 + cols - 1) / cols;
-    let mut legend: Vec<(String, Rgb, bool)> = Vec::new();
-    for p in panels {
-        for s in &p.series {
-            if !legend.iter().any(|l| l.0 == s.label) {
-                legend.push((s.label.clone(), s.color, s.dashed));
-            }
+/// distinct series label underneath; returns the SVG document.
+pub fn figure(title: &str, panels: &[Panel], cols: usize) -> anyhow::Result<String> {
+    let cols = cols.max(1);
+    let rows = panels.len().div_ceil(cols);
+    let mut legend: Vec<&Series> = Vec::new();
+    for s in panels.iter().flat_map(|p| &p.series) {
+        if !legend.iter().any(|l| l.label == s.label) {
+            legend.push(s);
         }
     }
-    let per_row = ((cols * PANEL_W - 40) / 260).max(1);
-    let legend_rows = (legend.len() as i64 + per_row - 1) / per_row;
-    let w = cols * PANEL_W;
-    let h = 40 + rows * PANEL_H + 20 + legend_rows * 22;
-    let mut c = Canvas::new(w as usize, h as usize);
-    let scale = if text_width(title, 2) + 20 <= w { 2 } else { 1 };
-    c.text(
-        ((w - text_width(title, scale)) / 2).max(4),
-        10,
-        title,
-        BLACK,
-        scale,
-    );
-    for (i, p) in panels.iter().enumerate() {
-        let (col, row) = (i as i64 % cols, i as i64 / cols);
-        draw_panel(&mut c, p, col * PANEL_W, 40 + row * PANEL_H);
+    let width = cols as u32 * PANEL_W;
+    let per_row = ((width - 40) / LEGEND_COL_W).max(1) as usize;
+    let plots_h = rows as u32 * PANEL_H;
+    let height = TITLE_H + plots_h + 20 + legend.len().div_ceil(per_row) as u32 * LEGEND_ROW_H;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (head, rest) = root.split_vertically(TITLE_H);
+        head.titled(title, (FONT, 20))?;
+        let (plots, foot) = rest.split_vertically(plots_h);
+        for (p, area) in panels.iter().zip(plots.split_evenly((rows, cols))) {
+            if p.x.log {
+                let x: LogCoord<f64> = (p.x.min..p.x.max).log_scale().into();
+                draw_panel(&area, p, Ticked::new(x, &p.x))?;
+            } else {
+                let x: RangedCoordf64 = (p.x.min..p.x.max).into();
+                draw_panel(&area, p, Ticked::new(x, &p.x))?;
+            }
+        }
+        draw_legend(&foot, &legend, per_row)?;
+        root.present()?;
     }
-    let y0 = 40 + rows * PANEL_H + 10;
-    for (i, (label, color, dashed)) in legend.iter().enumerate() {
-        let (lc, lr) = (i as i64 % per_row, i as i64 / per_row);
-        let x = 20 + lc * 260;
-        let y = y0 + lr * 22;
-        c.line(
-            (x as f64, (y + 4) as f64),
-            ((x + 30) as f64, (y + 4) as f64),
-            *color,
-            3,
-            if *dashed { 6 } else { 0 },
-        );
-        c.text(x + 38, y, label, BLACK, 1);
-    }
-    c
+    Ok(svg)
 }
 
-fn draw_panel(c: &mut Canvas, p: &Panel, ox: i64, oy: i64) {
-    // Plot area inside the panel.
-    let (l, t, r, b) = (ox + 62, oy + 24, ox + PANEL_W - 14, oy + PANEL_H - 46);
-    c.text(
-        ox + (PANEL_W - text_width(&p.title, 1)) / 2,
-        oy + 8,
-        &p.title,
-        BLACK,
-        1,
-    );
-    let px = |v: f64| l as f64 + p.x.frac(v) * (r - l) as f64;
-    let py = |v: f64| b as f64 - p.y.frac(v) * (b - t) as f64;
-    for (v, label) in &p.x.ticks {
-        let x = px(*v).round() as i64;
-        c.line((x as f64, t as f64), (x as f64, b as f64), GRID, 1, 0);
-        c.line(
-            (x as f64, b as f64),
-            (x as f64, (b + 4) as f64),
-            BLACK,
-            1,
-            0,
-        );
-        c.text(x - text_width(label, 1) / 2, b + 8, label, BLACK, 1);
+/// Writes [`figure`] to `path`.
+pub fn save_figure(path: &Path, title: &str, panels: &[Panel], cols: usize) -> anyhow::Result<()> {
+    crate::state::write_atomic(path, figure(title, panels, cols)?.as_bytes())
+}
+
+/// A plotters scale with the axis' own ticks. (plotters' `WithKeyPoints` does the same but
+/// leaves the mesh without a label formatter.)
+struct Ticked<S> {
+    scale: S,
+    ticks: Vec<f64>,
+}
+
+impl<S> Ticked<S> {
+    fn new(scale: S, axis: &Axis) -> Self {
+        Ticked {
+            scale,
+            ticks: axis.ticks.iter().map(|t| t.0).collect(),
+        }
     }
-    for (v, label) in &p.y.ticks {
-        let y = py(*v).round() as i64;
-        c.line((l as f64, y as f64), (r as f64, y as f64), GRID, 1, 0);
-        c.line(
-            ((l - 4) as f64, y as f64),
-            (l as f64, y as f64),
-            BLACK,
-            1,
-            0,
-        );
-        c.text(l - 8 - text_width(label, 1), y - 4, label, BLACK, 1);
+}
+
+impl<S: Ranged<ValueType = f64>> Ranged for Ticked<S> {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn range(&self) -> Range<f64> {
+        self.scale.range()
     }
-    c.line((l as f64, t as f64), (l as f64, b as f64), BLACK, 1, 0);
-    c.line((l as f64, b as f64), (r as f64, b as f64), BLACK, 1, 0);
-    c.line((r as f64, t as f64), (r as f64, b as f64), BLACK, 1, 0);
-    c.line((l as f64, t as f64), (r as f64, t as f64), BLACK, 1, 0);
-    c.text(
-        l + (r - l - text_width(&p.x.label, 1)) / 2,
-        b + 24,
-        &p.x.label,
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.scale.map(value, limit)
+    }
+
+    fn key_points<H: KeyPointHint>(&self, _: H) -> Vec<f64> {
+        self.ticks.clone()
+    }
+}
+
+fn tick_label(ticks: &[(f64, String)], v: f64) -> String {
+    ticks
+        .iter()
+        .find(|(t, _)| (t - v).abs() <= 1e-9 * t.abs().max(1.0))
+        .map_or_else(String::new, |(_, label)| label.clone())
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+fn draw_panel<X: Ranged<ValueType = f64>>(
+    area: &Area<'_>,
+    p: &Panel,
+    x: Ticked<X>,
+) -> anyhow::Result<()> {
+    let y = Ticked::new(RangedCoordf64::from(p.y.min..p.y.max), &p.y);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, (FONT, 15))
+        .margin(8)
+        .margin_right(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x, y)?;
+    let x_label = |v: &f64| tick_label(&p.x.ticks, *v);
+    let y_label = |v: &f64| tick_label(&p.y.ticks, *v);
+    chart
+        .configure_mesh()
+        .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style((FONT, 14))
+        .x_desc(p.x.label.as_str())
+        .y_desc(p.y.label.as_str())
+        .axis_desc_style((FONT, 14))
+        .draw()?;
+    // The mesh draws the left and bottom axes; close the frame.
+    chart.draw_series(std::iter::once(Rectangle::new(
+        [(p.x.min, p.y.min), (p.x.max, p.y.max)],
         BLACK,
-        1,
-    );
-    c.text_up(
-        ox + 6,
-        t + (b - t + text_width(&p.y.label, 1)) / 2,
-        &p.y.label,
-        BLACK,
-        1,
-    );
-    let inside = |x: f64, y: f64| x.is_finite() && y.is_finite();
+    )))?;
     for s in &p.series {
-        let dash = if s.dashed { 6 } else { 0 };
-        let pts: Vec<Option<(f64, f64)>> = s
-            .points
-            .iter()
-            .map(|&(x, y)| inside(x, y).then(|| (px(x), py(y.clamp(p.y.min, p.y.max)))))
-            .collect();
-        for w in pts.windows(2) {
-            if let (Some(a), Some(b)) = (w[0], w[1]) {
-                c.line(a, b, s.color, 2, dash);
-            }
-        }
-        if let Some(err) = &s.errors {
-            for (pt, &(lo, hi)) in pts.iter().zip(err) {
-                if let (Some((x, _)), true) = (pt, lo.is_finite() && hi.is_finite()) {
-                    let (ylo, yhi) = (
-                        py(lo.clamp(p.y.min, p.y.max)),
-                        py(hi.clamp(p.y.min, p.y.max)),
-                    );
-                    c.line((*x, ylo), (*x, yhi), s.color, 1, 0);
-                    c.line((*x - 4.0, ylo), (*x + 4.0, ylo), s.color, 1, 0);
-                    c.line((*x - 4.0, yhi), (*x + 4.0, yhi), s.color, 1, 0);
-                }
-            }
-        }
-        if s.markers {
-            for (x, y) in pts.iter().flatten() {
-                let (x, y) = (x.round() as i64, y.round() as i64);
-                c.fill(x - 3, y - 3, x + 3, y + 3, s.color);
-            }
+        draw_series(&mut chart, p, s)?;
+    }
+    Ok(())
+}
+
+type Chart<'a, 'b, X> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<Ticked<X>, Ticked<RangedCoordf64>>>;
+
+fn draw_series<X: Ranged<ValueType = f64>>(
+    chart: &mut Chart<'_, '_, X>,
+    p: &Panel,
+    s: &Series,
+) -> anyhow::Result<()> {
+    // Points off the axis ranges are drawn on their edge, as the line leaves the plot.
+    let clamp = |x: f64, y: f64| (x.clamp(p.x.min, p.x.max), y.clamp(p.y.min, p.y.max));
+    let style = s.color.stroke_width(2);
+    for run in s
+        .points
+        .split(|(x, y)| !(x.is_finite() && y.is_finite()))
+        .filter(|run| run.len() > 1)
+    {
+        let points = run.iter().map(|&(x, y)| clamp(x, y));
+        if s.dashed {
+            chart.draw_series(DashedLineSeries::new(points, 6, 6, style))?;
+        } else {
+            chart.draw_series(LineSeries::new(points, style))?;
         }
     }
+    let Some(errors) = &s.errors else {
+        return Ok(());
+    };
+    let bars = s
+        .points
+        .iter()
+        .zip(errors)
+        .filter(|((x, y), _)| x.is_finite() && y.is_finite())
+        .map(|(&(x, y), &(lo, hi))| {
+            let (lo, hi) = if lo.is_finite() && hi.is_finite() {
+                (lo, hi)
+            } else {
+                (y, y)
+            };
+            let (x, y) = clamp(x, y);
+            let (lo, hi) = (clamp(x, lo).1, clamp(x, hi).1);
+            ErrorBar::new_vertical(x, lo, y, hi, s.color.filled().stroke_width(1), 8)
+        });
+    chart.draw_series(bars)?;
+    Ok(())
+}
+
+fn draw_legend(area: &Area<'_>, legend: &[&Series], per_row: usize) -> anyhow::Result<()> {
+    let text = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, s) in legend.iter().enumerate() {
+        let x = 20 + (i % per_row) as i32 * LEGEND_COL_W as i32;
+        let y = 14 + (i / per_row) as i32 * LEGEND_ROW_H as i32;
+        let line = [(x, y), (x + 30, y)];
+        let style = s.color.stroke_width(3);
+        if s.dashed {
+            area.draw(&DashedPathElement::new(line, 6, 6, style))?;
+        } else {
+            area.draw(&PathElement::new(line, style))?;
+        }
+        area.draw(&Text::new(s.label.as_str(), (x + 38, y), &text))?;
+    }
+    Ok(())
 }
 
 /// Ticks 0, 0.2, …, 1.
@@ -391,9 +285,41 @@ pub fn log_ticks(lo: i32, hi: i32) -> Vec<(f64, String)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_figure_is_a_valid_png_with_the_lines_drawn() {
-        let panel = Panel {
+    /// The contents of the `<text>` elements.
+    fn texts(svg: &str) -> Vec<&str> {
+        svg.split("<text ")
+            .skip(1)
+            .filter_map(|t| Some(t[t.find('>')? + 1..t.find("</text>")?].trim()))
+            .collect()
+    }
+
+    /// Every element is closed, in order.
+    fn well_formed(svg: &str) -> bool {
+        let mut open: Vec<&str> = Vec::new();
+        let mut rest = svg;
+        while let Some(i) = rest.find('<') {
+            let Some(j) = rest[i..].find('>') else {
+                return false;
+            };
+            let tag = &rest[i + 1..i + j];
+            rest = &rest[i + j + 1..];
+            if tag.starts_with('?') || tag.starts_with('!') || tag.ends_with('/') {
+                continue;
+            }
+            let name = tag.split_whitespace().next().unwrap_or("");
+            if let Some(closing) = name.strip_prefix('/') {
+                if open.pop() != Some(closing) {
+                    return false;
+                }
+            } else {
+                open.push(name);
+            }
+        }
+        open.is_empty()
+    }
+
+    fn panel(series: Vec<Series>) -> Panel {
+        Panel {
             title: "K = 5".into(),
             x: Axis {
                 min: 1e-4,
@@ -409,34 +335,83 @@ mod tests {
                 ticks: unit_ticks(),
                 label: "true-positive rate".into(),
             },
-            series: vec![Series {
-                label: "meta".into(),
-                color: PALETTE[1],
-                dashed: false,
-                points: vec![(1e-4, 0.2), (1e-2, 0.8), (1.0, 1.0)],
-                errors: Some(vec![(0.1, 0.3), (0.7, 0.9), (1.0, 1.0)]),
-                markers: true,
-            }],
+            series,
+        }
+    }
+
+    #[test]
+    fn a_figure_is_an_svg_with_its_lines_ticks_and_legend() {
+        let solid = Series {
+            label: "meta".into(),
+            color: PALETTE[1],
+            dashed: false,
+            // The NaN breaks the line in two.
+            points: vec![
+                (1e-4, 0.2),
+                (1e-3, 0.5),
+                (1e-2, f64::NAN),
+                (0.1, 0.8),
+                (1.0, 1.0),
+            ],
+            errors: None,
         };
-        let c = figure("ROC", &[panel.clone(), panel], 2);
-        let png = c.png();
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(&png[12..16], b"IHDR");
-        assert_eq!(&png[png.len() - 8..png.len() - 4], b"IEND");
-        // The deflate stream decodes back to the image rows.
-        let idat_len = u32::from_be_bytes(png[33..37].try_into().unwrap()) as usize;
-        assert_eq!(&png[37..41], b"IDAT");
-        let raw = miniz_oxide::inflate::decompress_to_vec_zlib(&png[41..41 + idat_len]).unwrap();
-        assert_eq!(raw.len(), (c.w * 3 + 1) * c.h);
-        // Some pixels carry the series' colour.
-        let red = (0..c.h)
-            .flat_map(|y| (0..c.w).map(move |x| (x, y)))
-            .filter(|&(x, y)| c.get(x, y) == PALETTE[1])
+        let dashed = Series {
+            label: "zero-shot".into(),
+            color: PALETTE[0],
+            dashed: true,
+            points: vec![(1e-4, 0.1), (1.0, 0.9)],
+            errors: Some(vec![(0.05, 0.15), (f64::NAN, f64::NAN)]),
+        };
+        let svg = figure(
+            "ROC & co",
+            &[panel(vec![solid.clone(), dashed]), panel(vec![solid])],
+            2,
+        )
+        .unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(well_formed(&svg), "{svg}");
+        let texts = texts(&svg);
+        assert!(texts.contains(&"ROC &amp; co"), "the title is escaped");
+        let red = r##"stroke="#D62728" stroke-width="2""##;
+        assert_eq!(
+            svg.matches(red).count(),
+            4,
+            "two panels × two runs of the solid line"
+        );
+        let blue_dashes = svg
+            .matches(r##"stroke="#1F77B4" stroke-width="2""##)
             .count();
-        assert!(red > 100, "{red} red pixels");
-        // Text is drawn.
-        let mut t = Canvas::new(40, 10);
-        t.text(0, 0, "AB", BLACK, 1);
-        assert!((0..16).any(|x| (0..8).any(|y| t.get(x, y) == BLACK)));
+        assert!(blue_dashes > 10, "{blue_dashes} dashes");
+        // Both error bars' markers (the second at its point, the bar being unknown).
+        assert_eq!(svg.matches(r##"<circle"##).count(), 2);
+        let count = |t: &str| texts.iter().filter(|x| **x == t).count();
+        // Each panel: its title, both axis titles, every tick.
+        for t in ["K = 5", "false-positive rate", "true-positive rate"] {
+            assert_eq!(count(t), 2, "{t}");
+        }
+        for t in [
+            "1e-4", "1e-3", "1e-2", "0.1", "1", "0.0", "0.2", "0.4", "0.6", "0.8", "1.0",
+        ] {
+            assert_eq!(count(t), 2, "tick {t}");
+        }
+        // The legend names each series once, under the panels.
+        assert_eq!(count("meta"), 1);
+        assert_eq!(count("zero-shot"), 1);
+        assert_eq!(texts.len(), 1 + 2 * (3 + 11) + 2, "{texts:?}");
+        assert!(
+            svg.contains(r#"width="880" height="412""#),
+            "{}",
+            &svg[..200]
+        );
+    }
+
+    #[test]
+    fn log_ticks_are_labelled_as_in_the_report() {
+        let t = log_ticks(-4, 0);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[0].1, "1e-4");
+        assert_eq!(t[3].1, "0.1");
+        assert_eq!(tick_label(&t, 1e-3), "1e-3");
+        assert_eq!(tick_label(&t, 0.5), "");
     }
 }

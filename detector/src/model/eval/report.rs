@@ -1,5 +1,5 @@
 //! The evaluation report: a markdown summary (EVALUATION.md), a JSON file with every summary
-//! number, a JSON file with every draw's numbers, and PNG plots (ROC curves per family,
+//! number, a JSON file with every draw's numbers, and SVG plots (ROC curves per family,
 //! TPR at FPR 10⁻³ and ROC-AUC against K for every method).
 
 use std::collections::BTreeMap;
@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
+
+use plotters::style::RGBColor;
 
 use super::plot::{self, Axis, Panel, Series, PALETTE};
 use super::stats::{self, Interval, Point, METRICS};
@@ -99,7 +101,7 @@ pub fn write_draws(path: &Path, datasets: &[DatasetResult]) -> anyhow::Result<()
     crate::state::write_atomic(path, serde_json::to_string(&out)?.as_bytes())
 }
 
-fn color(method: &str) -> ([u8; 3], bool) {
+fn color(method: &str) -> (RGBColor, bool) {
     match method {
         META => (PALETTE[1], false),
         META_PROB => (PALETTE[3], true),
@@ -145,7 +147,6 @@ fn roc_panel(title: &str, curves: &BTreeMap<String, Vec<f64>>, methods: &[&str])
                 dashed,
                 points: grid.iter().copied().zip(c.iter().copied()).collect(),
                 errors: None,
-                markers: false,
             })
         })
         .collect();
@@ -225,7 +226,6 @@ fn k_panel(
             dashed,
             points,
             errors: Some(errors),
-            markers: true,
         });
     }
     let (lo, hi) = if metric == "roc_auc" {
@@ -267,7 +267,7 @@ fn k_panel(
     }
 }
 
-/// Writes the PNG plots of every dataset into `dir`; returns their paths.
+/// Writes the SVG plots of every dataset into `dir`; returns their paths.
 pub fn write_plots(
     dir: &Path,
     datasets: &[DatasetResult],
@@ -300,8 +300,8 @@ pub fn write_plots(
                 "{s}: held-out family {} - ROC (benign query sessions)",
                 f.family
             );
-            let path = dir.join(format!("{s}-roc-{}.png", f.family));
-            plot::figure(&title, &panels, 2).save(&path)?;
+            let path = dir.join(format!("{s}-roc-{}.svg", f.family));
+            plot::save_figure(&path, &title, &panels, 2)?;
             out.push(path);
         }
         for (metric, name) in [("tpr_1e3", "tpr-vs-k"), ("roc_auc", "auc-vs-k")] {
@@ -317,8 +317,8 @@ pub fn write_plots(
                 "TPR at FPR 1e-3"
             };
             let title = format!("{s}: {what} against K (mean, 95% bootstrap interval)");
-            let path = dir.join(format!("{s}-{name}.png"));
-            plot::figure(&title, &panels, 3).save(&path)?;
+            let path = dir.join(format!("{s}-{name}.svg"));
+            plot::save_figure(&path, &title, &panels, 3)?;
             out.push(path);
         }
     }

@@ -26,7 +26,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and running need (idempotent): nightly rust-src, LLVM 22,
-    /// bpf-linker, and mount tracefs. With --test-tools, also the packages the tests use.
+    /// bpf-linker, and mount tracefs. With --test-tools, also the packages and tools the tests
+    /// use (cargo-deb and lintian among them).
     Setup {
         #[arg(long)]
         test_tools: bool,
@@ -62,7 +63,8 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
-    /// Build a Debian package (binary, systemd unit, default configuration) into target/dist.
+    /// Build the Debian package (binary, systemd unit, default configuration) with cargo-deb
+    /// into target/dist, installing cargo-deb and dpkg-dev if missing; prints its path.
     Dist {
         /// Package the debug build (fast; for tests) instead of a release build.
         #[arg(long)]

@@ -31,20 +31,37 @@ const TEST_PACKAGES: &[&str] = &[
     "openssh-client",
     // promtool, to check the agent's /metrics (its server is not started: NoDaemonStart).
     "prometheus",
+    // Checks the .deb (tests/tests/packaging.rs).
+    "lintian",
 ];
+/// Debian packages `cargo xtask dist` needs besides cargo-deb: dpkg-shlibdeps (the package's
+/// computed Depends) and strip.
+const DIST_PACKAGES: &[&str] = &["dpkg-dev", "binutils"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the .deb (`cargo xtask dist`); 3.8.0 builds with the stable toolchain here (1.95).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-/// Runs every setup step. With `test_tools`, also installs every package that the tests and
-/// the lab use, here and once: tests never install anything (two `apt-get` at once fail on
-/// apt's lock).
+/// Runs every setup step. With `test_tools`, also installs every package and tool that the
+/// tests and the lab use (cargo-deb and lintian for the package's test among them), here and
+/// once: tests never install anything (two `apt-get` at once fail on apt's lock).
 pub fn all(test_tools: bool) -> anyhow::Result<()> {
     rust_components()?;
     let packages = wanted_packages(test_tools);
     debian_packages(&packages)?;
     bpf_linker()?;
+    if test_tools {
+        // The packaging test builds the .deb.
+        cargo_deb()?;
+    }
     tracefs()?;
     Ok(())
+}
+
+/// What `cargo xtask dist` needs: cargo-deb and the Debian tools it calls.
+pub fn dist_tools() -> anyhow::Result<()> {
+    debian_packages(DIST_PACKAGES)?;
+    cargo_deb()
 }
 
 /// The Debian packages `all(test_tools)` installs.
@@ -52,6 +69,7 @@ fn wanted_packages(test_tools: bool) -> Vec<&'static str> {
     let mut packages: Vec<&str> = LLVM_PACKAGES.to_vec();
     if test_tools {
         packages.extend_from_slice(TEST_PACKAGES);
+        packages.extend_from_slice(DIST_PACKAGES);
         packages.extend_from_slice(crate::lab::PACKAGES);
     }
     packages.sort_unstable();
@@ -255,6 +273,29 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     if !quiet_ok(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+/// cargo-deb at [`CARGO_DEB_VERSION`], installed when missing or at another version.
+fn cargo_deb() -> anyhow::Result<()> {
+    let installed = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if installed == format!("cargo-deb {CARGO_DEB_VERSION}") {
+        return Ok(());
+    }
+    let hint = format!("cargo install cargo-deb --locked --version {CARGO_DEB_VERSION}");
+    if !try_run(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))? {
+        bail!("installing cargo-deb failed: run `{hint}`");
     }
     Ok(())
 }

@@ -13,11 +13,17 @@ use std::{
 /// Replaces `path`'s content with `bytes` atomically, creating its directory if needed. A new
 /// file gets mode 0644 (tempfile's own is 0600); a replaced one keeps its mode.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content written piece by piece: `write` fills the temporary file, which
+/// replaces `path` only when it returns Ok (on error the temporary is removed).
+pub fn write_atomic_with<E: From<io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> Result<(), E>,
+) -> Result<(), E> {
     if path.file_name().is_none() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a file path",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file path").into());
     }
     let dir = path
         .parent()
@@ -32,7 +38,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .suffix(".tmp")
         .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
+    write(tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
     // On error the temporary file is dropped, which removes it.
     tmp.persist(path).map_err(|e| e.error)?;
@@ -79,5 +85,26 @@ mod tests {
         assert!(write_atomic(&blocked, b"x").is_err());
         assert!(blocked.join("inner").is_dir());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_writer_that_fails_half_way_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.bin");
+        write_atomic(&p, b"old").unwrap();
+        let err = write_atomic_with(&p, |f| {
+            f.write_all(b"half")?;
+            Err(io::Error::other("the writer gave up"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "the writer gave up");
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        write_atomic_with(&p, |f| -> io::Result<()> {
+            f.write_all(b"new ")?;
+            f.write_all(b"content")
+        })
+        .unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new content");
     }
 }

@@ -41,6 +41,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds the .deb (`cargo xtask dist`); 3.8.0 builds with the stable toolchain here (1.95).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// The Python environment of the tests that read exports back with pyarrow
+/// (tests/tests/dataset_export.rs, which names the same path): Debian's python3, so that
+/// python3-venv is the package it needs, outside target/ so that a fresh clone reuses it.
+const TEST_VENV: &str = "/opt/detector-tests/venv";
+/// pyarrow from PyPI, pinned: the version the export test last passed with (2026-12-06).
+const PYARROW_VERSION: &str = "26.0.1";
 
 /// Runs every setup step. With `test_tools`, also installs every package and tool that the
 /// tests and the lab use (cargo-deb and lintian for the package's test among them), here and
@@ -55,6 +61,10 @@ pub fn all(test_tools: bool) -> anyhow::Result<()> {
         cargo_deb()?;
     }
     tracefs()?;
+    if test_tools {
+        // tests/tests/dataset_export.rs reads `detector dataset export`'s files with pyarrow.
+        test_venv()?;
+    }
     Ok(())
 }
 
@@ -296,6 +306,43 @@ fn cargo_deb() -> anyhow::Result<()> {
         CARGO_DEB_VERSION,
     ]))? {
         bail!("installing cargo-deb failed: run `{hint}`");
+    }
+    Ok(())
+}
+
+/// [`TEST_VENV`] with pyarrow [`PYARROW_VERSION`]: created when missing (python3-venv from
+/// Debian first), pyarrow installed when missing or at another version.
+fn test_venv() -> anyhow::Result<()> {
+    let python = Path::new(TEST_VENV).join("bin/python3");
+    let installed = Command::new(&python)
+        .args(["-c", "import pyarrow; print(pyarrow.__version__)"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if installed == PYARROW_VERSION {
+        return Ok(());
+    }
+    let hint = format!(
+        "apt-get install -y python3-venv && /usr/bin/python3 -m venv {TEST_VENV} && \
+         {} -m pip install pyarrow=={PYARROW_VERSION}",
+        python.display()
+    );
+    if !python.exists() {
+        debian_packages(&["python3", "python3-venv"])?;
+        if !try_run(Command::new("/usr/bin/python3").args(["-m", "venv", TEST_VENV]))? {
+            bail!("creating the tests' Python environment failed: run `{hint}`");
+        }
+    }
+    let pin = format!("pyarrow=={PYARROW_VERSION}");
+    if !try_run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        &pin,
+    ]))? {
+        bail!("installing pyarrow failed (no network?): run `{hint}`");
     }
     Ok(())
 }

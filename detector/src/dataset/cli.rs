@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{
+    export::{self, ExportFormat},
     flows,
     import::{import_file, Format, ImportOptions, OnError, DEFAULT_SESSION_ROWS},
     stats, Dataset,
@@ -108,6 +109,23 @@ pub enum DatasetCommand {
         /// Add the rows to the existing --out file instead of replacing it (same feature set).
         #[arg(long)]
         append: bool,
+    },
+    /// Write a dataset file as Parquet, for pandas, polars, DuckDB or Spark.
+    ///
+    /// One Float32 column per feature (the dataset's feature names), then label (UInt8, 1 =
+    /// attack), family, attack, session and source (dictionary-encoded strings) and, when the
+    /// dataset has them, timestamp_ns (Timestamp(ns, UTC)); zstd, row groups of 131,072 rows.
+    /// See docs/dataset-format.md, "Export".
+    Export {
+        /// Dataset file (.dds).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: ExportFormat,
+        /// File to write (replaced atomically).
+        #[arg(long, short, value_name = "PATH")]
+        out: PathBuf,
     },
     /// Print rows per family, attack and session, and per-feature ranges of dataset files.
     Stats {
@@ -229,6 +247,24 @@ pub fn run(cmd: DatasetCommand) -> anyhow::Result<()> {
                 sum.skipped_captures,
                 ds.rows(),
                 ds.digest()
+            );
+            Ok(())
+        }
+        DatasetCommand::Export { file, format, out } => {
+            let ds = Dataset::read(&file)?;
+            let sum = match format {
+                ExportFormat::Parquet => export::write_parquet(&ds, &out)?,
+            };
+            println!(
+                "wrote {}: {} rows, {} columns ({} features), row groups: {}, {} bytes, from {} (sha256 {})",
+                out.display(),
+                sum.rows,
+                sum.columns,
+                ds.n_features(),
+                sum.row_groups,
+                sum.bytes,
+                file.display(),
+                sum.sha256
             );
             Ok(())
         }

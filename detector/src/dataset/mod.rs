@@ -8,6 +8,8 @@
 pub mod cicflowmeter;
 #[cfg(feature = "trainer")]
 pub mod cli;
+#[cfg(feature = "trainer")]
+pub mod export;
 pub mod families;
 #[cfg(feature = "trainer")]
 pub mod flows;

@@ -1,15 +1,23 @@
-//! Streaming reader for capture files: classic pcap (either byte order, µs or ns timestamps) and
-//! pcapng (any number of sections and interfaces). `detector replay` and the tests read captures
-//! through it.
+//! Capture files through `pcap-parser`: classic pcap (either byte order, µs or ns timestamps) and
+//! pcapng (any number of sections and interfaces), read as a stream. `detector replay` and the
+//! tests read captures through it.
 //!
-//! Everything read from the file is untrusted: lengths are checked before they are used, block
-//! and packet sizes are capped so a corrupt length cannot allocate gigabytes, and nothing here
-//! panics on any input. One buffer is reused for every packet, so a packet borrows the reader.
+//! The crate frames and decodes the records. What stays here: each packet's timestamp in ns and
+//! link type from its file header or interface, the limits that keep a corrupt length from
+//! allocating gigabytes, and errors that name the file, the byte offset and what is wrong, where
+//! the crate only says "incomplete" or "parse error". Nothing here panics on any input. A packet
+//! borrows the reader's buffer until the next call.
 
 use std::{
     fs::File,
-    io::{self, BufReader, Read},
+    io::{self, Read},
     path::Path,
+    sync::{Arc, Mutex},
+};
+
+use pcap_parser::{
+    traits::PcapReaderIterator, Block, InterfaceDescriptionBlock, LegacyPcapReader, OptionCode,
+    PcapBlockOwned, PcapHeader, PcapNGReader,
 };
 
 /// Ethernet (`LINKTYPE_ETHERNET`), the only link type the flow logic parses.
@@ -34,20 +42,28 @@ const LENIENT_SNAPLEN: usize = 262_144;
 /// More interfaces than this in one pcapng section is corruption; the cap bounds memory.
 const MAX_INTERFACES: usize = 65_536;
 
-/// Buffer size for [`Reader::open`]: large sequential reads, few system calls.
+/// Read buffer of [`Reader::open`]: large sequential reads, few system calls. It grows, by
+/// doubling once full, only for a record larger than itself.
 const FILE_BUFFER: usize = 256 << 10;
+
+/// Read buffer of [`Reader::new`], which also serves small in-memory inputs (tests, fuzzing).
+const BUFFER: usize = 64 << 10;
 
 const PCAP_MAGIC_US: u32 = 0xa1b2_c3d4;
 const PCAP_MAGIC_NS: u32 = 0xa1b2_3c4d;
 const NG_SHB: u32 = 0x0a0d_0d0a;
 const NG_BYTE_ORDER_MAGIC: u32 = 0x1a2b_3c4d;
 const NG_IDB: u32 = 0x0000_0001;
+/// Obsolete Packet Block: pcap-parser has no type for it and hands it over as unknown.
 const NG_OPB: u32 = 0x0000_0002;
 const NG_SPB: u32 = 0x0000_0003;
 const NG_EPB: u32 = 0x0000_0006;
-const NG_OPT_END: u16 = 0;
-const NG_IF_TSRESOL: u16 = 9;
-const NG_IF_TSOFFSET: u16 = 14;
+
+/// Where the packet data starts in each kind of record: after the classic record header; after
+/// a pcapng block's type, length and the fixed fields of an EPB or OPB, or of an SPB.
+const PCAP_DATA: usize = 16;
+const NG_EPB_DATA: usize = 28;
+const NG_SPB_DATA: usize = 12;
 
 /// Name of a link type for messages: "ETHERNET", "RAW", "LINUX_SLL", …, or "unknown".
 pub fn link_type_name(lt: u32) -> &'static str {
@@ -174,7 +190,8 @@ pub enum PcapError {
     },
 }
 
-/// Converts pcapng timestamp units to nanoseconds (`if_tsresol`, `if_tsoffset`).
+/// Converts pcapng timestamp units to nanoseconds (`if_tsresol`, `if_tsoffset`). pcap-parser's
+/// own conversion gives whole seconds as `u32` and cannot express units finer than 10^-19 s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TsScale {
     /// Units of 10^-n s with n <= 9: multiply by 10^(9-n).
@@ -224,14 +241,25 @@ struct Interface {
     offset_s: i64,
 }
 
+impl Interface {
+    fn ts_ns(&self, ticks: u64) -> u64 {
+        self.scale
+            .to_ns(ticks)
+            .saturating_add_signed(self.offset_s.saturating_mul(1_000_000_000))
+    }
+}
+
 /// Per-format state.
 #[derive(Debug)]
 enum Format {
+    /// A classic pcap file whose header is still to be parsed.
+    Start,
     Classic {
         big_endian: bool,
         /// Nanosecond timestamps (magic 0xa1b23c4d) rather than microseconds.
         nanos: bool,
-        snaplen: u32,
+        /// The most a record may capture (see [`caplen_limit`]).
+        limit: usize,
         link_type: u32,
     },
     Ng {
@@ -242,7 +270,7 @@ enum Format {
     },
 }
 
-/// Where the packet a record held lies in the buffer, and what it says about it.
+/// Where the packet a record held lies in the record, and what it says about it.
 #[derive(Clone, Copy, Debug)]
 struct Meta {
     start: usize,
@@ -252,20 +280,100 @@ struct Meta {
     link_type: u32,
 }
 
-/// A streaming capture reader over any `Read`; holds one record in memory at a time.
-#[derive(Debug)]
-pub struct Reader<R> {
-    inner: R,
-    name: String,
-    /// Bytes consumed from `inner` so far.
-    offset: u64,
-    /// Reused for every record; grows to the largest record seen and stays there.
-    buf: Vec<u8>,
-    format: Format,
-    packets_read: u64,
+/// What one record was.
+enum Step {
+    Packet(Meta),
+    /// A header, section, interface or other block: taken in, nothing to return.
+    Other,
+    /// A clean end of file.
+    End,
 }
 
-impl Reader<BufReader<File>> {
+/// The length fields at the start of a record, read before pcap-parser can take it.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    block_type: u32,
+    total: usize,
+    big_endian: bool,
+}
+
+/// The crate's reader of the format the file's magic number named.
+enum Inner<R: Read> {
+    Classic(LegacyPcapReader<Source<R>>),
+    Ng(PcapNGReader<Source<R>>),
+}
+
+impl<R: Read> Inner<R> {
+    fn data(&self) -> &[u8] {
+        match self {
+            Inner::Classic(r) => r.data(),
+            Inner::Ng(r) => r.data(),
+        }
+    }
+}
+
+/// The input as the crate's reader sees it: the header this module read first, then the rest.
+/// It keeps the `io::Error` behind a failed read, which the crate's `ReadError` drops.
+struct Source<R> {
+    head: Vec<u8>,
+    at: usize,
+    inner: R,
+    failure: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(mut rest) = self.head.get(self.at..).filter(|r| !r.is_empty()) {
+            let n = rest.read(buf)?;
+            self.at += n;
+            return Ok(n);
+        }
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let kind = e.kind();
+                    if let Ok(mut slot) = self.failure.lock() {
+                        *slot = Some(e);
+                    }
+                    return Err(kind.into());
+                }
+                read => return read,
+            }
+        }
+    }
+}
+
+/// Everything the reader knows besides the crate's reader; every error is made here.
+#[derive(Debug)]
+struct State {
+    name: String,
+    packets_read: u64,
+    format: Format,
+    /// Length of the record whose packet was returned last: consumed on the next call, since
+    /// the packet borrows it.
+    pending: usize,
+    /// Size of the crate's buffer.
+    capacity: usize,
+    /// Where [`Source`] keeps the cause of a failed read.
+    failure: Arc<Mutex<Option<io::Error>>>,
+}
+
+/// A streaming capture reader over any `Read`; holds at most one buffer of input in memory.
+pub struct Reader<R: Read> {
+    inner: Inner<R>,
+    state: State,
+}
+
+impl<R: Read> std::fmt::Debug for Reader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader<File> {
     /// Opens a capture file and reads its header.
     pub fn open(path: &Path) -> Result<Self, PcapError> {
         let name = path.display().to_string();
@@ -273,35 +381,8 @@ impl Reader<BufReader<File>> {
             file: name.clone(),
             source,
         })?;
-        Reader::new(BufReader::with_capacity(FILE_BUFFER, file), &name)
+        Reader::with_capacity(file, &name, FILE_BUFFER)
     }
-}
-
-/// Reads until `dst` is full or the input ends; returns how many bytes arrived.
-fn read_up_to<R: Read>(inner: &mut R, dst: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while let Some(rest) = dst.get_mut(got..) {
-        if rest.is_empty() {
-            break;
-        }
-        match inner.read(rest) {
-            Ok(0) => break,
-            Ok(n) => got += n.min(rest.len()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
-/// `u16` at `at` in the given byte order, if the slice holds it.
-fn u16_at(b: &[u8], at: usize, big_endian: bool) -> Option<u16> {
-    let raw: [u8; 2] = b.get(at..at.checked_add(2)?)?.try_into().ok()?;
-    Some(if big_endian {
-        u16::from_be_bytes(raw)
-    } else {
-        u16::from_le_bytes(raw)
-    })
 }
 
 /// `u32` at `at` in the given byte order, if the slice holds it.
@@ -312,23 +393,6 @@ fn u32_at(b: &[u8], at: usize, big_endian: bool) -> Option<u32> {
     } else {
         u32::from_le_bytes(raw)
     })
-}
-
-fn u32_of(raw: [u8; 4], big_endian: bool) -> u32 {
-    if big_endian {
-        u32::from_be_bytes(raw)
-    } else {
-        u32::from_le_bytes(raw)
-    }
-}
-
-/// Two `u32`s from an 8-byte header.
-fn split_u32s(raw: [u8; 8], big_endian: bool) -> (u32, u32) {
-    let [a, b, c, d, e, f, g, h] = raw;
-    (
-        u32_of([a, b, c, d], big_endian),
-        u32_of([e, f, g, h], big_endian),
-    )
 }
 
 /// The most a packet may capture under `snaplen` (0 = unlimited), as libpcap allows.
@@ -347,93 +411,85 @@ fn len(v: u32) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
+/// The byte order a pcapng byte-order magic announces.
+fn ng_byte_order(magic: u32) -> Option<bool> {
+    match magic {
+        NG_BYTE_ORDER_MAGIC => Some(false),
+        m if m.swap_bytes() == NG_BYTE_ORDER_MAGIC => Some(true),
+        _ => None,
+    }
+}
+
+/// Smallest length of each pcapng block type: type, length, fixed fields, trailing length.
+fn ng_min_len(block_type: u32) -> u32 {
+    match block_type {
+        NG_SHB => 28,
+        NG_IDB => 20,
+        NG_EPB | NG_OPB => 32,
+        NG_SPB => 16,
+        _ => 12,
+    }
+}
+
 impl<R: Read> Reader<R> {
     /// Reads the file header (pcap) or first Section Header Block (pcapng) from `inner`. `name`
     /// identifies the input in errors, normally the file path.
     pub fn new(inner: R, name: &str) -> Result<Self, PcapError> {
-        let mut r = Reader {
-            inner,
+        Reader::with_capacity(inner, name, BUFFER)
+    }
+
+    fn with_capacity(mut inner: R, name: &str, capacity: usize) -> Result<Self, PcapError> {
+        let mut state = State {
             name: name.to_string(),
-            offset: 0,
-            buf: Vec::new(),
-            // Replaced below once the magic number says which format this is.
-            format: Format::Ng {
+            packets_read: 0,
+            format: Format::Start,
+            pending: 0,
+            capacity,
+            failure: Arc::default(),
+        };
+        let (head, ng) = state.read_head(&mut inner)?;
+        state.capacity = capacity.max(head.len());
+        let source = Source {
+            head,
+            at: 0,
+            inner,
+            failure: Arc::clone(&state.failure),
+        };
+        // `create_reader` would do the same probe, but from one `read` (too short on a pipe) and
+        // without giving the input back when it fails; `read_head` has checked what it checks.
+        let built = if ng {
+            state.format = Format::Ng {
                 big_endian: false,
                 interfaces: Vec::new(),
-            },
-            packets_read: 0,
-        };
-        let Some(magic) = r.read_head::<4>(0)? else {
-            // An empty file: the capture ended before even its header was written.
-            return Err(r.truncated(0));
-        };
-        if u32::from_le_bytes(magic) == NG_SHB {
-            let Some(length) = r.read_head::<4>(0)? else {
-                return Err(r.truncated(0));
             };
-            r.read_shb(0, length)?;
-            return Ok(r);
-        }
-        let (big_endian, nanos) = match u32::from_le_bytes(magic) {
-            PCAP_MAGIC_US => (false, false),
-            PCAP_MAGIC_NS => (false, true),
-            m if m.swap_bytes() == PCAP_MAGIC_US => (true, false),
-            m if m.swap_bytes() == PCAP_MAGIC_NS => (true, true),
-            _ => {
-                return Err(PcapError::BadMagic {
-                    file: r.name,
-                    magic: u32::from_be_bytes(magic),
-                })
-            }
-        };
-        // The rest of the 24-byte header: version (2+2), thiszone, sigfigs, snaplen, linktype.
-        let Some(h) = r.read_head::<20>(0)? else {
-            return Err(r.truncated(0));
-        };
-        let [v0, v1, v2, v3, _, _, _, _, _, _, _, _, s0, s1, s2, s3, l0, l1, l2, l3] = h;
-        let (major, minor) = if big_endian {
-            (u16::from_be_bytes([v0, v1]), u16::from_be_bytes([v2, v3]))
+            PcapNGReader::new(state.capacity, source).map(Inner::Ng)
         } else {
-            (u16::from_le_bytes([v0, v1]), u16::from_le_bytes([v2, v3]))
+            LegacyPcapReader::new(state.capacity, source).map(Inner::Classic)
         };
-        if major != 2 {
-            return Err(PcapError::UnsupportedVersion {
-                file: r.name,
-                offset: 4,
-                format: "pcap",
-                major,
-                minor,
-            });
+        let inner = built.map_err(|_| state.malformed(0, "the file header cannot be parsed"))?;
+        let mut r = Reader { inner, state };
+        // The header or first section: its version, link type and timestamp unit.
+        match r.step()? {
+            Step::Other => Ok(r),
+            Step::Packet(_) | Step::End => Err(r.state.truncated(0)),
         }
-        r.format = Format::Classic {
-            big_endian,
-            nanos,
-            snaplen: u32_of([s0, s1, s2, s3], big_endian),
-            // The upper 16 bits carry FCS information, not the link type.
-            link_type: u32_of([l0, l1, l2, l3], big_endian) & 0xffff,
-        };
-        Ok(r)
     }
 
     /// The next packet, or `Ok(None)` at a clean end of file. After an error the reader's
     /// position is unspecified: stop reading.
     pub fn next_packet(&mut self) -> Result<Option<Packet<'_>>, PcapError> {
-        let meta = match self.format {
-            Format::Classic {
-                big_endian,
-                nanos,
-                snaplen,
-                link_type,
-            } => self.next_classic(big_endian, nanos, snaplen, link_type)?,
-            Format::Ng { .. } => self.next_ng()?,
+        let m = loop {
+            match self.step()? {
+                Step::Packet(m) => break m,
+                Step::Other => {}
+                Step::End => return Ok(None),
+            }
         };
-        let Some(m) = meta else {
-            return Ok(None);
-        };
-        self.packets_read += 1;
-        // The record parsers checked that start + caplen lies within the bytes read into buf.
+        self.state.packets_read += 1;
+        // The record parsers checked that start + caplen lies within the record.
         let data = self
-            .buf
+            .inner
+            .data()
             .get(m.start..m.start.saturating_add(m.caplen))
             .unwrap_or_default();
         Ok(Some(Packet {
@@ -448,9 +504,134 @@ impl<R: Read> Reader<R> {
 
     /// Packets returned so far.
     pub fn packets_read(&self) -> u64 {
-        self.packets_read
+        self.state.packets_read
     }
 
+    /// Bytes of the input taken in so far, the last packet's record included.
+    #[cfg(test)]
+    fn offset(&self) -> u64 {
+        let consumed = match &self.inner {
+            Inner::Classic(r) => r.consumed(),
+            Inner::Ng(r) => r.consumed(),
+        };
+        (consumed + self.state.pending) as u64
+    }
+
+    /// Takes in one record, through the crate's reader of this format.
+    fn step(&mut self) -> Result<Step, PcapError> {
+        match &mut self.inner {
+            Inner::Classic(r) => self.state.step(r),
+            Inner::Ng(r) => self.state.step(r),
+        }
+    }
+}
+
+/// Reading records through the crate's reader `it` (generic, not `dyn`: the per-packet calls
+/// are inlined).
+impl State {
+    /// Takes in one record, refilling the buffer as often as it needs.
+    fn step<I: PcapReaderIterator>(&mut self, it: &mut I) -> Result<Step, PcapError> {
+        // No shift here: `refill` moves what is left to the front anyway, and shifting on every
+        // half buffer consumed would copy each byte of the file twice.
+        it.consume_noshift(std::mem::take(&mut self.pending));
+        loop {
+            let (offset, data) = (it.consumed() as u64, it.data());
+            // Lengths are checked before the crate parses a record: it trusts them (a pcapng
+            // block shorter than 12 bytes even underflows its arithmetic).
+            let frame = self.frame(data, offset)?;
+            let whole = frame.filter(|f| data.len() >= f.total);
+            if let Some(f) = whole {
+                self.check_trailer(f, data, offset)?;
+            }
+            if let Some(step) = self.parse(it, offset)? {
+                return Ok(step);
+            }
+            if let Some(step) = self.refused(it, frame, whole, offset)? {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// The record the crate parsed, taken in; `None` when it could not parse one.
+    fn parse<I: PcapReaderIterator>(
+        &mut self,
+        it: &mut I,
+        offset: u64,
+    ) -> Result<Option<Step>, PcapError> {
+        let (size, taken) = match it.next() {
+            Ok((size, block)) => (size, Some(self.take_in(&block, offset)?)),
+            Err(pcap_parser::PcapError::Eof) => return Ok(Some(Step::End)),
+            Err(pcap_parser::PcapError::ReadError) => (0, None),
+            // Incomplete, buffer too small, or a record the crate refused.
+            Err(_) => return Ok(None),
+        };
+        let Some(taken) = taken else {
+            return Err(self.read_error(it));
+        };
+        Ok(Some(match taken {
+            Some(m) => {
+                self.pending = size;
+                Step::Packet(m)
+            }
+            None => {
+                it.consume_noshift(size);
+                Step::Other
+            }
+        }))
+    }
+
+    /// After the crate could not parse the record at `offset`: a bad record if it is whole, a
+    /// cut file if the input has ended, or else more input (`None`: parse again).
+    fn refused<I: PcapReaderIterator>(
+        &mut self,
+        it: &mut I,
+        frame: Option<Frame>,
+        whole: Option<Frame>,
+        offset: u64,
+    ) -> Result<Option<Step>, PcapError> {
+        if let Some(f) = whole {
+            self.unparsed(f, it.data(), offset)?;
+            it.consume_noshift(f.total);
+            return Ok(Some(Step::Other));
+        }
+        if it.reader_exhausted() {
+            return if it.data().is_empty() {
+                Ok(Some(Step::End))
+            } else {
+                Err(self.truncated(offset))
+            };
+        }
+        if it.data().len() >= self.capacity {
+            // A record larger than the buffer: grow with the data that arrives, not straight
+            // to the claimed length (which `frame` capped at MAX_BLOCK).
+            let Some(f) = frame else {
+                return Err(self.malformed(
+                    offset,
+                    "the read buffer filled up before a record header ended",
+                ));
+            };
+            self.capacity = self.capacity.saturating_mul(2).min(f.total);
+            it.grow(self.capacity);
+        }
+        if it.refill().is_err() {
+            return Err(self.read_error(it));
+        }
+        Ok(None)
+    }
+
+    /// The error behind the crate's `ReadError`, kept by [`Source`], at the offset where the
+    /// failed read started.
+    fn read_error<I: PcapReaderIterator>(&self, it: &I) -> PcapError {
+        let source = self.failure.lock().ok().and_then(|mut slot| slot.take());
+        let at = (it.consumed() + it.data().len()) as u64;
+        self.io(
+            at,
+            source.unwrap_or_else(|| io::Error::other("read failed")),
+        )
+    }
+}
+
+impl State {
     fn truncated(&self, offset: u64) -> PcapError {
         PcapError::Truncated {
             file: self.name.clone(),
@@ -464,6 +645,14 @@ impl<R: Read> Reader<R> {
             file: self.name.clone(),
             offset,
             what,
+        }
+    }
+
+    fn io(&self, offset: u64, source: io::Error) -> PcapError {
+        PcapError::Io {
+            file: self.name.clone(),
+            offset,
+            source,
         }
     }
 
@@ -483,303 +672,339 @@ impl<R: Read> Reader<R> {
         }
     }
 
-    /// Fills `dst` unless the input ends first; returns how many bytes arrived.
-    fn fill(&mut self, dst: &mut [u8]) -> Result<usize, PcapError> {
-        let got = read_up_to(&mut self.inner, dst).map_err(|source| PcapError::Io {
+    fn bad_caplen(&self, offset: u64, caplen: usize, limit: usize, why: &'static str) -> PcapError {
+        PcapError::BadCaptureLength {
             file: self.name.clone(),
-            offset: self.offset,
-            source,
-        })?;
-        self.offset = self.offset.saturating_add(got as u64);
-        Ok(got)
-    }
-
-    /// Reads a fixed-size header of the record starting at `record`. `None` at a clean end of
-    /// file (no byte of it present); a partial header is a truncation.
-    fn read_head<const N: usize>(&mut self, record: u64) -> Result<Option<[u8; N]>, PcapError> {
-        let mut h = [0u8; N];
-        match self.fill(&mut h)? {
-            0 => Ok(None),
-            n if n == N => Ok(Some(h)),
-            _ => Err(self.truncated(record)),
+            offset,
+            caplen: caplen as u64,
+            limit: limit as u64,
+            why,
         }
     }
 
-    /// Reads `n` bytes of the record starting at `record` into `buf[..n]`.
-    fn read_body(&mut self, n: usize, record: u64) -> Result<(), PcapError> {
-        let mut done = 0;
-        while done < n {
-            // Grow with the data that actually arrives, not straight to the claimed length: a
-            // corrupt length near the end of a file then costs no more memory than the file.
-            if self.buf.len() < n {
-                let grown = self.buf.len().saturating_mul(2).max(64 << 10).min(n);
-                self.buf.resize(grown, 0);
-            }
-            let end = self.buf.len().min(n);
-            // Moved out so `fill` can borrow the reader; put back straight after.
-            let mut buf = std::mem::take(&mut self.buf);
-            let got = buf.get_mut(done..end).map(|dst| self.fill(dst));
-            self.buf = buf;
-            match got {
-                Some(Ok(got)) if got == end - done => done = end,
-                Some(Err(e)) => return Err(e),
-                _ => return Err(self.truncated(record)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Skips `n` bytes of the record starting at `record` without buffering them.
-    fn skip(&mut self, n: u64, record: u64) -> Result<(), PcapError> {
-        let copied =
-            io::copy(&mut (&mut self.inner).take(n), &mut io::sink()).map_err(|source| {
-                PcapError::Io {
-                    file: self.name.clone(),
-                    offset: self.offset,
-                    source,
-                }
-            })?;
-        self.offset = self.offset.saturating_add(copied);
-        if copied == n {
-            Ok(())
+    /// Reads the file header (pcap) or the first Section Header Block (pcapng) whole, for the
+    /// crate's reader to parse from its first `read`; says whether the file is pcapng.
+    fn read_head<R: Read>(&self, inner: &mut R) -> Result<(Vec<u8>, bool), PcapError> {
+        let mut head = Vec::new();
+        let mut take = |head: &mut Vec<u8>, n: usize| {
+            // Grows with the data that arrives, not to a claimed length.
+            let at = head.len() as u64;
+            inner
+                .take(n as u64)
+                .read_to_end(head)
+                .map_err(|e| self.io(at, e))
+        };
+        take(&mut head, 12)?;
+        let Some(magic) = u32_at(&head, 0, false) else {
+            // An empty file: the capture ended before even its header was written.
+            return Err(self.truncated(0));
+        };
+        let (total, ng) = if magic == NG_SHB {
+            let Some(bom) = u32_at(&head, 8, false) else {
+                return Err(self.truncated(0));
+            };
+            // The byte-order magic tells how to read the length that precedes it.
+            let Some(big_endian) = ng_byte_order(bom) else {
+                return Err(
+                    self.malformed(0, "Section Header Block has an invalid byte-order magic")
+                );
+            };
+            let total = u32_at(&head, 4, big_endian).unwrap_or_default();
+            (self.block_len(0, NG_SHB, total)?, true)
+        } else if [PCAP_MAGIC_US, PCAP_MAGIC_NS]
+            .iter()
+            .any(|&m| magic == m || magic == m.swap_bytes())
+        {
+            (24, false)
         } else {
-            Err(self.truncated(record))
-        }
-    }
-
-    /// The next record of a classic pcap file.
-    fn next_classic(
-        &mut self,
-        big_endian: bool,
-        nanos: bool,
-        snaplen: u32,
-        link_type: u32,
-    ) -> Result<Option<Meta>, PcapError> {
-        let record = self.offset;
-        let Some(h) = self.read_head::<16>(record)? else {
-            return Ok(None);
-        };
-        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = h;
-        let ts_s = u32_of([a, b, c, d], big_endian);
-        let ts_frac = u32_of([e, f, g, h], big_endian);
-        let caplen = len(u32_of([i, j, k, l], big_endian));
-        let wire_len = len(u32_of([m, n, o, p], big_endian));
-        let limit = caplen_limit(snaplen);
-        if caplen > limit {
-            return Err(PcapError::BadCaptureLength {
+            return Err(PcapError::BadMagic {
                 file: self.name.clone(),
-                offset: record,
-                caplen: caplen as u64,
-                limit: limit as u64,
-                why: "the snaplen in the file header allows no more",
+                magic: magic.swap_bytes(),
             });
-        }
-        self.read_body(caplen, record)?;
-        // u32 seconds * 10^9 + u32 * 10^3 stays below 2^63: no overflow possible.
-        let frac_ns = if nanos {
-            u64::from(ts_frac)
-        } else {
-            u64::from(ts_frac) * 1_000
         };
-        Ok(Some(Meta {
-            start: 0,
-            caplen,
-            wire_len,
-            ts_ns: u64::from(ts_s) * 1_000_000_000 + frac_ns,
-            link_type,
-        }))
+        let rest = total.saturating_sub(head.len());
+        take(&mut head, rest)?;
+        if head.len() < total {
+            return Err(self.truncated(0));
+        }
+        Ok((head, ng))
     }
 
-    /// Reads the rest of a Section Header Block whose type and (still undecoded) length at
-    /// `block` have been consumed, and starts a new section: its own byte order, no interfaces.
-    fn read_shb(&mut self, block: u64, length: [u8; 4]) -> Result<(), PcapError> {
-        let Some(magic) = self.read_head::<4>(block)? else {
-            return Err(self.truncated(block));
-        };
-        // The byte-order magic tells how to read the length that precedes it.
-        let big_endian = match u32::from_le_bytes(magic) {
-            NG_BYTE_ORDER_MAGIC => false,
-            m if m.swap_bytes() == NG_BYTE_ORDER_MAGIC => true,
-            _ => {
-                return Err(self.malformed(
-                    block,
-                    "Section Header Block has an invalid byte-order magic",
-                ))
-            }
-        };
-        let total = u32_of(length, big_endian);
-        // type + length + magic + version + section length + trailing length.
-        let rest = self.checked_block_len(block, NG_SHB, total, 28)?;
-        self.read_body(rest, block)?;
-        self.check_trailer(block, NG_SHB, total, rest, big_endian)?;
-        let major = u16_at(&self.buf, 0, big_endian).unwrap_or_default();
-        let minor = u16_at(&self.buf, 2, big_endian).unwrap_or_default();
-        // 1.0 is the standard; 1.2 was written by some old tools and means the same.
-        if major != 1 || (minor != 0 && minor != 2) {
-            return Err(PcapError::UnsupportedVersion {
-                file: self.name.clone(),
-                offset: block,
-                format: "pcapng",
-                major,
-                minor,
-            });
-        }
-        // Interface ids are per section: the previous section's interfaces are gone.
-        self.format = Format::Ng {
-            big_endian,
-            interfaces: Vec::new(),
-        };
-        Ok(())
-    }
-
-    /// Checks a block's total length and returns how many bytes follow the 8 already read
-    /// (the 12 for SHBs' type, length and magic): body plus trailing length.
-    fn checked_block_len(
-        &self,
-        block: u64,
-        block_type: u32,
-        total: u32,
-        min: u32,
-    ) -> Result<usize, PcapError> {
-        let why = if total < min {
+    /// Checks a pcapng block's total length.
+    fn block_len(&self, offset: u64, block_type: u32, total: u32) -> Result<usize, PcapError> {
+        let why = if total < ng_min_len(block_type) {
             "shorter than this block type's fixed fields"
         } else if !total.is_multiple_of(4) {
             "not a multiple of 4"
         } else if len(total) > MAX_BLOCK {
             "larger than the 256 MiB this reader accepts"
         } else {
-            let head = if block_type == NG_SHB { 12 } else { 8 };
-            return Ok(len(total) - head);
+            return Ok(len(total));
         };
-        Err(self.bad_length(block, block_type, u64::from(total), why))
+        Err(self.bad_length(offset, block_type, u64::from(total), why))
     }
 
-    /// Checks that the trailing length at `buf[rest - 4..rest]` repeats the leading one.
-    fn check_trailer(
-        &self,
-        block: u64,
-        block_type: u32,
-        total: u32,
-        rest: usize,
-        be: bool,
-    ) -> Result<(), PcapError> {
-        let trailer = rest.checked_sub(4).and_then(|at| u32_at(&self.buf, at, be));
-        if trailer == Some(total) {
-            Ok(())
-        } else {
-            Err(self.bad_length(
-                block,
-                block_type,
-                u64::from(total),
-                "the length at the end of the block differs",
-            ))
+    /// The length of the record at the start of `data`, once its header is there; refuses a
+    /// length that is corrupt before any buffer grows for it.
+    fn frame(&self, data: &[u8], offset: u64) -> Result<Option<Frame>, PcapError> {
+        match self.format {
+            // The file header: its fields were checked by `read_head`.
+            Format::Start => Ok(None),
+            Format::Classic {
+                big_endian, limit, ..
+            } => {
+                let Some(caplen) = u32_at(data, 8, big_endian).map(len) else {
+                    return Ok(None);
+                };
+                if caplen > limit {
+                    return Err(self.bad_caplen(
+                        offset,
+                        caplen,
+                        limit,
+                        "the snaplen in the file header allows no more",
+                    ));
+                }
+                Ok(Some(Frame {
+                    block_type: 0,
+                    total: PCAP_DATA + caplen,
+                    big_endian,
+                }))
+            }
+            Format::Ng { big_endian, .. } => {
+                let Some(block_type) = u32_at(data, 0, big_endian) else {
+                    return Ok(None);
+                };
+                // A new section's length is in its own byte order, which the magic after it
+                // gives; the SHB type reads the same in either order.
+                let big_endian = if block_type == NG_SHB {
+                    let Some(bom) = u32_at(data, 8, false) else {
+                        return Ok(None);
+                    };
+                    ng_byte_order(bom).ok_or_else(|| {
+                        self.malformed(
+                            offset,
+                            "Section Header Block has an invalid byte-order magic",
+                        )
+                    })?
+                } else {
+                    big_endian
+                };
+                let Some(total) = u32_at(data, 4, big_endian) else {
+                    return Ok(None);
+                };
+                Ok(Some(Frame {
+                    block_type,
+                    total: self.block_len(offset, block_type, total)?,
+                    big_endian,
+                }))
+            }
         }
     }
 
-    /// The next packet block of a pcapng file, taking in section and interface blocks and
-    /// skipping every other kind on the way.
-    fn next_ng(&mut self) -> Result<Option<Meta>, PcapError> {
-        loop {
-            let block = self.offset;
-            let Some(h) = self.read_head::<8>(block)? else {
-                return Ok(None);
-            };
-            // The SHB type reads the same in either byte order; its length may not.
-            if let [0x0a, 0x0d, 0x0d, 0x0a, l0, l1, l2, l3] = h {
-                self.read_shb(block, [l0, l1, l2, l3])?;
-                continue;
-            }
-            let Format::Ng { big_endian, .. } = self.format else {
-                return Err(self.malformed(block, "pcapng block in a classic pcap file"));
-            };
-            let (block_type, total) = split_u32s(h, big_endian);
-            let min = match block_type {
-                NG_IDB => 20,
-                NG_EPB | NG_OPB => 32,
-                NG_SPB => 16,
-                _ => 12,
-            };
-            let rest = self.checked_block_len(block, block_type, total, min)?;
-            match block_type {
-                NG_IDB | NG_EPB | NG_OPB | NG_SPB => {
-                    self.read_body(rest, block)?;
-                    self.check_trailer(block, block_type, total, rest, big_endian)?;
-                }
-                _ => {
-                    // Statistics, name resolution, secrets, custom blocks: not needed. Skip
-                    // the body unbuffered, but still check the trailing length.
-                    self.skip(rest.saturating_sub(4) as u64, block)?;
-                    let Some(t) = self.read_head::<4>(block)? else {
-                        return Err(self.truncated(block));
-                    };
-                    if u32_of(t, big_endian) != total {
-                        return Err(self.bad_length(
-                            block,
-                            block_type,
-                            u64::from(total),
-                            "the length at the end of the block differs",
-                        ));
-                    }
-                    continue;
+    /// Checks that a whole pcapng block's trailing length repeats the leading one.
+    fn check_trailer(&self, frame: Frame, data: &[u8], offset: u64) -> Result<(), PcapError> {
+        if !matches!(self.format, Format::Ng { .. }) {
+            return Ok(());
+        }
+        let trailer = frame
+            .total
+            .checked_sub(4)
+            .and_then(|at| u32_at(data, at, frame.big_endian));
+        if trailer.map(len) == Some(frame.total) {
+            return Ok(());
+        }
+        Err(self.bad_length(
+            offset,
+            frame.block_type,
+            frame.total as u64,
+            "the length at the end of the block differs",
+        ))
+    }
+
+    /// A whole record, its lengths checked, that the crate refused or wanted more of than it
+    /// holds: the error that says why, or `Ok` for a block this reader has no use for (skipped,
+    /// as pcap-parser cannot parse every block type a writer may invent).
+    fn unparsed(&self, frame: Frame, data: &[u8], offset: u64) -> Result<(), PcapError> {
+        if !matches!(self.format, Format::Ng { .. }) {
+            return Err(self.malformed(offset, "the packet record cannot be parsed"));
+        }
+        match frame.block_type {
+            NG_EPB | NG_OPB => {
+                let caplen = u32_at(data, 20, frame.big_endian).map_or(usize::MAX, len);
+                let room = frame.total.saturating_sub(32);
+                if caplen > room {
+                    Err(self.bad_caplen(
+                        offset,
+                        caplen,
+                        room,
+                        "the block does not hold that much data",
+                    ))
+                } else {
+                    Err(self.malformed(offset, "a packet block cannot be parsed"))
                 }
             }
-            let body_len = rest - 4;
-            if block_type == NG_IDB {
-                let iface = self.parse_idb(block, body_len, big_endian)?;
+            NG_SHB | NG_IDB | NG_SPB => Err(self.malformed(
+                offset,
+                "a section, interface or packet block cannot be parsed",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes in one record the crate parsed; the packet it holds, if any.
+    fn take_in(
+        &mut self,
+        block: &PcapBlockOwned<'_>,
+        offset: u64,
+    ) -> Result<Option<Meta>, PcapError> {
+        match block {
+            PcapBlockOwned::LegacyHeader(h) => self.start_classic(h).map(|()| None),
+            PcapBlockOwned::Legacy(b) => {
+                let Format::Classic {
+                    nanos, link_type, ..
+                } = self.format
+                else {
+                    return Err(self.malformed(offset, "pcap record in a pcapng file"));
+                };
+                // `frame` checked the captured length against the snaplen.
+                // u32 seconds * 10^9 + u32 * 10^3 stays below 2^63: no overflow possible.
+                let frac_ns = u64::from(b.ts_usec) * if nanos { 1 } else { 1_000 };
+                Ok(Some(Meta {
+                    start: PCAP_DATA,
+                    caplen: b.data.len(),
+                    wire_len: len(b.origlen),
+                    ts_ns: u64::from(b.ts_sec) * 1_000_000_000 + frac_ns,
+                    link_type,
+                }))
+            }
+            PcapBlockOwned::NG(block) => self.take_in_ng(block, offset),
+        }
+    }
+
+    fn start_classic(&mut self, h: &PcapHeader) -> Result<(), PcapError> {
+        if h.version_major != 2 {
+            return Err(PcapError::UnsupportedVersion {
+                file: self.name.clone(),
+                offset: 4,
+                format: "pcap",
+                major: h.version_major,
+                minor: h.version_minor,
+            });
+        }
+        self.format = Format::Classic {
+            big_endian: h.is_bigendian(),
+            nanos: h.is_nanosecond_precision(),
+            limit: caplen_limit(h.snaplen),
+            // The upper 16 bits carry FCS information, not the link type.
+            link_type: h.network.0.cast_unsigned() & 0xffff,
+        };
+        Ok(())
+    }
+
+    fn take_in_ng(&mut self, block: &Block<'_>, offset: u64) -> Result<Option<Meta>, PcapError> {
+        let Format::Ng { big_endian, .. } = self.format else {
+            return Err(self.malformed(offset, "pcapng block in a classic pcap file"));
+        };
+        let opb = if big_endian {
+            NG_OPB.swap_bytes()
+        } else {
+            NG_OPB
+        };
+        match block {
+            Block::SectionHeader(shb) => {
+                let (major, minor) = (shb.major_version, shb.minor_version);
+                // 1.0 is the standard; 1.2 was written by some old tools and means the same.
+                if major != 1 || (minor != 0 && minor != 2) {
+                    return Err(PcapError::UnsupportedVersion {
+                        file: self.name.clone(),
+                        offset,
+                        format: "pcapng",
+                        major,
+                        minor,
+                    });
+                }
+                if let Format::Ng {
+                    big_endian,
+                    interfaces,
+                } = &mut self.format
+                {
+                    *big_endian = shb.big_endian();
+                    // Interface ids are per section: the previous section's interfaces are gone.
+                    interfaces.clear();
+                }
+                Ok(None)
+            }
+            Block::InterfaceDescription(idb) => {
+                let iface = self.interface(idb, big_endian, offset)?;
                 let defined = match &mut self.format {
                     Format::Ng { interfaces, .. } => {
                         interfaces.push(iface);
                         interfaces.len()
                     }
-                    Format::Classic { .. } => 0,
+                    Format::Start | Format::Classic { .. } => 0,
                 };
                 if defined > MAX_INTERFACES {
-                    return Err(self.malformed(block, "more than 65536 interfaces in one section"));
+                    return Err(self.malformed(offset, "more than 65536 interfaces in one section"));
                 }
-                continue;
+                Ok(None)
             }
-            return self
-                .parse_packet_block(block, block_type, body_len, big_endian)
-                .map(Some);
+            Block::EnhancedPacket(epb) => {
+                let iface = self.iface(epb.if_id, offset)?;
+                let ticks = u64::from(epb.ts_high) << 32 | u64::from(epb.ts_low);
+                self.packet(iface, epb.caplen, epb.origlen, ticks, offset)
+                    .map(Some)
+            }
+            Block::SimplePacket(spb) => {
+                let iface = self.iface(0, offset)?;
+                // No timestamp, no captured length: the data is the original length cut to
+                // what the block holds and to the snaplen.
+                let mut caplen = spb.data.len().min(len(spb.origlen));
+                if iface.snaplen != 0 {
+                    caplen = caplen.min(len(iface.snaplen));
+                }
+                Ok(Some(Meta {
+                    start: NG_SPB_DATA,
+                    caplen,
+                    wire_len: len(spb.origlen),
+                    ts_ns: 0,
+                    link_type: iface.link_type,
+                }))
+            }
+            // The crate reads every block type little-endian.
+            Block::Unknown(ub) if ub.block_type == opb => {
+                self.obsolete_packet(ub.data, big_endian, offset).map(Some)
+            }
+            // Statistics, name resolution, secrets, custom blocks: not needed.
+            _ => Ok(None),
         }
     }
 
-    /// The link type, snaplen and timestamp units of the Interface Description Block in `buf`.
-    fn parse_idb(&self, block: u64, body_len: usize, be: bool) -> Result<Interface, PcapError> {
-        let body = self.buf.get(..body_len).unwrap_or_default();
-        let link_type = u32::from(u16_at(body, 0, be).unwrap_or_default());
-        let snaplen = u32_at(body, 4, be).unwrap_or_default();
+    /// The link type, snaplen and timestamp unit of an Interface Description Block.
+    /// `if_tsoffset` is read here: pcap-parser reads it little-endian in every section.
+    fn interface(
+        &self,
+        idb: &InterfaceDescriptionBlock<'_>,
+        big_endian: bool,
+        offset: u64,
+    ) -> Result<Interface, PcapError> {
         let mut iface = Interface {
-            link_type,
-            snaplen,
+            link_type: u32::try_from(idb.linktype.0).unwrap_or_default(),
+            snaplen: idb.snaplen,
             scale: TsScale::from_tsresol(6),
             offset_s: 0,
         };
-        let mut at = 8usize;
-        // Options: code (2), length (2), value padded to 4 bytes; opt_endofopt or the end of
-        // the body ends the list.
-        while let (Some(code), Some(opt_len)) = (u16_at(body, at, be), u16_at(body, at + 2, be)) {
-            if code == NG_OPT_END {
-                break;
-            }
-            let start = at + 4;
-            let opt_len = usize::from(opt_len);
-            let Some(value) = body.get(start..start + opt_len) else {
-                return Err(self.malformed(
-                    block,
-                    "an Interface Description Block option runs past the end of the block",
-                ));
-            };
-            match (code, value) {
-                (NG_IF_TSRESOL, [v]) => iface.scale = TsScale::from_tsresol(*v),
-                (NG_IF_TSRESOL, _) => {
-                    return Err(self.malformed(block, "if_tsresol option is not 1 byte long"));
+        for opt in &idb.options {
+            match (opt.code, opt.as_bytes()) {
+                (OptionCode::EndOfOpt, _) => break,
+                (OptionCode::IfTsresol, Ok(&[v])) => iface.scale = TsScale::from_tsresol(v),
+                (OptionCode::IfTsresol, _) => {
+                    return Err(self.malformed(offset, "if_tsresol option is not 1 byte long"));
                 }
-                (NG_IF_TSOFFSET, v) => {
-                    let raw: [u8; 8] = v.try_into().map_err(|_| {
-                        self.malformed(block, "if_tsoffset option is not 8 bytes long")
+                (OptionCode::IfTsoffset, v) => {
+                    let raw: [u8; 8] = v.ok().and_then(|v| v.try_into().ok()).ok_or_else(|| {
+                        self.malformed(offset, "if_tsoffset option is not 8 bytes long")
                     })?;
-                    iface.offset_s = if be {
+                    iface.offset_s = if big_endian {
                         i64::from_be_bytes(raw)
                     } else {
                         i64::from_le_bytes(raw)
@@ -787,95 +1012,92 @@ impl<R: Read> Reader<R> {
                 }
                 _ => {}
             }
-            // body_len <= MAX_BLOCK, so these sums cannot overflow.
-            at = start + opt_len.next_multiple_of(4);
         }
         Ok(iface)
     }
 
-    /// An EPB, OPB or SPB whose body (`body_len` bytes) is in `buf`.
-    fn parse_packet_block(
-        &self,
-        block: u64,
-        block_type: u32,
-        body_len: usize,
-        be: bool,
-    ) -> Result<Meta, PcapError> {
+    /// The interface a packet block names.
+    fn iface(&self, id: u32, offset: u64) -> Result<Interface, PcapError> {
         let Format::Ng { interfaces, .. } = &self.format else {
-            return Err(self.malformed(block, "pcapng block in a classic pcap file"));
+            return Err(self.malformed(offset, "pcapng block in a classic pcap file"));
         };
-        let body = self.buf.get(..body_len).unwrap_or_default();
-        // The minimum block lengths checked earlier guarantee the fixed fields are present.
-        let field = |at| u32_at(body, at, be).unwrap_or_default();
-        let (iface_id, ticks, caplen, wire_len, start) = match block_type {
-            NG_SPB => {
-                // No interface id (always 0), no timestamp, no captured length: the data is
-                // the original length cut to the snaplen and to what the block holds.
-                let wire_len = len(field(0));
-                (0, None, wire_len.min(body_len - 4), wire_len, 4)
-            }
-            NG_OPB => {
-                let id = u32::from(u16_at(body, 0, be).unwrap_or_default());
-                let ticks = u64::from(field(4)) << 32 | u64::from(field(8));
-                (id, Some(ticks), len(field(12)), len(field(16)), 20)
-            }
-            _ => {
-                let ticks = u64::from(field(4)) << 32 | u64::from(field(8));
-                (field(0), Some(ticks), len(field(12)), len(field(16)), 20)
-            }
-        };
-        let Some(iface) = interfaces.get(len(iface_id)) else {
-            return Err(PcapError::UnknownInterface {
+        interfaces
+            .get(len(id))
+            .copied()
+            .ok_or_else(|| PcapError::UnknownInterface {
                 file: self.name.clone(),
-                offset: block,
-                interface: iface_id,
+                offset,
+                interface: id,
                 defined: interfaces.len(),
-            });
-        };
-        let caplen = if block_type == NG_SPB && iface.snaplen != 0 {
-            caplen.min(len(iface.snaplen))
-        } else {
-            caplen
-        };
-        let room = body_len - start;
-        let (limit, why) = if caplen > room {
-            (room, "the block does not hold that much data")
-        } else {
-            (
-                caplen_limit(iface.snaplen),
-                "the interface's snaplen allows no more",
-            )
-        };
+            })
+    }
+
+    /// An Enhanced or Obsolete Packet Block's packet, the block already framed by the crate.
+    fn packet(
+        &self,
+        iface: Interface,
+        caplen: u32,
+        wire_len: u32,
+        ticks: u64,
+        offset: u64,
+    ) -> Result<Meta, PcapError> {
+        let (caplen, limit) = (len(caplen), caplen_limit(iface.snaplen));
         if caplen > limit {
-            return Err(PcapError::BadCaptureLength {
-                file: self.name.clone(),
-                offset: block,
-                caplen: caplen as u64,
-                limit: limit as u64,
-                why,
-            });
+            return Err(self.bad_caplen(
+                offset,
+                caplen,
+                limit,
+                "the interface's snaplen allows no more",
+            ));
         }
-        let ts_ns = ticks.map_or(0, |t| {
-            iface
-                .scale
-                .to_ns(t)
-                .saturating_add_signed(iface.offset_s.saturating_mul(1_000_000_000))
-        });
         Ok(Meta {
-            start,
+            start: NG_EPB_DATA,
             caplen,
-            wire_len,
-            ts_ns,
+            wire_len: len(wire_len),
+            ts_ns: iface.ts_ns(ticks),
             link_type: iface.link_type,
         })
     }
-}
 
+    /// An Obsolete Packet Block, from the body the crate hands over as an unknown block's.
+    fn obsolete_packet(&self, body: &[u8], be: bool, offset: u64) -> Result<Meta, PcapError> {
+        let field = |at| u32_at(body, at, be);
+        let (Some(first), Some(high), Some(low), Some(caplen), Some(wire_len)) =
+            (field(0), field(4), field(8), field(12), field(16))
+        else {
+            let total = (body.len() + 12) as u64;
+            return Err(self.bad_length(
+                offset,
+                NG_OPB,
+                total,
+                "shorter than this block type's fixed fields",
+            ));
+        };
+        // The interface id is the first 16 bits, in the section's byte order.
+        let id = if be { first >> 16 } else { first & 0xffff };
+        let iface = self.iface(id, offset)?;
+        let room = body.len().saturating_sub(20);
+        if len(caplen) > room {
+            return Err(self.bad_caplen(
+                offset,
+                len(caplen),
+                room,
+                "the block does not hold that much data",
+            ));
+        }
+        let ticks = u64::from(high) << 32 | u64::from(low);
+        self.packet(iface, caplen, wire_len, ticks, offset)
+    }
+}
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    const NG_OPT_END: u16 = 0;
+    const NG_IF_TSRESOL: u16 = 9;
+    const NG_IF_TSOFFSET: u16 = 14;
 
     /// A packet copied out of the reader, for comparing whole files at once.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1224,7 +1446,10 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("huge.pcap: packet at byte offset 24"));
-        assert_eq!(r.buf.capacity(), 0);
+        assert_eq!(
+            r.state.capacity, BUFFER,
+            "the buffer grew for a refused length"
+        );
         // Over the snaplen but within libpcap's lenient limit is fine.
         let mut f = classic_header(false, false, 96, 1);
         f.extend(classic_record(false, 1, 0, &[0u8; 1514], 1514));
@@ -1392,8 +1617,8 @@ mod tests {
                 }
                 other => panic!("total {total}: {other:?}"),
             }
-            // A corrupt length must not have grown the buffer past the blocks seen.
-            assert!(r.buf.capacity() < 4096, "allocated {}", r.buf.capacity());
+            // A corrupt length must not have grown the buffer.
+            assert_eq!(r.state.capacity, BUFFER);
         }
         // A skipped block's length is checked as well.
         let mut f = head.clone();
@@ -1421,11 +1646,7 @@ mod tests {
             matches!(err, PcapError::Truncated { offset, .. } if offset == at),
             "{err:?}"
         );
-        assert!(
-            r.buf.capacity() <= 64 << 10,
-            "allocated {}",
-            r.buf.capacity()
-        );
+        assert_eq!(r.state.capacity, BUFFER);
 
         let mut f = classic_header(false, false, 0, 1);
         f.extend(
@@ -1442,11 +1663,7 @@ mod tests {
             r.next_packet(),
             Err(PcapError::Truncated { offset: 24, .. })
         ));
-        assert!(
-            r.buf.capacity() <= 64 << 10,
-            "allocated {}",
-            r.buf.capacity()
-        );
+        assert_eq!(r.state.capacity, BUFFER);
     }
 
     #[test]
@@ -1509,15 +1726,103 @@ mod tests {
         );
 
         let mut f = shb(false, 1, 0);
-        let mut b = idb(false, 1, 0, &[(2, b"eth0")]);
-        // The option's length field, just after link type, reserved and snaplen.
-        b[8 + 8 + 2..8 + 8 + 4].copy_from_slice(&200u16.to_le_bytes());
-        f.extend(b);
+        f.extend(idb(false, 1, 0, &[(NG_IF_TSOFFSET, &[1; 4])]));
         let err = first_error(&f);
         assert!(
-            matches!(err, PcapError::Malformed { what, .. } if what.contains("runs past")),
+            matches!(err, PcapError::Malformed { what, .. } if what.contains("if_tsoffset")),
             "{err:?}"
         );
+
+        // An option that runs past the end of the block ends the option list, as pcap-parser
+        // reads it: the interface keeps the default µs unit, and its packets read.
+        let mut f = shb(false, 1, 0);
+        let mut b = idb(false, 1, 0, &[(2, b"eth0"), (NG_IF_TSRESOL, &[9])]);
+        // The first option's length field, just after link type, reserved and snaplen.
+        b[8 + 8 + 2..8 + 8 + 4].copy_from_slice(&200u16.to_le_bytes());
+        f.extend(b);
+        f.extend(epb(false, 0, 7, &[1], 1));
+        assert_eq!(read_all(&f).unwrap(), [owned(7_000, &[1], 1, 1)]);
+    }
+
+    #[test]
+    fn blocks_the_crate_cannot_parse_are_skipped_if_not_needed() {
+        // An Interface Statistics Block with no body is shorter than pcap-parser's statistics
+        // fields but a well-framed block: skipped, as before the crate.
+        let mut f = shb(true, 1, 0);
+        f.extend(idb(true, 1, 0, &[]));
+        f.extend(ng_block(true, 5, &[]));
+        // A Process Information Block (pcap-parser's type, 0x80000001) shorter than the 12 bytes
+        // of any block: refused by length before the crate's arithmetic sees it.
+        f.extend(epb(true, 0, 3, &[1, 2], 2));
+        assert_eq!(read_all(&f).unwrap(), [owned(3_000, &[1, 2], 2, 1)]);
+        let at = f.len() as u64;
+        f.extend(W::new(true).u32(0x8000_0001).u32(8).done());
+        match first_error(&f) {
+            PcapError::BadBlockLength {
+                offset,
+                block_type: 0x8000_0001,
+                length: 8,
+                ..
+            } => assert_eq!(offset, at),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_larger_than_the_buffer_grow_it() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut f = classic_header(false, true, 0, 1);
+        f.extend(classic_record(false, 1, 2, &[7; 60], 60));
+        f.extend(classic_record(false, 3, 4, &big, 200_000));
+        f.extend(classic_record(false, 5, 6, &[8; 60], 60));
+        let got = read_all(&f).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1], owned(3_000_000_004, &big, 200_000, 1));
+        let mut r = Reader::new(&f[..], "big.pcap").unwrap();
+        drain(&mut r);
+        // Doubled while full, then to the record's length.
+        assert_eq!(r.state.capacity, 16 + 200_000);
+
+        let mut f = shb(false, 1, 0);
+        f.extend(idb(false, 1, 0, &[]));
+        f.extend(epb(false, 0, 1, &big, 200_000));
+        assert_eq!(read_all(&f).unwrap(), [owned(1_000, &big, 200_000, 1)]);
+    }
+
+    /// Hands out `ok` bytes, then fails as a disk or network file system may.
+    struct Failing<'a> {
+        ok: &'a [u8],
+    }
+
+    impl Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.ok.is_empty() {
+                return Err(io::Error::other("device on fire"));
+            }
+            self.ok.read(buf)
+        }
+    }
+
+    #[test]
+    fn read_errors_keep_their_cause_and_offset() {
+        let f = classic_sample(false, false);
+        let mut r = Reader::new(Failing { ok: &f[..30] }, "disk.pcap").unwrap();
+        let err = r.next_packet().unwrap_err();
+        match &err {
+            PcapError::Io { offset, source, .. } => {
+                assert_eq!(
+                    (*offset, source.to_string().as_str()),
+                    (30, "device on fire")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err
+            .to_string()
+            .starts_with("disk.pcap: read error at byte offset 30"));
+        // In the file header: the read that failed started at byte 0.
+        let err = Reader::new(Failing { ok: &f[..8] }, "disk.pcap").unwrap_err();
+        assert!(matches!(err, PcapError::Io { offset: 0, .. }), "{err:?}");
     }
 
     #[test]
@@ -1526,7 +1831,7 @@ mod tests {
         let mut r = Reader::new(&f[..], "x").unwrap();
         r.next_packet().unwrap().unwrap();
         // The second EPB starts where the first packet's block ended.
-        let second = r.offset;
+        let second = r.offset();
         for cut in [
             second as usize + 3,
             second as usize + 8,

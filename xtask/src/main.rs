@@ -177,21 +177,26 @@ fn task(task: Task) -> anyhow::Result<()> {
                 ]))?;
             }
             run(cargo().args(["build", "-p", "detector"]))?;
-            let mut test = cargo();
-            // --no-fail-fast: one failing test binary must not hide the results of the others.
+            // --no-fail-fast: one failing test must not hide the results of the others.
             // --include-ignored: the root-only tests, which plain `cargo test` skips.
-            test.args([
-                "test",
-                "--workspace",
-                "--no-fail-fast",
-                "--",
-                "--include-ignored",
-            ])
-            .env("DETECTOR_BIN", root().join("target/debug/detector"));
-            if let Some(f) = filter {
-                test.arg(f);
-            }
-            run(&mut test)
+            let tests = |args: &[&str], extra: &[&str]| {
+                let mut test = cargo();
+                test.arg("test")
+                    .args(args)
+                    .args(["--no-fail-fast", "--", "--include-ignored"])
+                    .args(extra)
+                    .env("DETECTOR_BIN", root().join("target/debug/detector"));
+                if let Some(f) = &filter {
+                    test.arg(f);
+                }
+                run(&mut test)
+            };
+            // Unit tests, in parallel.
+            let unit = tests(&["--workspace", "--exclude", "integration-tests"], &[]);
+            // The integration tests (one binary), one at a time: they share the machine with
+            // floods, tcpreplay at full speed and timed replays, which disturb each other.
+            let integration = tests(&["-p", "integration-tests"], &["--test-threads=1"]);
+            unit.and(integration)
         }
     }
 }

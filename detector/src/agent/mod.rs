@@ -366,18 +366,23 @@ impl Agent {
             );
             self.last_lost = lost;
         }
-        let evicted = self.evicted();
-        let core = &mut self.core;
-        let line = StatsJson::new(
-            &c,
+        let line = self.stats_line(&c);
+        self.core.out.record(&line)?;
+        self.core.out.flush()
+    }
+
+    /// The stats line of the kernel's counters `c`, with the agent's own and the table's
+    /// evictions.
+    fn stats_line(&self, c: &outputs::Counters) -> StatsJson {
+        let core = &self.core;
+        StatsJson::new(
+            c,
             core.read,
             &core.metrics,
             core.blocks.len(),
             &core.detector.policy,
         )
-        .with_evicted(evicted);
-        core.out.record(&line)?;
-        core.out.flush()
+        .with_evicted(self.evicted())
     }
 
     /// A control request: answered now, or later by the room that runs it.
@@ -497,13 +502,18 @@ impl Agent {
 
     /// Flows the kernel's table evicted, as of the last sweep.
     fn evicted(&self) -> u64 {
-        self.sweeper.as_ref().map_or(0, |s| s.evicted.load(Relaxed))
+        self.sweeper
+            .as_ref()
+            .map_or(0, |s| s.shared.evicted.load(Relaxed))
     }
 
     /// Before a metrics scrape: the gauges of this moment.
     fn publish_gauges(&self) {
         let c = read_stats(&self.stats).unwrap_or_default();
-        let entries = self.sweeper.as_ref().map_or(0, |s| s.entries.load(Relaxed));
+        let entries = self
+            .sweeper
+            .as_ref()
+            .map_or(0, |s| s.shared.entries.load(Relaxed));
         outputs::Gauges {
             counters: &c,
             table_entries: entries,
@@ -537,7 +547,7 @@ impl Agent {
             .reconfigure(new.policy.clone(), new.effective_allowlist());
         let flow_cfg = new.flow_config();
         if let Some(s) = &self.sweeper {
-            *s.cfg.lock().unwrap_or_else(|e| e.into_inner()) = flow_cfg;
+            *s.shared.cfg.lock().unwrap_or_else(|e| e.into_inner()) = flow_cfg;
         }
         if let Err(e) = crate::ebpf::write_config(&mut self.kernel.ebpf, &flow_cfg) {
             error!("SIGHUP: cannot update the flow configuration: {e:#}");
@@ -588,18 +598,9 @@ impl Agent {
         }
         self.core.score()?;
         let c = read_stats(&self.stats)?;
-        let evicted = self.evicted();
-        let core = &mut self.core;
-        let line = StatsJson::new(
-            &c,
-            core.read,
-            &core.metrics,
-            core.blocks.len(),
-            &core.detector.policy,
-        )
-        .with_evicted(evicted);
-        core.out.record(&line)?;
-        core.out.flush()?;
+        let line = self.stats_line(&c);
+        self.core.out.record(&line)?;
+        self.core.out.flush()?;
         self.learning.save();
         // Blocks stay in the state file; the kernel map goes with this process.
         if let Err(e) = self.core.blocks.persist() {

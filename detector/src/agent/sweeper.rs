@@ -107,15 +107,20 @@ fn evictions(before: u64, inserted: u64, removed: u64, seen: u64) -> u64 {
 
 /// The sweep thread and what it shares with the loop.
 pub struct Sweeper {
+    pub shared: Arc<Shared>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// What the sweep thread shares with the loop.
+pub struct Shared {
     /// The flow timeouts in force (SIGHUP changes them).
-    pub cfg: Arc<Mutex<FlowConfig>>,
+    pub cfg: Mutex<FlowConfig>,
     /// Entries in the table after the last walk (for the metrics).
-    pub entries: Arc<AtomicU64>,
+    pub entries: AtomicU64,
     /// Flows the kernel's table evicted before their final record (a lower bound, see
     /// [`evictions`]).
-    pub evicted: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
+    pub evicted: AtomicU64,
+    stop: AtomicBool,
 }
 
 impl Sweeper {
@@ -139,29 +144,23 @@ impl Sweeper {
             reopen(stats.map(), "counters")?,
         ))
         .context("the counters have an unexpected type")?;
-        let shared = Shared {
-            cfg: Arc::new(Mutex::new(cfg)),
-            stop: Arc::new(AtomicBool::new(false)),
-            entries: Arc::new(AtomicU64::new(0)),
-            evicted: Arc::new(AtomicU64::new(0)),
-        };
+        let shared = Arc::new(Shared {
+            cfg: Mutex::new(cfg),
+            entries: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("detector-sweep".into())
-            .spawn(move || sweep_loop(table, stats, every, tx, s))
+            .spawn(move || sweep_loop(table, stats, every, tx, &s))
             .context("cannot start the sweep thread")?;
-        Ok(Self {
-            cfg: shared.cfg,
-            entries: shared.entries,
-            evicted: shared.evicted,
-            stop: shared.stop,
-            thread,
-        })
+        Ok(Self { shared, thread })
     }
 
     /// Stops the thread and waits for it (it ends within one tick, 20 ms).
     pub fn stop(self) {
-        self.stop.store(true, Relaxed);
+        self.shared.stop.store(true, Relaxed);
         let _ = self.thread.join();
     }
 }
@@ -173,17 +172,8 @@ fn reopen(map: &MapData, what: &str) -> anyhow::Result<MapData> {
         .fd()
         .as_fd()
         .try_clone_to_owned()
-        .with_context(|| format!("cannot duplicate the {what}' descriptor"))?;
+        .with_context(|| format!("cannot duplicate the descriptor of the {what}"))?;
     MapData::from_fd(fd).with_context(|| format!("cannot open the {what} a second time"))
-}
-
-/// What the sweep thread shares with the loop.
-#[derive(Clone)]
-struct Shared {
-    cfg: Arc<Mutex<FlowConfig>>,
-    stop: Arc<AtomicBool>,
-    entries: Arc<AtomicU64>,
-    evicted: Arc<AtomicU64>,
 }
 
 /// Evictions are warned of at most this often (a flood evicts on every sweep).
@@ -194,13 +184,13 @@ fn sweep_loop(
     stats: PerCpuArray<MapData, u64>,
     every: Duration,
     tx: mpsc::Sender<Vec<(FlowKey, FlowState)>>,
-    shared: Shared,
+    shared: &Shared,
 ) {
     let Shared {
         cfg,
-        stop,
         entries,
         evicted,
+        stop,
     } = shared;
     let mut removed = 0u64;
     let mut warned = (None::<Instant>, 0u64);

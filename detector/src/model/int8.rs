@@ -1,11 +1,12 @@
-//! int8 inference: weights quantised per output channel to i8, activations per row to u8,
-//! i32 accumulation, on AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddwd` on values widened to i16)
-//! or scalar code, chosen at run time (docs/model.md, "Quantisation").
+//! int8 inference: weights quantised per output channel to 7-bit i8, activations per row to u8,
+//! i32 accumulation, on AVX-512 VNNI (`vpdpbusd` on zmm), AVX-VNNI (`vpdpbusd` on ymm), AVX2
+//! (`vpmaddubsw` + `vpmaddwd`) or scalar code, chosen at run time (docs/model.md,
+//! "Quantisation").
 //!
-//! AVX2 widens to i16 instead of using `vpmaddubsw`, whose i16 pair sums saturate for u8·i8
-//! (2·255·127 > 32767). Every path therefore computes exactly the same integers, and the float
-//! epilogue is the same code, so the three paths give bit-identical results (tested); only their
-//! speed differs.
+//! Weights are held to |q| ≤ [`WMAX`] (63) so that `vpmaddubsw`'s i16 pair sums cannot
+//! saturate (2·255·63 < 32767). Every path therefore computes exactly the same integers, and the
+//! float row steps do the same operations in the same order, so all paths give bit-identical
+//! results (tested); only their speed differs.
 
 use std::cell::RefCell;
 
@@ -13,6 +14,9 @@ use super::layers::{dot, Linear};
 
 /// Zero point of the (signed) normalised input: values map to 1..=255 around 128.
 const INPUT_ZP: i32 = 128;
+/// Largest |weight| after quantisation: 7 bits, so that AVX2's `vpmaddubsw` (u8·i8 pairs summed
+/// into a saturating i16) is exact: 2·255·63 = 32130 ≤ 32767, where 127 would overflow.
+const WMAX: f32 = 63.0;
 /// Rows processed per block (keeps the block's activations in L1).
 const BLOCK: usize = 32;
 
@@ -23,6 +27,8 @@ pub enum SimdLevel {
     Scalar,
     /// AVX2.
     Avx2,
+    /// AVX-VNNI: `vpdpbusd` on 256-bit registers (with AVX2).
+    AvxVnni,
     /// AVX-512 with VNNI (and BW).
     Avx512Vnni,
 }
@@ -39,8 +45,12 @@ impl SimdLevel {
         let mut v = vec![SimdLevel::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            if avx2 {
                 v.push(SimdLevel::Avx2);
+            }
+            if avx2 && std::arch::is_x86_feature_detected!("avxvnni") {
+                v.push(SimdLevel::AvxVnni);
             }
             if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
@@ -52,12 +62,23 @@ impl SimdLevel {
         v
     }
 
-    /// Short name ("scalar", "avx2", "avx512-vnni").
+    /// Short name ("scalar", "avx2", "avx-vnni", "avx512-vnni").
     pub fn name(&self) -> &'static str {
         match self {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
+            SimdLevel::AvxVnni => "avx-vnni",
             SimdLevel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// The CPU feature that makes this level usable ("avx512vnni", …; "none" for scalar).
+    pub fn feature(&self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "none",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::AvxVnni => "avxvnni",
+            SimdLevel::Avx512Vnni => "avx512vnni",
         }
     }
 }
@@ -71,8 +92,6 @@ pub struct QLayer {
     inp_pad: usize,
     /// `[inp_pad / 4][out][4]`: 4 inputs of 16 (or 8) consecutive outputs are one vector.
     packed: Vec<i8>,
-    /// The same widened to i16, for AVX2.
-    packed16: Vec<i16>,
     /// `[out][inp_pad]` for the scalar path.
     rowmajor: Vec<i8>,
     scale: Vec<f32>,
@@ -92,10 +111,10 @@ impl QLayer {
         for o in 0..l.out_dim {
             let w = &l.weight[o * l.in_dim..(o + 1) * l.in_dim];
             let m = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let s = if m > 0.0 { m / 127.0 } else { 1.0 };
+            let s = if m > 0.0 { m / WMAX } else { 1.0 };
             scale[o] = s;
             for (i, &v) in w.iter().enumerate() {
-                let q = (v / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                let q = (v / s).round_ties_even().clamp(-WMAX, WMAX) as i8;
                 rowmajor[o * inp_pad + i] = q;
                 wsum[o] += q as i32;
             }
@@ -112,7 +131,6 @@ impl QLayer {
             out: l.out_dim,
             inp: l.in_dim,
             inp_pad,
-            packed16: packed.iter().map(|&v| v as i16).collect(),
             packed,
             rowmajor,
             scale,
@@ -219,6 +237,9 @@ impl QuantModel {
             // SAFETY: the level was chosen from `is_x86_feature_detected!` (or by a caller that
             // checked `SimdLevel::available()`), so the CPU has these instructions.
             SimdLevel::Avx512Vnni => unsafe { x86::block_vnni(self, x, rows, logits, emb, s) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX-VNNI (and AVX2).
+            SimdLevel::AvxVnni => unsafe { x86::block_avxvnni(self, x, rows, logits, emb, s) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2.
             SimdLevel::Avx2 => unsafe { x86::block_avx2(self, x, rows, logits, emb, s) },
@@ -588,49 +609,85 @@ mod x86 {
         }
     }
 
-    /// AVX2: activations and weights widened to i16; `vpmaddwd` adds pairs of products into
-    /// i32 lanes (two lanes per output, summed at the end). 4 outputs per register, 2 rows ×
-    /// up to 4 registers at a time.
+    /// One step of a 256-bit int8 product: 4 u8 activations (repeated) times 4 i8 weights of 8
+    /// outputs, added to 8 i32 sums.
+    trait Mac256 {
+        unsafe fn mac(acc: __m256i, x: __m256i, w: __m256i) -> __m256i;
+    }
+
+    /// AVX2: `vpmaddubsw` (u8·i8 pairs → i16, exact for 7-bit weights), then `vpmaddwd` by 1
+    /// (pairs → i32).
     struct Avx2;
 
-    impl Kernel for Avx2 {
+    impl Mac256 for Avx2 {
+        #[inline(always)]
+        unsafe fn mac(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+            let pairs = _mm256_maddubs_epi16(x, w);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+    }
+
+    /// AVX-VNNI: `vpdpbusd` on ymm, the same sums in one instruction.
+    struct AvxVnni;
+
+    impl Mac256 for AvxVnni {
+        #[inline(always)]
+        unsafe fn mac(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(acc, x, w)
+        }
+    }
+
+    /// The 256-bit kernels: 8 outputs per register (the `packed` layout, as VNNI), 4 rows × 16
+    /// outputs at a time; the row steps 8 values at a time.
+    impl<M: Mac256> Kernel for M {
         #[inline(always)]
         unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]) {
             let groups = l.inp_pad / 4;
             let mut r = 0;
-            while r + 2 <= rows {
+            while r + 4 <= rows {
                 let mut ob = 0;
                 while ob < l.out {
-                    let nb = ((l.out - ob) / 4).min(4);
-                    match nb {
-                        4 => avx2_tile::<2, 4>(l, xq, r, ob, groups, acc),
-                        3 => avx2_tile::<2, 3>(l, xq, r, ob, groups, acc),
-                        2 => avx2_tile::<2, 2>(l, xq, r, ob, groups, acc),
-                        _ => avx2_tile::<2, 1>(l, xq, r, ob, groups, acc),
+                    match (l.out - ob) / 8 {
+                        1 => tile256::<M, 4, 1>(l, xq, r, ob, groups, acc),
+                        _ => tile256::<M, 4, 2>(l, xq, r, ob, groups, acc),
                     }
-                    ob += nb * 4;
+                    ob += 16;
                 }
-                r += 2;
+                r += 4;
             }
             while r < rows {
                 let mut ob = 0;
                 while ob < l.out {
-                    let nb = ((l.out - ob) / 4).min(4);
-                    match nb {
-                        4 => avx2_tile::<1, 4>(l, xq, r, ob, groups, acc),
-                        3 => avx2_tile::<1, 3>(l, xq, r, ob, groups, acc),
-                        2 => avx2_tile::<1, 2>(l, xq, r, ob, groups, acc),
-                        _ => avx2_tile::<1, 1>(l, xq, r, ob, groups, acc),
+                    match (l.out - ob) / 8 {
+                        1 => tile256::<M, 1, 1>(l, xq, r, ob, groups, acc),
+                        _ => tile256::<M, 1, 2>(l, xq, r, ob, groups, acc),
                     }
-                    ob += nb * 4;
+                    ob += 16;
                 }
                 r += 1;
             }
         }
+
+        #[inline(always)]
+        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
+            quantise_input_256(x, q)
+        }
+
+        #[inline(always)]
+        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+            epilogue_256(l, a, sr, h)
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+            quantise_relu_256(h, q)
+        }
     }
 
+    /// `R` rows × `B` registers of 8 outputs from output `ob`. Every layer width is a multiple
+    /// of 16 ([`super::super::Arch::validate`]); a multiple of 8 would do.
     #[inline(always)]
-    unsafe fn avx2_tile<const R: usize, const B: usize>(
+    unsafe fn tile256<M: Mac256, const R: usize, const B: usize>(
         l: &QLayer,
         xq: &[u8],
         r0: usize,
@@ -639,31 +696,145 @@ mod x86 {
         acc: &mut [i32],
     ) {
         let mut a = [[_mm256_setzero_si256(); B]; R];
-        let wp = l.packed16.as_ptr();
+        let wp = l.packed.as_ptr();
         let xp = xq.as_ptr();
         for g in 0..groups {
             let mut w = [_mm256_setzero_si256(); B];
             for (b, wb) in w.iter_mut().enumerate() {
-                *wb = _mm256_loadu_si256(wp.add((g * l.out + ob + b * 4) * 4) as *const _);
+                *wb = _mm256_loadu_si256(wp.add((g * l.out + ob + b * 8) * 4) as *const _);
             }
             for (r, ar) in a.iter_mut().enumerate() {
                 let x4 = (xp.add((r0 + r) * l.inp_pad + g * 4) as *const i32).read_unaligned();
-                // 4 u8 → 4 i16, repeated across the register.
-                let xb = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(x4)));
+                let xb = _mm256_set1_epi32(x4);
                 for b in 0..B {
-                    ar[b] = _mm256_add_epi32(ar[b], _mm256_madd_epi16(xb, w[b]));
+                    ar[b] = M::mac(ar[b], xb, w[b]);
                 }
             }
         }
         for (r, ar) in a.iter().enumerate() {
             for (b, ab) in ar.iter().enumerate() {
-                let mut lanes = [0i32; 8];
-                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, *ab);
-                let dst = &mut acc[(r0 + r) * l.out + ob + b * 4..][..4];
-                for (o, d) in dst.iter_mut().enumerate() {
-                    *d = lanes[2 * o] + lanes[2 * o + 1];
-                }
+                let dst = acc.as_mut_ptr().add((r0 + r) * l.out + ob + b * 8);
+                _mm256_storeu_si256(dst as *mut _, *ab);
             }
+        }
+    }
+
+    /// Largest lane of a vector of non-negative values.
+    #[inline(always)]
+    unsafe fn hmax256(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    /// Stores the low byte of each of 8 i32 lanes (each in 0..=255) at `dst`.
+    #[inline(always)]
+    unsafe fn store_bytes8(dst: *mut u8, v: __m256i) {
+        // Byte 0 of each dword to the low 4 bytes of each 128-bit half, then the two halves'
+        // first dwords together.
+        let pick = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let b = _mm256_shuffle_epi8(v, pick);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        (dst as *mut i64).write_unaligned(_mm_cvtsi128_si64(_mm256_castsi256_si128(b)));
+    }
+
+    /// [`super::quantise_input`], 8 values at a time, the tail with the portable steps (the
+    /// same operations: max is exact, `vcvtps2dq` rounds to nearest even as `round_ties_even`).
+    #[inline(always)]
+    unsafe fn quantise_input_256(x: &[f32], q: &mut [u8]) -> f32 {
+        let n = x.len();
+        let whole = n / 8 * 8;
+        let bound = |v: f32| if v.is_nan() { 0.0 } else { v.clamp(-1e6, 1e6) };
+        let bounded = |i: usize| {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-1e6)), _mm256_set1_ps(1e6))
+        };
+        let sign = _mm256_set1_ps(-0.0);
+        let mut mx = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, bounded(i)));
+        }
+        let mut m = hmax256(mx);
+        for &v in &x[whole..] {
+            let a = bound(v).abs();
+            m = if a > m { a } else { m };
+        }
+        let inv_s = if m > 0.0 { 127.0 / m } else { 0.0 };
+        let inv = _mm256_set1_ps(inv_s);
+        for i in (0..whole).step_by(8) {
+            let r = _mm256_cvtps_epi32(_mm256_mul_ps(bounded(i), inv));
+            let r = _mm256_add_epi32(r, _mm256_set1_epi32(INPUT_ZP));
+            store_bytes8(q.as_mut_ptr().add(i), r);
+        }
+        for (qi, &v) in q[whole..n].iter_mut().zip(&x[whole..]) {
+            let r = (bound(v) * inv_s).round_ties_even() as i32;
+            *qi = (r + INPUT_ZP) as u8;
+        }
+        q[n..].fill(INPUT_ZP as u8);
+        if m > 0.0 {
+            m / 127.0
+        } else {
+            0.0
+        }
+    }
+
+    /// [`super::epilogue`], 8 outputs at a time (multiply then add, not fused).
+    #[inline(always)]
+    unsafe fn epilogue_256(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+        let n = l.out.min(a.len()).min(h.len());
+        let whole = n / 8 * 8;
+        let (zp, srv) = (_mm256_set1_epi32(l.zp), _mm256_set1_ps(sr));
+        for i in (0..whole).step_by(8) {
+            let av = _mm256_loadu_si256(a.as_ptr().add(i) as *const _);
+            let ws = _mm256_loadu_si256(l.wsum.as_ptr().add(i) as *const _);
+            let sc = _mm256_loadu_ps(l.scale.as_ptr().add(i));
+            let b = _mm256_loadu_ps(l.bias.as_ptr().add(i));
+            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(av, _mm256_mullo_epi32(zp, ws)));
+            let v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_mul_ps(srv, sc)), b);
+            // max(v, 0) returns its second operand unless v > 0: `if v > 0 { v } else { 0 }`.
+            let v = _mm256_max_ps(v, _mm256_setzero_ps());
+            _mm256_storeu_ps(h.as_mut_ptr().add(i), v);
+        }
+        for o in whole..n {
+            let v = (a[o] - l.zp * l.wsum[o]) as f32 * (sr * l.scale[o]) + l.bias[o];
+            h[o] = if v > 0.0 { v } else { 0.0 };
+        }
+    }
+
+    /// [`super::quantise_relu`], 8 values at a time, the tail with the portable steps.
+    #[inline(always)]
+    unsafe fn quantise_relu_256(h: &[f32], q: &mut [u8]) -> f32 {
+        let n = h.len().min(q.len());
+        let whole = n / 8 * 8;
+        let mut mx = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            mx = _mm256_max_ps(mx, _mm256_loadu_ps(h.as_ptr().add(i)));
+        }
+        let mut m = hmax256(mx);
+        for &v in &h[whole..n] {
+            m = if v > m { v } else { m };
+        }
+        let inv_s = if m > 0.0 { 255.0 / m } else { 0.0 };
+        let inv = _mm256_set1_ps(inv_s);
+        for i in (0..whole).step_by(8) {
+            let v = _mm256_loadu_ps(h.as_ptr().add(i));
+            store_bytes8(
+                q.as_mut_ptr().add(i),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)),
+            );
+        }
+        for (qi, &v) in q[whole..n].iter_mut().zip(&h[whole..n]) {
+            *qi = (v * inv_s).round_ties_even() as i32 as u8;
+        }
+        if m > 0.0 {
+            m / 255.0
+        } else {
+            0.0
         }
     }
 
@@ -677,6 +848,18 @@ mod x86 {
         s: &mut Scratch,
     ) {
         block_generic::<Vnni>(qm, x, rows, logits, emb, s)
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn block_avxvnni(
+        qm: &QuantModel,
+        x: &[f32],
+        rows: usize,
+        logits: &mut [f32],
+        emb: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        block_generic::<AvxVnni>(qm, x, rows, logits, emb, s)
     }
 
     #[target_feature(enable = "avx2")]

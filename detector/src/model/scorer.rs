@@ -45,20 +45,55 @@ impl std::str::FromStr for ScorePath {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
+            "auto" => ScorePath::auto().0,
             "reference" | "f32" => ScorePath::Reference,
             "int8" => ScorePath::Int8(None),
             "int8-scalar" => ScorePath::Int8(Some(SimdLevel::Scalar)),
             "int8-avx2" => ScorePath::Int8(Some(SimdLevel::Avx2)),
+            "int8-avx-vnni" => ScorePath::Int8(Some(SimdLevel::AvxVnni)),
             "int8-avx512-vnni" => ScorePath::Int8(Some(SimdLevel::Avx512Vnni)),
             "candle" | "candle-cpu" => ScorePath::CandleCpu,
             "cuda" => ScorePath::Cuda(0),
             _ => {
                 return Err(format!(
-                    "unknown scoring path `{s}` (reference, int8, int8-scalar, int8-avx2, \
-                     int8-avx512-vnni, candle-cpu, cuda)"
+                    "unknown scoring path `{s}` (auto, reference, int8, int8-scalar, int8-avx2, \
+                     int8-avx-vnni, int8-avx512-vnni, candle-cpu, cuda)"
                 ))
             }
         })
+    }
+}
+
+impl ScorePath {
+    /// What `scoring.path = "auto"` picks on this CPU, and why. By CPU features against the
+    /// measured table in BENCHMARKS.md (Scoring), not a timed check at start: the choice must
+    /// not depend on the host's load at that moment, since int8 and f32 give slightly different
+    /// scores (docs/model.md, "Choosing a path").
+    pub fn auto() -> (ScorePath, String) {
+        let level = SimdLevel::detect();
+        match level {
+            SimdLevel::Avx512Vnni | SimdLevel::AvxVnni | SimdLevel::Avx2 => (
+                ScorePath::Int8(Some(level)),
+                format!(
+                    "auto: CPU has {}; int8 on it measured faster than candle f32",
+                    level.feature()
+                ),
+            ),
+            SimdLevel::Scalar => (
+                ScorePath::CandleCpu,
+                "auto: CPU has no AVX2; portable int8 measured slower than candle f32".into(),
+            ),
+        }
+    }
+
+    /// Why the `scoring.path` value `configured` gives the path it does (for the startup log
+    /// and `detector status`).
+    pub fn reason(configured: &str) -> String {
+        if configured == "auto" {
+            Self::auto().1
+        } else {
+            format!("set by scoring.path = \"{configured}\"")
+        }
     }
 }
 

@@ -612,6 +612,30 @@ mod tests {
         );
         let err = format!("{:#}", Config::parse("[agent\n", "x.toml").unwrap_err());
         assert!(err.contains("x.toml"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::parse("[scoring]\npath = \"int9\"\n", "x.toml").unwrap_err()
+        );
+        assert!(
+            err.contains("scoring.path") && err.contains("int9") && err.contains("auto"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scoring_path_defaults_to_auto_and_explicit_values_parse() {
+        assert_eq!(ScoringSection::default().path, "auto");
+        for path in [
+            "auto",
+            "int8",
+            "int8-avx2",
+            "int8-scalar",
+            "f32",
+            "candle-cpu",
+        ] {
+            let toml = format!("[scoring]\npath = \"{path}\"\n");
+            assert_eq!(Config::parse(&toml, "x.toml").unwrap().scoring.path, path);
+        }
     }
 
     #[test]

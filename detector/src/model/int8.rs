@@ -1,12 +1,12 @@
-//! int8 inference: weights quantised per output channel to 7-bit i8, activations per row to u8,
+//! int8 inference: weights quantised per output channel to i8, activations per row to u8,
 //! i32 accumulation, on AVX-512 VNNI (`vpdpbusd` on zmm), AVX-VNNI (`vpdpbusd` on ymm), AVX2
-//! (`vpmaddubsw` + `vpmaddwd`) or scalar code, chosen at run time (docs/model.md,
-//! "Quantisation").
+//! (`vpmaddubsw` on activation nibbles, then `vpmaddwd`) or scalar code, chosen at run time
+//! (docs/model.md, "Quantisation").
 //!
-//! Weights are held to |q| ≤ [`WMAX`] (63) so that `vpmaddubsw`'s i16 pair sums cannot
-//! saturate (2·255·63 < 32767). Every path therefore computes exactly the same integers, and the
-//! float row steps do the same operations in the same order, so all paths give bit-identical
-//! results (tested); only their speed differs.
+//! `vpmaddubsw`'s i16 pair sums would saturate for whole u8·i8 values (2·255·127 > 32767), so
+//! AVX2 multiplies the activations' high and low nibbles separately. Every path therefore
+//! computes exactly the same integers, and the float row steps do the same operations in the
+//! same order, so all paths give bit-identical results (tested); only their speed differs.
 
 use std::cell::RefCell;
 
@@ -14,9 +14,8 @@ use super::layers::{dot, Linear};
 
 /// Zero point of the (signed) normalised input: values map to 1..=255 around 128.
 const INPUT_ZP: i32 = 128;
-/// Largest |weight| after quantisation: 7 bits, so that AVX2's `vpmaddubsw` (u8·i8 pairs summed
-/// into a saturating i16) is exact: 2·255·63 = 32130 ≤ 32767, where 127 would overflow.
-const WMAX: f32 = 63.0;
+/// Largest |weight| after quantisation (symmetric: −128 is never used).
+const WMAX: f32 = 127.0;
 /// Rows processed per block (keeps the block's activations in L1).
 const BLOCK: usize = 32;
 
@@ -153,6 +152,8 @@ pub struct QuantModel {
 #[derive(Default)]
 struct Scratch {
     xq: Vec<u8>,
+    /// The kernel's own (AVX2: the activations' nibbles).
+    xn: Vec<u8>,
     scales: Vec<f32>,
     acc: Vec<i32>,
     h: Vec<f32>,
@@ -249,13 +250,13 @@ impl QuantModel {
 }
 
 /// Multiplies `rows` quantised rows (`xq`, stride `inp_pad`) by a layer's weights into `acc`
-/// (stride `out`).
+/// (stride `out`); `xn` is scratch space the kernel may use.
 /// The row steps around it default to the portable functions; a kernel may replace them with
 /// its own SIMD code, which must give the same bits.
 trait Kernel {
     /// # Safety
     /// The CPU must have the kernel's instructions; buffers must hold the sizes above.
-    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]);
+    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], xn: &mut Vec<u8>);
 
     /// [`quantise_input`].
     /// # Safety
@@ -286,7 +287,7 @@ struct ScalarKernel;
 
 impl Kernel for ScalarKernel {
     #[inline(always)]
-    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]) {
+    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
         for r in 0..rows {
             let x = &xq[r * l.inp_pad..(r + 1) * l.inp_pad];
             for o in 0..l.out {
@@ -391,7 +392,13 @@ fn block_generic<K: Kernel>(
     emb: Option<&mut [f32]>,
     s: &mut Scratch,
 ) {
-    let Scratch { xq, scales, acc, h } = s;
+    let Scratch {
+        xq,
+        xn,
+        scales,
+        acc,
+        h,
+    } = s;
     let first = &qm.layers[0];
     for r in 0..rows {
         let q = &mut xq[r * first.inp_pad..(r + 1) * first.inp_pad];
@@ -401,7 +408,7 @@ fn block_generic<K: Kernel>(
     let n_layers = qm.layers.len();
     for (k, l) in qm.layers.iter().enumerate() {
         // SAFETY: as above; sizes are the block's.
-        unsafe { K::gemm(l, xq, rows, acc) };
+        unsafe { K::gemm(l, xq, rows, acc, xn) };
         let out = l.out;
         for ((a, hr), &sr) in acc[..rows * out]
             .chunks_exact(out)
@@ -438,7 +445,7 @@ mod x86 {
 
     impl Kernel for Vnni {
         #[inline(always)]
-        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]) {
+        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
             let groups = l.inp_pad / 4;
             let mut r = 0;
             while r + 4 <= rows {
@@ -609,63 +616,18 @@ mod x86 {
         }
     }
 
-    /// One step of a 256-bit int8 product: 4 u8 activations (repeated) times 4 i8 weights of 8
-    /// outputs, added to 8 i32 sums.
-    trait Mac256 {
-        unsafe fn mac(acc: __m256i, x: __m256i, w: __m256i) -> __m256i;
-    }
-
-    /// AVX2: `vpmaddubsw` (u8·i8 pairs → i16, exact for 7-bit weights), then `vpmaddwd` by 1
-    /// (pairs → i32).
-    struct Avx2;
-
-    impl Mac256 for Avx2 {
-        #[inline(always)]
-        unsafe fn mac(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
-            let pairs = _mm256_maddubs_epi16(x, w);
-            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-        }
-    }
-
-    /// AVX-VNNI: `vpdpbusd` on ymm, the same sums in one instruction.
+    /// AVX-VNNI: `vpdpbusd` on ymm, 8 outputs per register, 4 rows × 16 outputs at a time.
     struct AvxVnni;
 
-    impl Mac256 for AvxVnni {
+    impl Kernel for AvxVnni {
         #[inline(always)]
-        unsafe fn mac(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
-            _mm256_dpbusd_avx_epi32(acc, x, w)
-        }
-    }
-
-    /// The 256-bit kernels: 8 outputs per register (the `packed` layout, as VNNI), 4 rows × 16
-    /// outputs at a time; the row steps 8 values at a time.
-    impl<M: Mac256> Kernel for M {
-        #[inline(always)]
-        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]) {
-            let groups = l.inp_pad / 4;
-            let mut r = 0;
-            while r + 4 <= rows {
-                let mut ob = 0;
-                while ob < l.out {
-                    match (l.out - ob) / 8 {
-                        1 => tile256::<M, 4, 1>(l, xq, r, ob, groups, acc),
-                        _ => tile256::<M, 4, 2>(l, xq, r, ob, groups, acc),
-                    }
-                    ob += 16;
-                }
-                r += 4;
-            }
-            while r < rows {
-                let mut ob = 0;
-                while ob < l.out {
-                    match (l.out - ob) / 8 {
-                        1 => tile256::<M, 1, 1>(l, xq, r, ob, groups, acc),
-                        _ => tile256::<M, 1, 2>(l, xq, r, ob, groups, acc),
-                    }
-                    ob += 16;
-                }
-                r += 1;
-            }
+        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
+            by_tiles::<4>(l, rows, |r, ob, full, b| match (full, b) {
+                (true, 2) => vnni256_tile::<4, 2>(l, xq, r, ob, acc),
+                (true, _) => vnni256_tile::<4, 1>(l, xq, r, ob, acc),
+                (false, 2) => vnni256_tile::<1, 2>(l, xq, r, ob, acc),
+                (false, _) => vnni256_tile::<1, 1>(l, xq, r, ob, acc),
+            })
         }
 
         #[inline(always)]
@@ -684,21 +646,153 @@ mod x86 {
         }
     }
 
-    /// `R` rows × `B` registers of 8 outputs from output `ob`. Every layer width is a multiple
-    /// of 16 ([`super::super::Arch::validate`]); a multiple of 8 would do.
+    /// AVX2: `vpmaddubsw` (u8·i8 pairs summed into a saturating i16) on the activations split
+    /// into nibbles, `x = 16·hi + lo`: a pair sum is then at most 2·15·127 = 3810, so eight
+    /// groups add up in i16 without saturating (30480), and `vpmaddwd` by 16 and by 1 takes
+    /// them to i32. The weights stay 8-bit; the sums are exactly VNNI's.
+    struct Avx2;
+
+    impl Kernel for Avx2 {
+        #[inline(always)]
+        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], xn: &mut Vec<u8>) {
+            let n = rows * l.inp_pad;
+            if xn.len() < 2 * n {
+                xn.resize(2 * n, 0);
+            }
+            let (hi, lo) = xn.split_at_mut(n);
+            split_nibbles(&xq[..n], hi, &mut lo[..n]);
+            let (hi, lo) = (&*hi, &*lo);
+            by_tiles::<2>(l, rows, |r, ob, full, b| match (full, b) {
+                (true, 2) => avx2_tile::<2, 2>(l, hi, lo, r, ob, acc),
+                (true, _) => avx2_tile::<2, 1>(l, hi, lo, r, ob, acc),
+                (false, 2) => avx2_tile::<1, 2>(l, hi, lo, r, ob, acc),
+                (false, _) => avx2_tile::<1, 1>(l, hi, lo, r, ob, acc),
+            })
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
+            quantise_input_256(x, q)
+        }
+
+        #[inline(always)]
+        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+            epilogue_256(l, a, sr, h)
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+            quantise_relu_256(h, q)
+        }
+    }
+
+    /// Calls `tile(row, first output, whole, registers)` over the layer: `R` rows at a time
+    /// (`whole`), then one at a time; 2 registers of 8 outputs at a time, then 1. Every layer
+    /// width is a multiple of 16 ([`super::super::Arch::validate`]).
     #[inline(always)]
-    unsafe fn tile256<M: Mac256, const R: usize, const B: usize>(
+    unsafe fn by_tiles<const R: usize>(
+        l: &QLayer,
+        rows: usize,
+        mut tile: impl FnMut(usize, usize, bool, usize),
+    ) {
+        let mut r = 0;
+        while r < rows {
+            let whole = r + R <= rows;
+            let mut ob = 0;
+            while ob + 8 <= l.out {
+                let b = ((l.out - ob) / 8).min(2);
+                tile(r, ob, whole, b);
+                ob += 8 * b;
+            }
+            r += if whole { R } else { 1 };
+        }
+    }
+
+    /// `hi[i] = x[i] >> 4`, `lo[i] = x[i] & 15`.
+    #[inline(always)]
+    unsafe fn split_nibbles(x: &[u8], hi: &mut [u8], lo: &mut [u8]) {
+        let n = x.len().min(hi.len()).min(lo.len());
+        let whole = n / 32 * 32;
+        let m = _mm256_set1_epi8(15);
+        for i in (0..whole).step_by(32) {
+            let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const _);
+            let h = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
+            _mm256_storeu_si256(hi.as_mut_ptr().add(i) as *mut _, h);
+            _mm256_storeu_si256(lo.as_mut_ptr().add(i) as *mut _, _mm256_and_si256(v, m));
+        }
+        for i in whole..n {
+            hi[i] = x[i] >> 4;
+            lo[i] = x[i] & 15;
+        }
+    }
+
+    /// `R` rows × `B` registers of 8 outputs from output `ob`, by [`Avx2`]'s nibble sums.
+    #[inline(always)]
+    unsafe fn avx2_tile<const R: usize, const B: usize>(
+        l: &QLayer,
+        hi: &[u8],
+        lo: &[u8],
+        r0: usize,
+        ob: usize,
+        acc: &mut [i32],
+    ) {
+        let groups = l.inp_pad / 4;
+        let wp = l.packed.as_ptr();
+        let mut g0 = 0;
+        // At least one pass, so that a layer without inputs still writes its zeros.
+        while g0 < groups.max(1) {
+            let mut sh = [[_mm256_setzero_si256(); B]; R];
+            let mut sl = [[_mm256_setzero_si256(); B]; R];
+            for g in g0..(g0 + 8).min(groups) {
+                let mut w = [_mm256_setzero_si256(); B];
+                for (b, wb) in w.iter_mut().enumerate() {
+                    *wb = _mm256_loadu_si256(wp.add((g * l.out + ob + b * 8) * 4) as *const _);
+                }
+                for r in 0..R {
+                    let at = (r0 + r) * l.inp_pad + g * 4;
+                    let xh =
+                        _mm256_set1_epi32((hi.as_ptr().add(at) as *const i32).read_unaligned());
+                    let xl =
+                        _mm256_set1_epi32((lo.as_ptr().add(at) as *const i32).read_unaligned());
+                    for b in 0..B {
+                        sh[r][b] = _mm256_add_epi16(sh[r][b], _mm256_maddubs_epi16(xh, w[b]));
+                        sl[r][b] = _mm256_add_epi16(sl[r][b], _mm256_maddubs_epi16(xl, w[b]));
+                    }
+                }
+            }
+            // The i32 sums live in `acc`, not in registers: the i16 sums need them all.
+            for r in 0..R {
+                for b in 0..B {
+                    let v = _mm256_add_epi32(
+                        _mm256_madd_epi16(sh[r][b], _mm256_set1_epi16(16)),
+                        _mm256_madd_epi16(sl[r][b], _mm256_set1_epi16(1)),
+                    );
+                    let dst = acc.as_mut_ptr().add((r0 + r) * l.out + ob + b * 8) as *mut __m256i;
+                    let v = if g0 == 0 {
+                        v
+                    } else {
+                        _mm256_add_epi32(_mm256_loadu_si256(dst), v)
+                    };
+                    _mm256_storeu_si256(dst, v);
+                }
+            }
+            g0 += 8;
+        }
+    }
+
+    /// `R` rows × `B` registers of 8 outputs from output `ob`, by `vpdpbusd` on ymm.
+    #[inline(always)]
+    unsafe fn vnni256_tile<const R: usize, const B: usize>(
         l: &QLayer,
         xq: &[u8],
         r0: usize,
         ob: usize,
-        groups: usize,
         acc: &mut [i32],
     ) {
         let mut a = [[_mm256_setzero_si256(); B]; R];
         let wp = l.packed.as_ptr();
         let xp = xq.as_ptr();
-        for g in 0..groups {
+        for g in 0..l.inp_pad / 4 {
             let mut w = [_mm256_setzero_si256(); B];
             for (b, wb) in w.iter_mut().enumerate() {
                 *wb = _mm256_loadu_si256(wp.add((g * l.out + ob + b * 8) * 4) as *const _);
@@ -707,7 +801,7 @@ mod x86 {
                 let x4 = (xp.add((r0 + r) * l.inp_pad + g * 4) as *const i32).read_unaligned();
                 let xb = _mm256_set1_epi32(x4);
                 for b in 0..B {
-                    ar[b] = M::mac(ar[b], xb, w[b]);
+                    ar[b] = _mm256_dpbusd_avx_epi32(ar[b], xb, w[b]);
                 }
             }
         }

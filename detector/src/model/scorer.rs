@@ -477,6 +477,26 @@ mod tests {
         assert!("int8".parse::<ScorePath>().is_ok() && "x".parse::<ScorePath>().is_err());
     }
 
+    #[test]
+    fn auto_picks_the_best_level_here_and_says_why() {
+        let (path, why) = ScorePath::auto();
+        let level = SimdLevel::detect();
+        match path {
+            ScorePath::Int8(Some(l)) => {
+                assert_eq!(l, level);
+                assert!(why.contains(l.feature()), "{why}");
+            }
+            ScorePath::CandleCpu => assert_eq!(level, SimdLevel::Scalar, "{why}"),
+            p => panic!("auto picked {p:?}"),
+        }
+        assert_eq!("auto".parse::<ScorePath>().unwrap(), path);
+        assert_eq!(ScorePath::reason("auto"), why);
+        assert!(ScorePath::reason("int8-avx2").contains("scoring.path = \"int8-avx2\""));
+        let model = crate::model::default_model().unwrap();
+        let fs = model.feature_sets()[0].to_string();
+        assert!(model.pipeline(&fs, path).is_ok());
+    }
+
     /// The committed NSL-KDD import (detector/models/data), and the lab recording when the
     /// checkout has one, with the embedded model: int8's ROC-AUC within 0.005 of f32's for
     /// every family against benign (EVALUATION.md).

@@ -71,19 +71,25 @@ impl ScorePath {
     /// scores (docs/model.md, "Choosing a path").
     pub fn auto() -> (ScorePath, String) {
         let level = SimdLevel::detect();
-        match level {
-            SimdLevel::Avx512Vnni | SimdLevel::AvxVnni | SimdLevel::Avx2 => (
-                ScorePath::Int8(Some(level)),
-                format!(
-                    "auto: CPU has {}; int8 on it measured faster than candle f32",
-                    level.feature()
-                ),
-            ),
-            SimdLevel::Scalar => (
-                ScorePath::CandleCpu,
-                "auto: CPU has no AVX2; portable int8 measured slower than candle f32".into(),
-            ),
-        }
+        let why = match level {
+            SimdLevel::Avx512Vnni => {
+                "int8 on AVX-512 VNNI measured 2-3x faster than candle f32 at batch 64 and 1024"
+            }
+            SimdLevel::AvxVnni => "int8 on AVX-VNNI: the AVX2 kernel's products in one instruction",
+            SimdLevel::Avx2 => {
+                "no VNNI; int8 on AVX2 measured faster than candle f32 on an AVX2-only CPU"
+            }
+            SimdLevel::Scalar => {
+                return (
+                    ScorePath::CandleCpu,
+                    "auto: CPU has no AVX2; portable int8 measured slower than candle f32".into(),
+                )
+            }
+        };
+        (
+            ScorePath::Int8(Some(level)),
+            format!("auto: CPU has {}; {why}", level.feature()),
+        )
     }
 
     /// Why the `scoring.path` value `configured` gives the path it does (for the startup log

@@ -1,6 +1,6 @@
 //! Scoring speed: ns per flow at batch 1, 64 and 1024 for each int8 SIMD level this CPU has and
 //! for candle f32 (and candle CUDA with `--features cuda`), on normalised rows, in one run; plus
-//! the normaliser and the novelty distance alone. One thread (`RAYON_NUM_THREADS=1` unless
+//! the normaliser (as this CPU runs it, and without AVX-512) and the novelty distance alone. One thread (`RAYON_NUM_THREADS=1` unless
 //! set), the embedded model's shapes. Run: `cargo bench -p detector --bench scoring` (results
 //! in BENCHMARKS.md).
 
@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use detector::model::{default_model, int8::SimdLevel, ScorePath};
+use detector::model::{default_model, int8::SimdLevel, normalise::Plan, ScorePath};
 
 fn rows(n: usize, d: usize) -> Vec<f32> {
     // Deterministic values spread like normalised features (|z| mostly below 3).
@@ -58,6 +58,14 @@ fn bench(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new("normalise", batch), &batch, |b, _| {
                 b.iter(|| {
                     p.normalise(black_box(&raw), &mut out);
+                    black_box(&out);
+                })
+            });
+            // The normaliser as an AVX2-only CPU runs it (the same as above without AVX-512).
+            let plan = Plan::of(&model.input(fs).expect("input").normaliser);
+            g.bench_with_input(BenchmarkId::new("normalise-avx2", batch), &batch, |b, _| {
+                b.iter(|| {
+                    plan.apply_avx2(black_box(&raw), &mut out);
                     black_box(&out);
                 })
             });

@@ -218,8 +218,10 @@ impl Default for ContextSection {
 pub struct ScoringSection {
     /// A model file; "" = the newest adapted model in the state dir, else the embedded one.
     pub model: String,
-    /// "int8" (best SIMD level here), "int8-avx2", "int8-scalar", "f32" (plain Rust),
-    /// "candle-cpu", or "cuda" (builds with the `cuda` feature).
+    /// "auto" (the fastest path on this CPU, by its features: docs/model.md, "Choosing a
+    /// path"), "int8" (best SIMD level here), "int8-avx512-vnni", "int8-avx-vnni", "int8-avx2",
+    /// "int8-scalar", "f32" (plain Rust), "candle-cpu", or "cuda" (builds with the `cuda`
+    /// feature).
     pub path: String,
     /// A batch is scored when it has this many records ...
     pub batch_size: usize,
@@ -231,7 +233,7 @@ impl Default for ScoringSection {
     fn default() -> Self {
         Self {
             model: String::new(),
-            path: "int8".into(),
+            path: "auto".into(),
             batch_size: 256,
             batch_deadline: Dur(Duration::from_millis(5)),
         }
@@ -610,6 +612,30 @@ mod tests {
         );
         let err = format!("{:#}", Config::parse("[agent\n", "x.toml").unwrap_err());
         assert!(err.contains("x.toml"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::parse("[scoring]\npath = \"int9\"\n", "x.toml").unwrap_err()
+        );
+        assert!(
+            err.contains("scoring.path") && err.contains("int9") && err.contains("auto"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scoring_path_defaults_to_auto_and_explicit_values_parse() {
+        assert_eq!(ScoringSection::default().path, "auto");
+        for path in [
+            "auto",
+            "int8",
+            "int8-avx2",
+            "int8-scalar",
+            "f32",
+            "candle-cpu",
+        ] {
+            let toml = format!("[scoring]\npath = \"{path}\"\n");
+            assert_eq!(Config::parse(&toml, "x.toml").unwrap().scoring.path, path);
+        }
     }
 
     #[test]

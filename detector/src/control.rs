@@ -107,6 +107,8 @@ pub struct Status {
     pub not_attached: Vec<String>,
     pub model: String,
     pub scoring_path: String,
+    /// Why that path ("auto: CPU has avx512vnni; …" or the configured value).
+    pub scoring_reason: String,
     pub policy: PolicyStatus,
     pub records_read: u64,
     pub records_per_s: f64,

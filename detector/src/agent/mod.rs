@@ -231,6 +231,7 @@ impl Agent {
         info!(
             model = %detector.model_version,
             path = %detector.path(),
+            why = %ScorePath::reason(&cfg.scoring.path),
             drop = ?cfg.policy.drop,
             "detecting; records to {:?}, alerts to {:?}; SIGINT or SIGTERM stops",
             cfg.agent.records,
@@ -456,6 +457,7 @@ impl Agent {
             not_attached: self.kernel.not_attached(),
             model: det.model_version.clone(),
             scoring_path: det.path(),
+            scoring_reason: ScorePath::reason(&self.cfg.scoring.path),
             policy: PolicyStatus {
                 drop: self.cfg.policy.drop,
                 alert_threshold: det.policy.alert_threshold(),

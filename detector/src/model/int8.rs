@@ -1,11 +1,12 @@
 //! int8 inference: weights quantised per output channel to i8, activations per row to u8,
-//! i32 accumulation, on AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddwd` on values widened to i16)
-//! or scalar code, chosen at run time (docs/model.md, "Quantisation").
+//! i32 accumulation, on AVX-512 VNNI (`vpdpbusd` on zmm), AVX-VNNI (`vpdpbusd` on ymm), AVX2
+//! (`vpmaddubsw` on activation nibbles, then `vpmaddwd`) or scalar code, chosen at run time
+//! (docs/model.md, "Quantisation").
 //!
-//! AVX2 widens to i16 instead of using `vpmaddubsw`, whose i16 pair sums saturate for u8·i8
-//! (2·255·127 > 32767). Every path therefore computes exactly the same integers, and the float
-//! epilogue is the same code, so the three paths give bit-identical results (tested); only their
-//! speed differs.
+//! `vpmaddubsw`'s i16 pair sums would saturate for whole u8·i8 values (2·255·127 > 32767), so
+//! AVX2 multiplies the activations' high and low nibbles separately. Every path therefore
+//! computes exactly the same integers, and the float row steps do the same operations in the
+//! same order, so all paths give bit-identical results (tested); only their speed differs.
 
 use std::cell::RefCell;
 
@@ -13,6 +14,8 @@ use super::layers::{dot, Linear};
 
 /// Zero point of the (signed) normalised input: values map to 1..=255 around 128.
 const INPUT_ZP: i32 = 128;
+/// Largest |weight| after quantisation (symmetric: −128 is never used).
+const WMAX: f32 = 127.0;
 /// Rows processed per block (keeps the block's activations in L1).
 const BLOCK: usize = 32;
 
@@ -23,6 +26,8 @@ pub enum SimdLevel {
     Scalar,
     /// AVX2.
     Avx2,
+    /// AVX-VNNI: `vpdpbusd` on 256-bit registers (with AVX2).
+    AvxVnni,
     /// AVX-512 with VNNI (and BW).
     Avx512Vnni,
 }
@@ -39,8 +44,12 @@ impl SimdLevel {
         let mut v = vec![SimdLevel::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            if avx2 {
                 v.push(SimdLevel::Avx2);
+            }
+            if avx2 && std::arch::is_x86_feature_detected!("avxvnni") {
+                v.push(SimdLevel::AvxVnni);
             }
             if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
@@ -52,12 +61,23 @@ impl SimdLevel {
         v
     }
 
-    /// Short name ("scalar", "avx2", "avx512-vnni").
+    /// Short name ("scalar", "avx2", "avx-vnni", "avx512-vnni").
     pub fn name(&self) -> &'static str {
         match self {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
+            SimdLevel::AvxVnni => "avx-vnni",
             SimdLevel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// The CPU feature that makes this level usable ("avx512vnni", …; "none" for scalar).
+    pub fn feature(&self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "none",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::AvxVnni => "avxvnni",
+            SimdLevel::Avx512Vnni => "avx512vnni",
         }
     }
 }
@@ -71,8 +91,6 @@ pub struct QLayer {
     inp_pad: usize,
     /// `[inp_pad / 4][out][4]`: 4 inputs of 16 (or 8) consecutive outputs are one vector.
     packed: Vec<i8>,
-    /// The same widened to i16, for AVX2.
-    packed16: Vec<i16>,
     /// `[out][inp_pad]` for the scalar path.
     rowmajor: Vec<i8>,
     scale: Vec<f32>,
@@ -92,10 +110,10 @@ impl QLayer {
         for o in 0..l.out_dim {
             let w = &l.weight[o * l.in_dim..(o + 1) * l.in_dim];
             let m = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let s = if m > 0.0 { m / 127.0 } else { 1.0 };
+            let s = if m > 0.0 { m / WMAX } else { 1.0 };
             scale[o] = s;
             for (i, &v) in w.iter().enumerate() {
-                let q = (v / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                let q = (v / s).round_ties_even().clamp(-WMAX, WMAX) as i8;
                 rowmajor[o * inp_pad + i] = q;
                 wsum[o] += q as i32;
             }
@@ -112,7 +130,6 @@ impl QLayer {
             out: l.out_dim,
             inp: l.in_dim,
             inp_pad,
-            packed16: packed.iter().map(|&v| v as i16).collect(),
             packed,
             rowmajor,
             scale,
@@ -135,6 +152,8 @@ pub struct QuantModel {
 #[derive(Default)]
 struct Scratch {
     xq: Vec<u8>,
+    /// The kernel's own (AVX2: the activations' nibbles).
+    xn: Vec<u8>,
     scales: Vec<f32>,
     acc: Vec<i32>,
     h: Vec<f32>,
@@ -220,6 +239,9 @@ impl QuantModel {
             // checked `SimdLevel::available()`), so the CPU has these instructions.
             SimdLevel::Avx512Vnni => unsafe { x86::block_vnni(self, x, rows, logits, emb, s) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX-VNNI (and AVX2).
+            SimdLevel::AvxVnni => unsafe { x86::block_avxvnni(self, x, rows, logits, emb, s) },
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2.
             SimdLevel::Avx2 => unsafe { x86::block_avx2(self, x, rows, logits, emb, s) },
             _ => block_generic::<ScalarKernel>(self, x, rows, logits, emb, s),
@@ -228,13 +250,13 @@ impl QuantModel {
 }
 
 /// Multiplies `rows` quantised rows (`xq`, stride `inp_pad`) by a layer's weights into `acc`
-/// (stride `out`).
+/// (stride `out`); `xn` is scratch space the kernel may use.
 /// The row steps around it default to the portable functions; a kernel may replace them with
 /// its own SIMD code, which must give the same bits.
 trait Kernel {
     /// # Safety
     /// The CPU must have the kernel's instructions; buffers must hold the sizes above.
-    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]);
+    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], xn: &mut Vec<u8>);
 
     /// [`quantise_input`].
     /// # Safety
@@ -265,7 +287,7 @@ struct ScalarKernel;
 
 impl Kernel for ScalarKernel {
     #[inline(always)]
-    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]) {
+    unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
         for r in 0..rows {
             let x = &xq[r * l.inp_pad..(r + 1) * l.inp_pad];
             for o in 0..l.out {
@@ -370,7 +392,13 @@ fn block_generic<K: Kernel>(
     emb: Option<&mut [f32]>,
     s: &mut Scratch,
 ) {
-    let Scratch { xq, scales, acc, h } = s;
+    let Scratch {
+        xq,
+        xn,
+        scales,
+        acc,
+        h,
+    } = s;
     let first = &qm.layers[0];
     for r in 0..rows {
         let q = &mut xq[r * first.inp_pad..(r + 1) * first.inp_pad];
@@ -380,7 +408,7 @@ fn block_generic<K: Kernel>(
     let n_layers = qm.layers.len();
     for (k, l) in qm.layers.iter().enumerate() {
         // SAFETY: as above; sizes are the block's.
-        unsafe { K::gemm(l, xq, rows, acc) };
+        unsafe { K::gemm(l, xq, rows, acc, xn) };
         let out = l.out;
         for ((a, hr), &sr) in acc[..rows * out]
             .chunks_exact(out)
@@ -417,7 +445,7 @@ mod x86 {
 
     impl Kernel for Vnni {
         #[inline(always)]
-        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]) {
+        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
             let groups = l.inp_pad / 4;
             let mut r = 0;
             while r + 4 <= rows {
@@ -588,82 +616,319 @@ mod x86 {
         }
     }
 
-    /// AVX2: activations and weights widened to i16; `vpmaddwd` adds pairs of products into
-    /// i32 lanes (two lanes per output, summed at the end). 4 outputs per register, 2 rows ×
-    /// up to 4 registers at a time.
+    /// AVX-VNNI: `vpdpbusd` on ymm, 8 outputs per register, 4 rows × 16 outputs at a time.
+    struct AvxVnni;
+
+    impl Kernel for AvxVnni {
+        #[inline(always)]
+        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
+            by_tiles::<4>(l, rows, |r, ob, full, b| match (full, b) {
+                (true, 2) => vnni256_tile::<4, 2>(l, xq, r, ob, acc),
+                (true, _) => vnni256_tile::<4, 1>(l, xq, r, ob, acc),
+                (false, 2) => vnni256_tile::<1, 2>(l, xq, r, ob, acc),
+                (false, _) => vnni256_tile::<1, 1>(l, xq, r, ob, acc),
+            })
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
+            quantise_input_256(x, q)
+        }
+
+        #[inline(always)]
+        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+            epilogue_256(l, a, sr, h)
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+            quantise_relu_256(h, q)
+        }
+    }
+
+    /// AVX2: `vpmaddubsw` (u8·i8 pairs summed into a saturating i16) on the activations split
+    /// into nibbles, `x = 16·hi + lo`: a pair sum is then at most 2·15·127 = 3810, so eight
+    /// groups add up in i16 without saturating (30480), and `vpmaddwd` by 16 and by 1 takes
+    /// them to i32. The weights stay 8-bit; the sums are exactly VNNI's.
     struct Avx2;
 
     impl Kernel for Avx2 {
         #[inline(always)]
-        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32]) {
-            let groups = l.inp_pad / 4;
-            let mut r = 0;
-            while r + 2 <= rows {
-                let mut ob = 0;
-                while ob < l.out {
-                    let nb = ((l.out - ob) / 4).min(4);
-                    match nb {
-                        4 => avx2_tile::<2, 4>(l, xq, r, ob, groups, acc),
-                        3 => avx2_tile::<2, 3>(l, xq, r, ob, groups, acc),
-                        2 => avx2_tile::<2, 2>(l, xq, r, ob, groups, acc),
-                        _ => avx2_tile::<2, 1>(l, xq, r, ob, groups, acc),
-                    }
-                    ob += nb * 4;
-                }
-                r += 2;
+        unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], xn: &mut Vec<u8>) {
+            let n = rows * l.inp_pad;
+            if xn.len() < 2 * n {
+                xn.resize(2 * n, 0);
             }
-            while r < rows {
-                let mut ob = 0;
-                while ob < l.out {
-                    let nb = ((l.out - ob) / 4).min(4);
-                    match nb {
-                        4 => avx2_tile::<1, 4>(l, xq, r, ob, groups, acc),
-                        3 => avx2_tile::<1, 3>(l, xq, r, ob, groups, acc),
-                        2 => avx2_tile::<1, 2>(l, xq, r, ob, groups, acc),
-                        _ => avx2_tile::<1, 1>(l, xq, r, ob, groups, acc),
-                    }
-                    ob += nb * 4;
-                }
-                r += 1;
-            }
+            let (hi, lo) = xn.split_at_mut(n);
+            split_nibbles(&xq[..n], hi, &mut lo[..n]);
+            let (hi, lo) = (&*hi, &*lo);
+            by_tiles::<2>(l, rows, |r, ob, full, b| match (full, b) {
+                (true, 2) => avx2_tile::<2, 2>(l, hi, lo, r, ob, acc),
+                (true, _) => avx2_tile::<2, 1>(l, hi, lo, r, ob, acc),
+                (false, 2) => avx2_tile::<1, 2>(l, hi, lo, r, ob, acc),
+                (false, _) => avx2_tile::<1, 1>(l, hi, lo, r, ob, acc),
+            })
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
+            quantise_input_256(x, q)
+        }
+
+        #[inline(always)]
+        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+            epilogue_256(l, a, sr, h)
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+            quantise_relu_256(h, q)
         }
     }
 
+    /// Calls `tile(row, first output, whole, registers)` over the layer: `R` rows at a time
+    /// (`whole`), then one at a time; 2 registers of 8 outputs at a time, then 1. Every layer
+    /// width is a multiple of 16 ([`super::super::Arch::validate`]).
+    #[inline(always)]
+    unsafe fn by_tiles<const R: usize>(
+        l: &QLayer,
+        rows: usize,
+        mut tile: impl FnMut(usize, usize, bool, usize),
+    ) {
+        let mut r = 0;
+        while r < rows {
+            let whole = r + R <= rows;
+            let mut ob = 0;
+            while ob + 8 <= l.out {
+                let b = ((l.out - ob) / 8).min(2);
+                tile(r, ob, whole, b);
+                ob += 8 * b;
+            }
+            r += if whole { R } else { 1 };
+        }
+    }
+
+    /// `hi[i] = x[i] >> 4`, `lo[i] = x[i] & 15`.
+    #[inline(always)]
+    unsafe fn split_nibbles(x: &[u8], hi: &mut [u8], lo: &mut [u8]) {
+        let n = x.len().min(hi.len()).min(lo.len());
+        let whole = n / 32 * 32;
+        let m = _mm256_set1_epi8(15);
+        for i in (0..whole).step_by(32) {
+            let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const _);
+            let h = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
+            _mm256_storeu_si256(hi.as_mut_ptr().add(i) as *mut _, h);
+            _mm256_storeu_si256(lo.as_mut_ptr().add(i) as *mut _, _mm256_and_si256(v, m));
+        }
+        for i in whole..n {
+            hi[i] = x[i] >> 4;
+            lo[i] = x[i] & 15;
+        }
+    }
+
+    /// `R` rows × `B` registers of 8 outputs from output `ob`, by [`Avx2`]'s nibble sums.
     #[inline(always)]
     unsafe fn avx2_tile<const R: usize, const B: usize>(
+        l: &QLayer,
+        hi: &[u8],
+        lo: &[u8],
+        r0: usize,
+        ob: usize,
+        acc: &mut [i32],
+    ) {
+        let groups = l.inp_pad / 4;
+        let wp = l.packed.as_ptr();
+        let mut g0 = 0;
+        // At least one pass, so that a layer without inputs still writes its zeros.
+        while g0 < groups.max(1) {
+            let mut sh = [[_mm256_setzero_si256(); B]; R];
+            let mut sl = [[_mm256_setzero_si256(); B]; R];
+            for g in g0..(g0 + 8).min(groups) {
+                let mut w = [_mm256_setzero_si256(); B];
+                for (b, wb) in w.iter_mut().enumerate() {
+                    *wb = _mm256_loadu_si256(wp.add((g * l.out + ob + b * 8) * 4) as *const _);
+                }
+                for r in 0..R {
+                    let at = (r0 + r) * l.inp_pad + g * 4;
+                    let xh =
+                        _mm256_set1_epi32((hi.as_ptr().add(at) as *const i32).read_unaligned());
+                    let xl =
+                        _mm256_set1_epi32((lo.as_ptr().add(at) as *const i32).read_unaligned());
+                    for b in 0..B {
+                        sh[r][b] = _mm256_add_epi16(sh[r][b], _mm256_maddubs_epi16(xh, w[b]));
+                        sl[r][b] = _mm256_add_epi16(sl[r][b], _mm256_maddubs_epi16(xl, w[b]));
+                    }
+                }
+            }
+            // The i32 sums live in `acc`, not in registers: the i16 sums need them all.
+            for r in 0..R {
+                for b in 0..B {
+                    let v = _mm256_add_epi32(
+                        _mm256_madd_epi16(sh[r][b], _mm256_set1_epi16(16)),
+                        _mm256_madd_epi16(sl[r][b], _mm256_set1_epi16(1)),
+                    );
+                    let dst = acc.as_mut_ptr().add((r0 + r) * l.out + ob + b * 8) as *mut __m256i;
+                    let v = if g0 == 0 {
+                        v
+                    } else {
+                        _mm256_add_epi32(_mm256_loadu_si256(dst), v)
+                    };
+                    _mm256_storeu_si256(dst, v);
+                }
+            }
+            g0 += 8;
+        }
+    }
+
+    /// `R` rows × `B` registers of 8 outputs from output `ob`, by `vpdpbusd` on ymm.
+    #[inline(always)]
+    unsafe fn vnni256_tile<const R: usize, const B: usize>(
         l: &QLayer,
         xq: &[u8],
         r0: usize,
         ob: usize,
-        groups: usize,
         acc: &mut [i32],
     ) {
         let mut a = [[_mm256_setzero_si256(); B]; R];
-        let wp = l.packed16.as_ptr();
+        let wp = l.packed.as_ptr();
         let xp = xq.as_ptr();
-        for g in 0..groups {
+        for g in 0..l.inp_pad / 4 {
             let mut w = [_mm256_setzero_si256(); B];
             for (b, wb) in w.iter_mut().enumerate() {
-                *wb = _mm256_loadu_si256(wp.add((g * l.out + ob + b * 4) * 4) as *const _);
+                *wb = _mm256_loadu_si256(wp.add((g * l.out + ob + b * 8) * 4) as *const _);
             }
             for (r, ar) in a.iter_mut().enumerate() {
                 let x4 = (xp.add((r0 + r) * l.inp_pad + g * 4) as *const i32).read_unaligned();
-                // 4 u8 → 4 i16, repeated across the register.
-                let xb = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(x4)));
+                let xb = _mm256_set1_epi32(x4);
                 for b in 0..B {
-                    ar[b] = _mm256_add_epi32(ar[b], _mm256_madd_epi16(xb, w[b]));
+                    ar[b] = _mm256_dpbusd_avx_epi32(ar[b], xb, w[b]);
                 }
             }
         }
         for (r, ar) in a.iter().enumerate() {
             for (b, ab) in ar.iter().enumerate() {
-                let mut lanes = [0i32; 8];
-                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, *ab);
-                let dst = &mut acc[(r0 + r) * l.out + ob + b * 4..][..4];
-                for (o, d) in dst.iter_mut().enumerate() {
-                    *d = lanes[2 * o] + lanes[2 * o + 1];
-                }
+                let dst = acc.as_mut_ptr().add((r0 + r) * l.out + ob + b * 8);
+                _mm256_storeu_si256(dst as *mut _, *ab);
             }
+        }
+    }
+
+    /// Largest lane of a vector of non-negative values.
+    #[inline(always)]
+    unsafe fn hmax256(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    /// Stores the low byte of each of 8 i32 lanes (each in 0..=255) at `dst`.
+    #[inline(always)]
+    unsafe fn store_bytes8(dst: *mut u8, v: __m256i) {
+        // Byte 0 of each dword to the low 4 bytes of each 128-bit half, then the two halves'
+        // first dwords together.
+        let pick = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let b = _mm256_shuffle_epi8(v, pick);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        (dst as *mut i64).write_unaligned(_mm_cvtsi128_si64(_mm256_castsi256_si128(b)));
+    }
+
+    /// [`super::quantise_input`], 8 values at a time, the tail with the portable steps (the
+    /// same operations: max is exact, `vcvtps2dq` rounds to nearest even as `round_ties_even`).
+    #[inline(always)]
+    unsafe fn quantise_input_256(x: &[f32], q: &mut [u8]) -> f32 {
+        let n = x.len();
+        let whole = n / 8 * 8;
+        let bound = |v: f32| if v.is_nan() { 0.0 } else { v.clamp(-1e6, 1e6) };
+        let bounded = |i: usize| {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-1e6)), _mm256_set1_ps(1e6))
+        };
+        let sign = _mm256_set1_ps(-0.0);
+        let mut mx = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, bounded(i)));
+        }
+        let mut m = hmax256(mx);
+        for &v in &x[whole..] {
+            let a = bound(v).abs();
+            m = if a > m { a } else { m };
+        }
+        let inv_s = if m > 0.0 { 127.0 / m } else { 0.0 };
+        let inv = _mm256_set1_ps(inv_s);
+        for i in (0..whole).step_by(8) {
+            let r = _mm256_cvtps_epi32(_mm256_mul_ps(bounded(i), inv));
+            let r = _mm256_add_epi32(r, _mm256_set1_epi32(INPUT_ZP));
+            store_bytes8(q.as_mut_ptr().add(i), r);
+        }
+        for (qi, &v) in q[whole..n].iter_mut().zip(&x[whole..]) {
+            let r = (bound(v) * inv_s).round_ties_even() as i32;
+            *qi = (r + INPUT_ZP) as u8;
+        }
+        q[n..].fill(INPUT_ZP as u8);
+        if m > 0.0 {
+            m / 127.0
+        } else {
+            0.0
+        }
+    }
+
+    /// [`super::epilogue`], 8 outputs at a time (multiply then add, not fused).
+    #[inline(always)]
+    unsafe fn epilogue_256(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+        let n = l.out.min(a.len()).min(h.len());
+        let whole = n / 8 * 8;
+        let (zp, srv) = (_mm256_set1_epi32(l.zp), _mm256_set1_ps(sr));
+        for i in (0..whole).step_by(8) {
+            let av = _mm256_loadu_si256(a.as_ptr().add(i) as *const _);
+            let ws = _mm256_loadu_si256(l.wsum.as_ptr().add(i) as *const _);
+            let sc = _mm256_loadu_ps(l.scale.as_ptr().add(i));
+            let b = _mm256_loadu_ps(l.bias.as_ptr().add(i));
+            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(av, _mm256_mullo_epi32(zp, ws)));
+            let v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_mul_ps(srv, sc)), b);
+            // max(v, 0) returns its second operand unless v > 0: `if v > 0 { v } else { 0 }`.
+            let v = _mm256_max_ps(v, _mm256_setzero_ps());
+            _mm256_storeu_ps(h.as_mut_ptr().add(i), v);
+        }
+        for o in whole..n {
+            let v = (a[o] - l.zp * l.wsum[o]) as f32 * (sr * l.scale[o]) + l.bias[o];
+            h[o] = if v > 0.0 { v } else { 0.0 };
+        }
+    }
+
+    /// [`super::quantise_relu`], 8 values at a time, the tail with the portable steps.
+    #[inline(always)]
+    unsafe fn quantise_relu_256(h: &[f32], q: &mut [u8]) -> f32 {
+        let n = h.len().min(q.len());
+        let whole = n / 8 * 8;
+        let mut mx = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            mx = _mm256_max_ps(mx, _mm256_loadu_ps(h.as_ptr().add(i)));
+        }
+        let mut m = hmax256(mx);
+        for &v in &h[whole..n] {
+            m = if v > m { v } else { m };
+        }
+        let inv_s = if m > 0.0 { 255.0 / m } else { 0.0 };
+        let inv = _mm256_set1_ps(inv_s);
+        for i in (0..whole).step_by(8) {
+            let v = _mm256_loadu_ps(h.as_ptr().add(i));
+            store_bytes8(
+                q.as_mut_ptr().add(i),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)),
+            );
+        }
+        for (qi, &v) in q[whole..n].iter_mut().zip(&h[whole..n]) {
+            *qi = (v * inv_s).round_ties_even() as i32 as u8;
+        }
+        if m > 0.0 {
+            m / 255.0
+        } else {
+            0.0
         }
     }
 
@@ -677,6 +942,18 @@ mod x86 {
         s: &mut Scratch,
     ) {
         block_generic::<Vnni>(qm, x, rows, logits, emb, s)
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn block_avxvnni(
+        qm: &QuantModel,
+        x: &[f32],
+        rows: usize,
+        logits: &mut [f32],
+        emb: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        block_generic::<AvxVnni>(qm, x, rows, logits, emb, s)
     }
 
     #[target_feature(enable = "avx2")]

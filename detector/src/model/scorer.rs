@@ -45,20 +45,61 @@ impl std::str::FromStr for ScorePath {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
+            "auto" => ScorePath::auto().0,
             "reference" | "f32" => ScorePath::Reference,
             "int8" => ScorePath::Int8(None),
             "int8-scalar" => ScorePath::Int8(Some(SimdLevel::Scalar)),
             "int8-avx2" => ScorePath::Int8(Some(SimdLevel::Avx2)),
+            "int8-avx-vnni" => ScorePath::Int8(Some(SimdLevel::AvxVnni)),
             "int8-avx512-vnni" => ScorePath::Int8(Some(SimdLevel::Avx512Vnni)),
             "candle" | "candle-cpu" => ScorePath::CandleCpu,
             "cuda" => ScorePath::Cuda(0),
             _ => {
                 return Err(format!(
-                    "unknown scoring path `{s}` (reference, int8, int8-scalar, int8-avx2, \
-                     int8-avx512-vnni, candle-cpu, cuda)"
+                    "unknown scoring path `{s}` (auto, reference, int8, int8-scalar, int8-avx2, \
+                     int8-avx-vnni, int8-avx512-vnni, candle-cpu, cuda)"
                 ))
             }
         })
+    }
+}
+
+impl ScorePath {
+    /// What `scoring.path = "auto"` picks on this CPU, and why. By CPU features against the
+    /// measured table in BENCHMARKS.md (Scoring), not a timed check at start: the choice must
+    /// not depend on the host's load at that moment, since int8 and f32 give slightly different
+    /// scores (docs/model.md, "Choosing a path").
+    pub fn auto() -> (ScorePath, String) {
+        let level = SimdLevel::detect();
+        let why = match level {
+            SimdLevel::Avx512Vnni => {
+                "int8 on AVX-512 VNNI measured 2-3x faster than candle f32 at batch 64 and 1024"
+            }
+            SimdLevel::AvxVnni => "int8 on AVX-VNNI: the AVX2 kernel's products in one instruction",
+            SimdLevel::Avx2 => {
+                "no VNNI; int8 on AVX2 measured faster than candle f32 on an AVX2-only CPU"
+            }
+            SimdLevel::Scalar => {
+                return (
+                    ScorePath::CandleCpu,
+                    "auto: CPU has no AVX2; portable int8 measured slower than candle f32".into(),
+                )
+            }
+        };
+        (
+            ScorePath::Int8(Some(level)),
+            format!("auto: CPU has {}; {why}", level.feature()),
+        )
+    }
+
+    /// Why the `scoring.path` value `configured` gives the path it does (for the startup log
+    /// and `detector status`).
+    pub fn reason(configured: &str) -> String {
+        if configured == "auto" {
+            Self::auto().1
+        } else {
+            format!("set by scoring.path = \"{configured}\"")
+        }
     }
 }
 
@@ -440,6 +481,26 @@ mod tests {
             Err(ModelError::PathUnavailable(..))
         ));
         assert!("int8".parse::<ScorePath>().is_ok() && "x".parse::<ScorePath>().is_err());
+    }
+
+    #[test]
+    fn auto_picks_the_best_level_here_and_says_why() {
+        let (path, why) = ScorePath::auto();
+        let level = SimdLevel::detect();
+        match path {
+            ScorePath::Int8(Some(l)) => {
+                assert_eq!(l, level);
+                assert!(why.contains(l.feature()), "{why}");
+            }
+            ScorePath::CandleCpu => assert_eq!(level, SimdLevel::Scalar, "{why}"),
+            p => panic!("auto picked {p:?}"),
+        }
+        assert_eq!("auto".parse::<ScorePath>().unwrap(), path);
+        assert_eq!(ScorePath::reason("auto"), why);
+        assert!(ScorePath::reason("int8-avx2").contains("scoring.path = \"int8-avx2\""));
+        let model = crate::model::default_model().unwrap();
+        let fs = model.feature_sets()[0].to_string();
+        assert!(model.pipeline(&fs, path).is_ok());
     }
 
     /// The committed NSL-KDD import (detector/models/data), and the lab recording when the

@@ -13,6 +13,7 @@ mod dismiss_corpus;
 mod exhaustion;
 mod faults;
 mod few_shot;
+mod fleet;
 mod fuzz_regressions;
 mod fuzz_xdp;
 mod host_baseline;

@@ -278,3 +278,112 @@ fn a_host_cannot_publish_as_another_host_or_declare_streams() {
         .unwrap();
     assert!(!out.status.success(), "a host's key declared the streams");
 }
+
+/// Waits for the first message of `stream` on `subject`.
+fn wait_for_message(nats: &NatsServer, ns: &Netns, stream: &str, subject: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some((_, v)) = nats
+            .read_stream(ns, stream)
+            .into_iter()
+            .find(|(s, _)| s == subject)
+        {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing on {subject} in {stream}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn sighup(agent: &mut Agent, needle: &str) {
+    // SAFETY: signalling our own child.
+    let rc = unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    assert_eq!(rc, 0);
+    agent.wait_for_log(needle, Duration::from_secs(10));
+}
+
+#[test]
+#[ignore = "needs root (eBPF, network namespaces) and nats-server: run `cargo xtask test`"]
+fn sighup_turns_the_fleet_on_and_off_and_incidents_carry_feature_rows() {
+    require_root();
+    let lan = Lan::new(3);
+    let (a, attacker, broker) = (0, 1, 2);
+    let ns = &lan.hosts[broker];
+    let nats = NatsServer::start(ns, &lan.ip(broker), &["host-a"]);
+    init_streams(ns, &nats);
+    // Off by default: no fleet in the status.
+    let dir = AgentDir::with_config("[policy]\nalert_cooldown = \"1ms\"\n");
+    let mut agent = Agent::start_in(
+        &lan.hosts[a],
+        &dir,
+        &["--iface", &lan.ifaces[a], "--drop", "off"],
+    );
+    assert!(status(&dir).get("fleet").is_none());
+
+    std::fs::write(&dir.config, agent_config(&nats, "host-a", "host-a")).unwrap();
+    sighup(&mut agent, "SIGHUP: [fleet] applied");
+    let hb = wait_for_message(
+        &nats,
+        ns,
+        "DETECTOR_HEARTBEATS",
+        "detector.host-a.heartbeat",
+    );
+    assert_eq!(hb["host"], "host-a", "{hb}");
+
+    // A confirmed incident goes out as feature rows, family and host.
+    nmap_syn_scan(&lan.hosts[attacker], &lan.ip(a));
+    settle(&agent);
+    let out = dir.client(&[
+        "incident",
+        "confirm",
+        "--family",
+        "scan",
+        "--source",
+        &lan.ip(attacker),
+    ]);
+    // Published once the selection is accepted, whether or not this host's own adaptation
+    // passes its false-alert check (here, with little benign traffic, it may be refused).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("adaptation refused"),
+        "{stderr}"
+    );
+    let inc = wait_for_message(&nats, ns, EVENTS, "detector.host-a.incident");
+    assert_eq!(
+        (inc["host"].as_str(), inc["family"].as_str()),
+        (Some("host-a"), Some("scan"))
+    );
+    let rows = inc["rows"].as_array().expect("rows");
+    assert!(!rows.is_empty(), "{inc}");
+    assert!(
+        rows.iter()
+            .all(|r| r.as_array().map(Vec::len) == Some(detector::features::LIVE_COUNT)),
+        "rows are not feature rows"
+    );
+    let mut keys: Vec<&String> = inc.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "family",
+            "feature_set",
+            "flows",
+            "host",
+            "model",
+            "rows",
+            "ts_ns",
+            "type"
+        ],
+        "an incident carries only these (no payloads)"
+    );
+    assert_once_each(&nats, ns, &agent, "host-a", Duration::from_secs(30));
+
+    // And off again.
+    std::fs::write(&dir.config, "[policy]\nalert_cooldown = \"1ms\"\n").unwrap();
+    sighup(&mut agent, "SIGHUP: [fleet] off");
+    assert!(status(&dir).get("fleet").is_none());
+    agent.stop();
+}

@@ -5,7 +5,10 @@
 //! - the broker stopped for 30 s while an agent alerts, then started: every alert arrives, none
 //!   twice;
 //! - a host's credentials cannot publish as another host (the agent says so and counts it),
-//!   nor declare streams.
+//!   nor declare streams;
+//! - SIGHUP turns the fleet on and off; a confirmed incident goes out as feature rows;
+//! - a three-node cluster (streams with three replicas) loses nothing when the node the agent
+//!   is connected to is killed while the agent alerts.
 
 use std::{
     collections::BTreeMap,
@@ -24,8 +27,8 @@ const EVENTS: &str = "DETECTOR_EVENTS";
 /// alert cooldown so that a scan raises many alerts.
 fn agent_config(nats: &NatsServer, host: &str, as_host: &str) -> String {
     format!(
-        "[policy]\nalert_cooldown = \"1ms\"\n[fleet]\nservers = [\"{}\"]\nhost_id = \"{as_host}\"\nnkey_seed_file = \"{}\"\nheartbeat = \"500ms\"\nack_timeout = \"2s\"\n",
-        nats.url,
+        "[policy]\nalert_cooldown = \"1ms\"\n[fleet]\nservers = {}\nhost_id = \"{as_host}\"\nnkey_seed_file = \"{}\"\nheartbeat = \"500ms\"\nack_timeout = \"2s\"\n",
+        nats.servers_toml(),
         nats.host_seed(host).display()
     )
 }
@@ -44,20 +47,39 @@ fn fleet_cli(ns: &Netns, nats: &NatsServer, args: &[&str]) -> std::process::Outp
 }
 
 fn init_streams(ns: &Netns, nats: &NatsServer) {
-    let out = fleet_cli(ns, nats, &["init", "--max-bytes", "67108864"]);
-    assert!(
-        out.status.success(),
-        "detector fleet init: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        nats.logs()
-    );
+    init_replicated(ns, nats, 1);
 }
 
-/// Alert ids the agent wrote to its own events file.
+/// `detector fleet init --replicas n`, retried while a new cluster elects its leaders.
+fn init_replicated(ns: &Netns, nats: &NatsServer, replicas: usize) {
+    let start = Instant::now();
+    let n = replicas.to_string();
+    loop {
+        let out = fleet_cli(
+            ns,
+            nats,
+            &["init", "--max-bytes", "67108864", "--replicas", &n],
+        );
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "detector fleet init: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            nats.logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Alert ids the agent wrote to its own events file so far (a line it is still writing is
+/// skipped).
 fn local_alert_ids(agent: &Agent) -> Vec<String> {
-    agent
+    std::fs::read_to_string(&agent.out)
+        .unwrap_or_default()
         .lines()
-        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|l| l["type"] == "alert")
         .filter_map(|l| l["id"].as_str().map(str::to_string))
         .collect()
@@ -221,6 +243,10 @@ fn a_broker_outage_loses_nothing_and_duplicates_nothing() {
 
     assert_once_each(&nats, ns, &agent, "host-a", Duration::from_secs(60));
     let s = status(&dir);
+    eprintln!(
+        "{before} alerts before the outage, {during} during it; fleet: {}",
+        s["fleet"]
+    );
     assert_eq!(s["fleet"]["spool_entries"], 0, "{s}");
     assert_eq!(s["fleet"]["spool_dropped"], 0, "{s}");
     assert_eq!(s["fleet"]["queue_dropped"], 0, "{s}");
@@ -385,5 +411,54 @@ fn sighup_turns_the_fleet_on_and_off_and_incidents_carry_feature_rows() {
     std::fs::write(&dir.config, "[policy]\nalert_cooldown = \"1ms\"\n").unwrap();
     sighup(&mut agent, "SIGHUP: [fleet] off");
     assert!(status(&dir).get("fleet").is_none());
+    agent.stop();
+}
+
+#[test]
+#[ignore = "needs root (eBPF, network namespaces) and nats-server: run `cargo xtask test`"]
+fn a_three_node_cluster_loses_nothing_when_a_node_is_killed_mid_stream() {
+    require_root();
+    let lan = Lan::new(3);
+    let (a, attacker, broker) = (0, 1, 2);
+    let ns = &lan.hosts[broker];
+    let mut nats = NatsServer::start_cluster(ns, &lan.ip(broker), &["host-a"], 3);
+    init_replicated(ns, &nats, 3);
+    let dir = AgentDir::with_config(&agent_config(&nats, "host-a", "host-a"));
+    let agent = Agent::start_in(
+        &lan.hosts[a],
+        &dir,
+        &["--iface", &lan.ifaces[a], "--drop", "off"],
+    );
+    wait_for_message(
+        &nats,
+        ns,
+        "DETECTOR_HEARTBEATS",
+        "detector.host-a.heartbeat",
+    );
+    let node = nats
+        .node_of_client(ns, &lan.ip(a))
+        .expect("the agent is connected to a node");
+
+    // The node is killed as soon as the scan's first alerts are written.
+    std::thread::scope(|sc| {
+        let scan = sc.spawn(|| nmap_syn_scan(&lan.hosts[attacker], &lan.ip(a)));
+        let start = Instant::now();
+        while local_alert_ids(&agent).is_empty() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nats.kill_node(node);
+        scan.join().expect("scan");
+    });
+    settle(&agent);
+    assert_once_each(&nats, ns, &agent, "host-a", Duration::from_secs(60));
+    let s = status(&dir);
+    assert_eq!(s["fleet"]["spool_dropped"], 0, "{s}");
+    assert_eq!(s["fleet"]["queue_dropped"], 0, "{s}");
+    assert_eq!(s["fleet"]["connected"], true, "{s}");
+    eprintln!(
+        "node {node} killed; {} alerts; fleet: {}",
+        local_alert_ids(&agent).len(),
+        s["fleet"]
+    );
     agent.stop();
 }

@@ -242,7 +242,7 @@ impl Publisher {
         let (n, b) = self
             .spool
             .as_ref()
-            .map_or((0, 0), |s| (s.len() as i64, s.bytes() as i64));
+            .map_or((0, 0), |s| (s.len() as i64, s.file_bytes() as i64));
         self.metrics.spool_entries.set(n);
         self.metrics.spool_bytes.set(b);
     }

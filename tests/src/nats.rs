@@ -217,6 +217,11 @@ impl NatsServer {
         }
     }
 
+    /// The running nodes' process ids (nsenter execs the server: same process).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     /// Every log the server wrote.
     pub fn logs(&self) -> String {
         let mut out = String::new();

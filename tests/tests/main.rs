@@ -5,6 +5,7 @@
 
 mod agent_policy;
 mod bad_input;
+mod bus_scale;
 mod capabilities;
 mod capture_digest;
 mod dataset_export;

@@ -115,6 +115,8 @@ pub struct Config {
     pub scoring: ScoringSection,
     pub policy: PolicySection,
     pub adaptation: AdaptationSection,
+    /// Off (no servers) by default: see docs/fleet.md.
+    pub fleet: crate::fleet::FleetSection,
 }
 
 /// `[agent]`: where the agent attaches and where it writes.
@@ -463,6 +465,7 @@ impl Config {
         if self.adaptation.keep_models == 0 {
             bail!("adaptation.keep_models must be at least 1");
         }
+        self.fleet.validate()?;
         if !self.agent.metrics_listen.is_empty() {
             self.agent
                 .metrics_listen

@@ -133,6 +133,9 @@ pub struct Status {
     pub dismissed_alerts: u64,
     /// Records of the last baseline fit.
     pub baseline_rows: Option<usize>,
+    /// The fleet publisher, when `[fleet]` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 /// One interface's XDP attachment.

@@ -25,6 +25,7 @@ pub mod detect;
 pub mod dismissals;
 pub mod ebpf;
 pub mod features;
+pub mod fleet;
 pub mod iface;
 pub mod incidents;
 pub mod linktype;

@@ -77,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// The fleet (NATS JetStream, `[fleet]`): declare its streams, see its hosts.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Print the default configuration (a complete, valid file to start from), or check one.
     Config {
         /// Check this file instead: parse, validate and print it with the defaults filled in.
@@ -150,6 +155,42 @@ struct Selection {
     /// Only flows that started within this long before now (e.g. 10m).
     #[arg(long, value_parser = parse_duration)]
     last: Option<Duration>,
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Create the fleet's streams, or update their limits (once, with credentials that may
+    /// manage streams; hosts' credentials may only publish).
+    Init {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Copies of each stream (3 on a three-node cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// Size of the alerts and incidents stream (bytes); the oldest go first.
+        #[arg(long, default_value_t = 1 << 30)]
+        max_bytes: i64,
+        /// A repeated message id within this window is stored once (the longest outage a
+        /// spool can resend across without duplicates).
+        #[arg(long, value_parser = parse_duration, default_value = "10m")]
+        duplicate_window: Duration,
+    },
+    /// The hosts seen: last heartbeat, serving model, what their publishers dropped.
+    Status(FleetArgs),
+}
+
+/// Where the fleet is: `[fleet]` of the configuration, with overrides.
+#[derive(clap::Args, Debug)]
+struct FleetArgs {
+    /// Configuration file with a [fleet] section (default: /etc/detector/detector.toml).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// NATS server (repeatable); replaces fleet.servers.
+    #[arg(long = "server", value_name = "URL")]
+    servers: Vec<String>,
+    /// NATS credentials file; replaces fleet.credentials.
+    #[arg(long, value_name = "PATH")]
+    credentials: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,6 +348,49 @@ fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
         let p = PathBuf::from(detector::config::DEFAULT_PATH);
         p.exists().then_some(p)
     })
+}
+
+/// `detector fleet ...`.
+fn fleet(command: FleetCommand) -> anyhow::Result<()> {
+    use detector::fleet::streams;
+    let section = |a: FleetArgs| -> anyhow::Result<detector::fleet::FleetSection> {
+        let mut f = Config::load(config_file(a.config).as_deref())?.fleet;
+        if !a.servers.is_empty() {
+            f.servers = a.servers;
+        }
+        if let Some(c) = a.credentials {
+            f.credentials = c;
+            f.nkey_seed_file = PathBuf::new();
+        }
+        f.validate()?;
+        Ok(f)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match command {
+        FleetCommand::Init {
+            fleet,
+            replicas,
+            max_bytes,
+            duplicate_window,
+        } => {
+            let f = section(fleet)?;
+            let limits = streams::StreamLimits {
+                replicas,
+                events_bytes: max_bytes,
+                duplicate_window,
+                ..Default::default()
+            };
+            let done = rt.block_on(streams::init(&f, &limits))?;
+            print(&serde_json::json!({ "ok": true, "streams": done }))
+        }
+        FleetCommand::Status(a) => {
+            let f = section(a)?;
+            let hosts = rt.block_on(streams::status(&f))?;
+            print(&serde_json::json!({ "ok": true, "hosts": hosts }))
+        }
+    }
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -477,6 +561,7 @@ fn main() -> ExitCode {
         Command::Model {
             command: ModelCommand::Rollback(c),
         } => client(&c, &Request::ModelRollback {}).and_then(|v| print(&v)),
+        Command::Fleet { command } => fleet(command),
         Command::Config { check } => match check {
             None => {
                 print!("{}", Config::defaults_toml());

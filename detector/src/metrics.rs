@@ -57,6 +57,8 @@ pub struct Metrics {
     latency: Latency,
     /// Copied in before each scrape ([`Metrics::set_host`]).
     host: HostSeries,
+    /// The fleet publisher's counters (`detector_fleet_*`), zero while the fleet is off.
+    pub fleet: std::sync::Arc<crate::fleet::FleetMetrics>,
 }
 
 /// Series whose values live elsewhere (the kernel's per-CPU counters, the flow table, the
@@ -199,6 +201,8 @@ impl Default for Metrics {
                 f
             },
         };
+        let fleet = std::sync::Arc::new(crate::fleet::FleetMetrics::default());
+        fleet.register(&mut r);
         Metrics {
             registry: r,
             flow_records,
@@ -212,6 +216,7 @@ impl Default for Metrics {
             shadow_drops,
             latency,
             host,
+            fleet,
         }
     }
 }

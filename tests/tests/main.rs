@@ -5,6 +5,7 @@
 
 mod agent_policy;
 mod bad_input;
+mod bus_scale;
 mod capabilities;
 mod capture_digest;
 mod dataset_export;
@@ -13,6 +14,7 @@ mod dismiss_corpus;
 mod exhaustion;
 mod faults;
 mod few_shot;
+mod fleet;
 mod fuzz_regressions;
 mod fuzz_xdp;
 mod host_baseline;

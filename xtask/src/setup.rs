@@ -33,6 +33,9 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     // Checks the .deb (tests/tests/packaging.rs).
     "lintian",
+    // The fleet's broker: tests/tests/fleet.rs starts its own servers as plain processes
+    // (the package's service is not started: NoDaemonStart).
+    "nats-server",
 ];
 /// Debian packages `cargo xtask dist` needs besides cargo-deb: dpkg-shlibdeps (the package's
 /// computed Depends) and strip.

@@ -19,6 +19,14 @@ use crate::{
     recent,
 };
 
+/// A confirmed incident, as the fleet receives it.
+pub struct Confirmed {
+    pub family: String,
+    pub flows: usize,
+    /// The selected records' feature rows, one after another.
+    pub rows: Vec<f32>,
+}
+
 /// A finished adaptation, with the request's answer channel.
 pub struct AdaptDone {
     result: anyhow::Result<crate::model::Adapted>,
@@ -123,6 +131,7 @@ impl Models {
 
     /// `incident confirm`: adapts the serving model from the selected recent flows on a
     /// blocking thread; the answer goes to `reply` when it is done (or at once if refused).
+    /// Returns the confirmed incident's rows when the selection was accepted.
     pub fn start(
         &mut self,
         detector: &Detector,
@@ -130,9 +139,10 @@ impl Models {
         sel: &Selector,
         fpr_budget: f64,
         reply: oneshot::Sender<Response>,
-    ) {
+    ) -> Option<Confirmed> {
         let refuse = |reply: oneshot::Sender<Response>, msg: String| {
             let _ = reply.send(control::error(msg));
+            None
         };
         if family == dismissals::FAMILY {
             return refuse(
@@ -156,6 +166,11 @@ impl Models {
         let signature = recent::exemplars(&support.positives, recent::SIGNATURE_EXEMPLARS);
         let tx = self.tx.clone();
         info!(%family, flows = support.flows, "incident confirmed: adapting");
+        let confirmed = Confirmed {
+            family: family.clone(),
+            flows: support.flows,
+            rows: support.positives.clone(),
+        };
         tokio::task::spawn_blocking(move || {
             let result = incidents::adapt_model(&model, &support, &family, fpr_budget);
             let _ = tx.blocking_send(AdaptDone {
@@ -166,6 +181,7 @@ impl Models {
                 reply,
             });
         });
+        Some(confirmed)
     }
 
     /// A finished adaptation: saved, then served; the answer goes back to the request.

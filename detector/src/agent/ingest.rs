@@ -47,6 +47,8 @@ pub struct Core<S: BlockStore> {
     /// Records read (flow and process).
     pub read: u64,
     pub time: TimeBase,
+    /// Alerts also go to the fleet, when `[fleet]` is on.
+    pub fleet: Option<crate::fleet::Sender>,
 }
 
 /// Live actions: the blocklist, the events output, and process lookups for alerts.
@@ -54,6 +56,7 @@ struct LiveActions<'a, S: BlockStore> {
     blocklist: &'a mut Blocklist<S>,
     out: &'a mut Outputs,
     attribution: &'a Attribution,
+    fleet: Option<&'a crate::fleet::Sender>,
 }
 
 impl<S: BlockStore> Actions for LiveActions<'_, S> {
@@ -72,6 +75,9 @@ impl<S: BlockStore> Actions for LiveActions<'_, S> {
         Ok(())
     }
     fn alert(&mut self, a: &AlertJson) -> anyhow::Result<()> {
+        if let Some(f) = self.fleet {
+            f.alert(a);
+        }
         self.out.event(a)
     }
     fn process_of(&self, key: &FlowKey) -> Option<ProcessRef> {
@@ -117,6 +123,7 @@ impl<S: BlockStore> Core<S> {
             blocklist: &mut self.blocks,
             out: &mut self.out,
             attribution: &self.attribution,
+            fleet: self.fleet.as_ref(),
         })
     }
 
@@ -260,6 +267,7 @@ mod tests {
             metrics,
             read: 0,
             time: TimeBase::Unix,
+            fleet: None,
         }
     }
 

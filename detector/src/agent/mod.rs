@@ -115,6 +115,9 @@ struct Agent {
     inbox: Inbox,
     started: Instant,
     last_lost: u64,
+    /// The fleet publisher, when `[fleet]` is on.
+    fleet: Option<crate::fleet::Fleet>,
+    heartbeat: tokio::time::Interval,
 }
 
 /// The maps the rooms work with, taken out of the loaded object.
@@ -228,6 +231,17 @@ impl Agent {
             sweep_tx,
         )?;
         let learning = learning::Learning::open(&cfg.agent.state_dir, &cfg.adaptation);
+        let fleet = if cfg.fleet.enabled() {
+            Some(crate::fleet::Fleet::start(
+                &cfg.fleet,
+                &cfg.agent.state_dir,
+                metrics.fleet.clone(),
+                None,
+            )?)
+        } else {
+            None
+        };
+        let heartbeat = tokio::time::interval(cfg.fleet.heartbeat.0);
         info!(
             model = %detector.model_version,
             path = %detector.path(),
@@ -246,6 +260,7 @@ impl Agent {
                 metrics,
                 read: 0,
                 time: TimeBase::monotonic(),
+                fleet: fleet.as_ref().map(|f| f.sender.clone()),
             },
             cfg,
             opts,
@@ -265,6 +280,8 @@ impl Agent {
             },
             started: Instant::now(),
             last_lost: 0,
+            fleet,
+            heartbeat,
         })
     }
 
@@ -292,6 +309,7 @@ impl Agent {
                 Some(expired) = self.inbox.sweep.recv() => self.on_expired(expired)?,
                 _ = sweep_tick.tick() => self.on_sweep_tick()?,
                 _ = stats_tick.tick() => self.on_stats_tick()?,
+                _ = self.heartbeat.tick(), if self.fleet.is_some() => self.on_heartbeat(),
                 Some((req, reply)) = self.inbox.control.recv() => self.on_request(req, reply),
                 Some(done) = self.learning.rx.recv() => {
                     let score_path = self.models.score_path;
@@ -426,7 +444,10 @@ impl Agent {
                 match Selector::from_request(alert_ids, source.as_deref(), since_ns, until_ns) {
                     Ok(sel) => {
                         let budget = self.cfg.adaptation.fpr_budget;
-                        self.models.start(det, family, &sel, budget, reply);
+                        let confirmed = self.models.start(det, family, &sel, budget, reply);
+                        if let Some(c) = confirmed {
+                            self.publish_incident(c);
+                        }
                         return;
                     }
                     Err(e) => crate::control::error(e),
@@ -499,6 +520,74 @@ impl Agent {
             dismissals: self.dismissals.len(),
             dismissed_alerts: self.core.metrics.dismissed_alerts.get(),
             baseline_rows: self.learning.baseline_rows,
+            fleet: self.fleet.as_ref().map(|f| {
+                self.core
+                    .metrics
+                    .fleet
+                    .status(f.sender.host(), &f.cfg.servers)
+            }),
+        }
+    }
+
+    /// A heartbeat to the fleet.
+    fn on_heartbeat(&self) {
+        let Some(f) = &self.fleet else { return };
+        let m = f.sender.metrics();
+        f.sender.heartbeat(&crate::fleet::Heartbeat {
+            kind: "heartbeat".into(),
+            host: f.sender.host().to_string(),
+            ts_ns: now_unix(),
+            uptime_s: self.started.elapsed().as_secs(),
+            model: self.core.detector.model_version.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            records_read: self.core.read,
+            alerts: m.alerts.get(),
+            fleet_dropped: m.dropped(),
+            spool_entries: m.spool_entries.get().max(0) as u64,
+        });
+    }
+
+    /// A confirmed incident to the fleet: its feature rows, family and host.
+    fn publish_incident(&self, c: adaptation::Confirmed) {
+        let Some(f) = &self.fleet else { return };
+        let width = crate::features::LIVE_COUNT;
+        f.sender.incident(&crate::fleet::IncidentEvent {
+            kind: "incident".into(),
+            host: f.sender.host().to_string(),
+            ts_ns: now_unix(),
+            family: c.family,
+            flows: c.flows,
+            feature_set: LIVE_FEATURE_SET.to_string(),
+            rows: c.rows.chunks_exact(width).map(<[f32]>::to_vec).collect(),
+            model: self.core.detector.model_version.clone(),
+        });
+    }
+
+    /// SIGHUP with a changed `[fleet]`: the publisher is replaced (the old one hands its queue
+    /// to the spool first), started, or stopped.
+    fn reload_fleet(&mut self, new: &crate::fleet::FleetSection) {
+        let previous = self.fleet.take();
+        self.core.fleet = None;
+        if !new.enabled() {
+            if let Some(p) = previous {
+                drop(p.stop());
+                info!("SIGHUP: [fleet] off: publisher stopped (the spool stays in the state directory)");
+            }
+            return;
+        }
+        match crate::fleet::Fleet::start(
+            new,
+            &self.cfg.agent.state_dir,
+            self.core.metrics.fleet.clone(),
+            previous,
+        ) {
+            Ok(f) => {
+                self.core.fleet = Some(f.sender.clone());
+                self.heartbeat = tokio::time::interval(new.heartbeat.0);
+                self.fleet = Some(f);
+                info!("SIGHUP: [fleet] applied");
+            }
+            Err(e) => error!("SIGHUP: [fleet] not applied, the fleet is off: {e:#}"),
         }
     }
 
@@ -530,7 +619,7 @@ impl Agent {
         .publish(&self.core.metrics);
     }
 
-    /// SIGHUP: `[policy]`, `[flows]`, `[context]` and `[adaptation]` from the file again; an
+    /// SIGHUP: `[policy]`, `[flows]`, `[context]`, `[adaptation]` and `[fleet]` from the file again; an
     /// invalid file is rejected and the current settings kept.
     fn reload(&mut self) {
         let Some(p) = self.opts.config_path.clone() else {
@@ -575,6 +664,10 @@ impl Agent {
         self.cfg.flows = new.flows;
         self.cfg.context = new.context;
         self.cfg.adaptation = new.adaptation;
+        if new.fleet != self.cfg.fleet {
+            self.reload_fleet(&new.fleet);
+            self.cfg.fleet = new.fleet;
+        }
         info!(path = %p.display(), "SIGHUP: configuration reloaded");
     }
 
@@ -607,6 +700,10 @@ impl Agent {
         // Blocks stay in the state file; the kernel map goes with this process.
         if let Err(e) = self.core.blocks.persist() {
             error!("{e:#}");
+        }
+        self.core.fleet = None;
+        if let Some(f) = self.fleet.take() {
+            f.shutdown(Duration::from_secs(5)).await;
         }
         info!(
             flushed,

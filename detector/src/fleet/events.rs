@@ -1,0 +1,63 @@
+//! What goes on the bus: each event is one JSON object with the host that sent it. Incidents
+//! carry feature rows, never packet payloads (the agent never has any).
+
+use serde::{Deserialize, Serialize};
+
+use super::subjects::Kind;
+
+/// One message for the publisher: its subject, its de-duplication id (`Nats-Msg-Id`) and its
+/// JSON payload. Also one line of the spool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub kind: Kind,
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: String,
+}
+
+/// A confirmed incident as the fleet sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IncidentEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub ts_ns: u64,
+    pub family: String,
+    /// Distinct flows the operator selected.
+    pub flows: usize,
+    /// The feature set of `rows` (the live one's name).
+    pub feature_set: String,
+    /// One feature row per record of the selected flows.
+    pub rows: Vec<Vec<f32>>,
+    /// The model serving when it was confirmed.
+    pub model: String,
+}
+
+/// The agent's heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub ts_ns: u64,
+    pub uptime_s: u64,
+    /// The model serving.
+    pub model: String,
+    /// The agent's release.
+    pub agent_version: String,
+    pub records_read: u64,
+    pub alerts: u64,
+    /// Events the fleet publisher dropped so far (queue full or spool full).
+    pub fleet_dropped: u64,
+    /// Events waiting in the spool.
+    pub spool_entries: u64,
+}
+
+/// `value` (a JSON object) with `"host"` set.
+pub fn with_host<T: Serialize>(value: &T, host: &str) -> serde_json::Result<String> {
+    let mut v = serde_json::to_value(value)?;
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("host".into(), serde_json::Value::String(host.into()));
+    }
+    serde_json::to_string(&v)
+}

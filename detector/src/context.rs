@@ -243,13 +243,15 @@ fn addr_id(a: &[u8; 16]) -> u64 {
 /// Source and service windows for every recent initiator and service.
 pub struct ContextTracker {
     cfg: ContextConfig,
-    sources: HashMap<Bytes<16>, Window, Keyed>,
-    services: HashMap<Bytes<19>, Window, Keyed>,
+    /// Boxed: a flood grows and prunes these maps by the thousand, and moving a pointer is
+    /// cheaper than moving a window (about 300 bytes).
+    sources: HashMap<Bytes<16>, Box<Window>, Keyed>,
+    services: HashMap<Bytes<19>, Box<Window>, Keyed>,
     /// Keyed (random per process) hash of flow keys into the windows' flow digests.
     digest: Keyed,
     last_prune: u64,
     /// Forgotten windows, emptied, for the next new source or service ([`SPARE_WINDOWS`]).
-    spare: Vec<Window>,
+    spare: Vec<Box<Window>>,
 }
 
 impl Default for ContextTracker {
@@ -391,7 +393,7 @@ impl ContextTracker {
 }
 
 /// Forgets the windows last seen before `before`, keeping the small ones as spares.
-fn forget<K>(m: &mut HashMap<K, Window, Keyed>, before: u64, spare: &mut Vec<Window>) {
+fn forget<K>(m: &mut HashMap<K, Box<Window>, Keyed>, before: u64, spare: &mut Vec<Box<Window>>) {
     for (_, mut w) in m.extract_if(|_, w| w.last_seen < before) {
         if spare.len() < SPARE_WINDOWS && w.events.capacity() <= SPARE_MAX_EVENTS {
             w.reset();
@@ -402,7 +404,7 @@ fn forget<K>(m: &mut HashMap<K, Window, Keyed>, before: u64, spare: &mut Vec<Win
 
 /// Beyond `max` windows, the time before which windows are forgotten so that only about the
 /// most recently seen `max` are kept (ties at the cut are kept).
-fn newest_cut<K>(m: &HashMap<K, Window, Keyed>, max: usize) -> Option<u64> {
+fn newest_cut<K>(m: &HashMap<K, Box<Window>, Keyed>, max: usize) -> Option<u64> {
     if m.len() <= max {
         return None;
     }

@@ -251,6 +251,10 @@ pub struct ContextTracker {
     digest: Keyed,
     last_prune: u64,
     /// Forgotten windows, emptied, for the next new source or service ([`SPARE_WINDOWS`]).
+    #[expect(
+        clippy::vec_box,
+        reason = "the boxes move between the maps and the spares without being reallocated"
+    )]
     spare: Vec<Box<Window>>,
 }
 
@@ -393,6 +397,10 @@ impl ContextTracker {
 }
 
 /// Forgets the windows last seen before `before`, keeping the small ones as spares.
+#[expect(
+    clippy::vec_box,
+    reason = "the spares keep the maps' boxes (ContextTracker::spare)"
+)]
 fn forget<K>(m: &mut HashMap<K, Box<Window>, Keyed>, before: u64, spare: &mut Vec<Box<Window>>) {
     for (_, mut w) in m.extract_if(|_, w| w.last_seen < before) {
         if spare.len() < SPARE_WINDOWS && w.events.capacity() <= SPARE_MAX_EVENTS {

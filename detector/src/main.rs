@@ -185,8 +185,8 @@ struct ReplayArgs {
     #[arg(long, value_name = "CAPTURE", requires = "detect")]
     baseline: Vec<PathBuf>,
     /// Threads: 1 runs everything on one; 2 or more run the flow logic on a thread of its
-    /// own, beside the detection (or the JSON records). The output is the same either way.
-    /// Default: 2 where the machine has two cores or more, else 1.
+    /// own, beside the detection (or the JSON records; --format csv uses one). The output is
+    /// the same either way. Default: 2 where the machine has two cores or more, else 1.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
     #[command(flatten)]

@@ -1,5 +1,7 @@
 //! Replay speed: packets per second through `detector replay`'s code on the largest corpus
-//! capture, against reading the same capture without the flow logic (the baseline), in one run.
+//! capture, against reading the same capture without the flow logic (the baseline), in one run:
+//! the flow logic alone, with JSON records, and with detection (`replay --detect`: featurise,
+//! score, decide) on one thread and with the flow logic on a second.
 //!
 //! `cargo bench -p detector --bench replay` (results in BENCHMARKS.md).
 
@@ -75,6 +77,31 @@ fn bench(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    let cfg_all = detector::config::Config::load(None).unwrap();
+    let (model, version) = detector::model::serving::base_model("").unwrap();
+    let model = std::sync::Arc::new(model);
+    for (name, threads) in [
+        ("flow logic + detect, one thread", 1),
+        ("flow logic + detect, flow logic on its own thread", 2),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut det =
+                    replay::offline_detector(model.clone(), version.clone(), &cfg_all, 0).unwrap();
+                let mut alerts = detector::detect::CollectedAlerts::default();
+                let s = replay::detect_file_on(
+                    &file,
+                    &cfg,
+                    detector_common::flow::DEFAULT_TABLE_SIZE,
+                    threads,
+                    &mut det,
+                    &mut alerts,
+                )
+                .unwrap();
+                black_box((s.records, alerts.alerts.len()))
+            })
+        });
+    }
     g.finish();
 }
 

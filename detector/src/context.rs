@@ -98,7 +98,29 @@ fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32, Keyed>, k: &K) {
     }
 }
 
+/// Forgotten windows kept for new sources and services, and the most events such a window
+/// may have held: a flood of spoofed sources makes a window per packet and forgets it a window
+/// later, and reusing them saves their five allocations and frees each time. Only small windows
+/// are kept, so that the spares hold little memory.
+const SPARE_WINDOWS: usize = 4096;
+const SPARE_MAX_EVENTS: usize = 16;
+
 impl Window {
+    /// Empties the window for another source or service, keeping its allocations: the same as
+    /// a new window.
+    fn reset(&mut self) {
+        self.events.clear();
+        self.index.clear();
+        self.front_seq = 0;
+        self.peers.clear();
+        self.ports.clear();
+        self.pairs.clear();
+        self.syn = 0;
+        self.unanswered = 0;
+        self.failed.clear();
+        self.last_seen = 0;
+    }
+
     /// Forgets the flows and refusals older than `horizon` (now − window).
     fn expire(&mut self, horizon: u64) {
         while self.events.front().is_some_and(|e| e.ts < horizon) {
@@ -221,11 +243,19 @@ fn addr_id(a: &[u8; 16]) -> u64 {
 /// Source and service windows for every recent initiator and service.
 pub struct ContextTracker {
     cfg: ContextConfig,
-    sources: HashMap<Bytes<16>, Window, Keyed>,
-    services: HashMap<Bytes<19>, Window, Keyed>,
+    /// Boxed: a flood grows and prunes these maps by the thousand, and moving a pointer is
+    /// cheaper than moving a window (about 300 bytes).
+    sources: HashMap<Bytes<16>, Box<Window>, Keyed>,
+    services: HashMap<Bytes<19>, Box<Window>, Keyed>,
     /// Keyed (random per process) hash of flow keys into the windows' flow digests.
     digest: Keyed,
     last_prune: u64,
+    /// Forgotten windows, emptied, for the next new source or service ([`SPARE_WINDOWS`]).
+    #[expect(
+        clippy::vec_box,
+        reason = "the boxes move between the maps and the spares without being reallocated"
+    )]
+    spare: Vec<Box<Window>>,
 }
 
 impl Default for ContextTracker {
@@ -242,6 +272,7 @@ impl ContextTracker {
             services: HashMap::default(),
             digest: Keyed::new(),
             last_prune: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -280,7 +311,11 @@ impl ContextTracker {
         };
 
         let horizon = now.saturating_sub(window);
-        let w = self.sources.entry(Bytes(src)).or_default();
+        let spare = &mut self.spare;
+        let w = self
+            .sources
+            .entry(Bytes(src))
+            .or_insert_with(|| spare.pop().unwrap_or_default());
         w.expire(horizon);
         w.last_seen = now;
         let held = w.note(event, max_events, horizon);
@@ -321,7 +356,7 @@ impl ContextTracker {
         let svc = self
             .services
             .entry(service_key(&dst, dport, key.proto))
-            .or_default();
+            .or_insert_with(|| self.spare.pop().unwrap_or_default());
         svc.expire(horizon);
         svc.last_seen = now;
         let svc_held = svc.note(
@@ -350,25 +385,43 @@ impl ContextTracker {
         }
         self.last_prune = now;
         let horizon = now.saturating_sub(self.cfg.window_ns);
-        self.sources.retain(|_, w| w.last_seen >= horizon);
-        self.services.retain(|_, w| w.last_seen >= horizon);
-        keep_newest(&mut self.sources, max);
-        keep_newest(&mut self.services, max);
+        forget(&mut self.sources, horizon, &mut self.spare);
+        forget(&mut self.services, horizon, &mut self.spare);
+        if let Some(t) = newest_cut(&self.sources, max) {
+            forget(&mut self.sources, t, &mut self.spare);
+        }
+        if let Some(t) = newest_cut(&self.services, max) {
+            forget(&mut self.services, t, &mut self.spare);
+        }
     }
 }
 
-/// Keeps only the `max` most recently seen windows (about: ties at the cut are kept).
-fn keep_newest<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Window, Keyed>, max: usize) {
+/// Forgets the windows last seen before `before`, keeping the small ones as spares.
+#[expect(
+    clippy::vec_box,
+    reason = "the spares keep the maps' boxes (ContextTracker::spare)"
+)]
+fn forget<K>(m: &mut HashMap<K, Box<Window>, Keyed>, before: u64, spare: &mut Vec<Box<Window>>) {
+    for (_, mut w) in m.extract_if(|_, w| w.last_seen < before) {
+        if spare.len() < SPARE_WINDOWS && w.events.capacity() <= SPARE_MAX_EVENTS {
+            w.reset();
+            spare.push(w);
+        }
+    }
+}
+
+/// Beyond `max` windows, the time before which windows are forgotten so that only about the
+/// most recently seen `max` are kept (ties at the cut are kept).
+fn newest_cut<K>(m: &HashMap<K, Box<Window>, Keyed>, max: usize) -> Option<u64> {
     if m.len() <= max {
-        return;
+        return None;
     }
     // Cut to 3/4 of the bound so that a flood does not pay this on every record.
     let keep = max - max / 4;
     let mut times: Vec<u64> = m.values().map(|w| w.last_seen).collect();
     let cut = times.len() - keep;
     let (_, t, _) = times.select_nth_unstable(cut);
-    let t = *t;
-    m.retain(|_, w| w.last_seen >= t);
+    Some(*t)
 }
 
 #[cfg(test)]

@@ -225,6 +225,11 @@ struct ReplayArgs {
     /// attack-like and unusual for this host alerts in FILE….
     #[arg(long, value_name = "CAPTURE", requires = "detect")]
     baseline: Vec<PathBuf>,
+    /// Threads: 1 runs everything on one; 2 or more run the flow logic on a thread of its
+    /// own, beside the detection (or the JSON records; --format csv uses one). The output is
+    /// the same either way. Default: 2 where the machine has two cores or more, else 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(flatten)]
     flow: FlowArgs,
 }
@@ -451,6 +456,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         output: args.output,
         flow: args.flow.config(),
         table_size: args.flow.flow_table_size,
+        threads: args
+            .threads
+            .map_or_else(detector::replay::default_threads, usize::from),
     };
     let summaries = if args.detect {
         let cfg = Config::load(config_file(args.config).as_deref())?;

@@ -163,6 +163,9 @@ pub struct ReplayOptions {
     pub flow: FlowConfig,
     /// Flows the table holds (`flows.table_size` of the agent).
     pub table_size: u32,
+    /// 1: flow logic and the rest in turn on one thread; 2 or more: the flow logic on a thread
+    /// of its own ([`detect_file_on`]). The output is the same.
+    pub threads: usize,
 }
 
 /// Identifier columns that lead each CSV row (not model inputs).
@@ -187,9 +190,15 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<Vec<FileSummary>> {
         Format::Json => {
             let mut out = JsonLines::open(opts.output.as_deref())?;
             for file in &opts.files {
-                let s = replay_file_in(file, &opts.flow, opts.table_size, |k, st, r| {
-                    out.write(&FlowJson::new(k, st, r, TimeBase::Unix))
-                })?;
+                let s = if opts.threads <= 1 {
+                    replay_file_in(file, &opts.flow, opts.table_size, |k, st, r| {
+                        out.write(&FlowJson::new(k, st, r, TimeBase::Unix))
+                    })?
+                } else {
+                    replay_pipelined(file, &opts.flow, opts.table_size, |k, st, r, _| {
+                        out.write(&FlowJson::new(k, st, r, TimeBase::Unix))
+                    })?
+                };
                 out.flush()?;
                 summaries.push(s);
             }
@@ -304,7 +313,14 @@ pub fn detect(
             out: &mut out,
             alerts: 0,
         };
-        let mut summary = detect_file(file, &opts.flow, opts.table_size, &mut det, &mut act)?;
+        let mut summary = detect_file_on(
+            file,
+            &opts.flow,
+            opts.table_size,
+            opts.threads,
+            &mut det,
+            &mut act,
+        )?;
         summary.alerts = act.alerts;
         out.flush()?;
         summaries.push(summary);
@@ -313,7 +329,8 @@ pub fn detect(
 }
 
 /// One capture through `det` (featurise, batch, score, decide), every decision to `actions`;
-/// its summary, with the records held back for thin evidence.
+/// its summary, with the records held back for thin evidence. The flow logic runs on a thread
+/// of its own where the machine has a second core ([`default_threads`]).
 pub fn detect_file(
     file: &Path,
     flow: &FlowConfig,
@@ -321,16 +338,115 @@ pub fn detect_file(
     det: &mut crate::detect::Detector,
     actions: &mut dyn crate::detect::Actions,
 ) -> anyhow::Result<FileSummary> {
+    detect_file_on(file, flow, table_size, default_threads(), det, actions)
+}
+
+/// Threads `detector replay --detect` uses by default: two (flow logic, detection) where the
+/// machine has two cores or more, else one.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+/// [`detect_file`] on `threads` threads: 1 runs the flow logic and detection in turn on this
+/// thread; 2 or more run the flow logic on a second thread, which hands its records over in
+/// chunks. Either way `det` sees the same records in the same order, in the same batches, and
+/// decides the same.
+pub fn detect_file_on(
+    file: &Path,
+    flow: &FlowConfig,
+    table_size: u32,
+    threads: usize,
+    det: &mut crate::detect::Detector,
+    actions: &mut dyn crate::detect::Actions,
+) -> anyhow::Result<FileSummary> {
     let thin_before = det.policy.thin_evidence;
-    let mut summary = replay_file_in(file, flow, table_size, |k, s, r| {
-        if det.push(k, s, r, None, Instant::now()) {
-            det.flush(actions)?;
-        }
-        Ok(())
-    })?;
+    let mut summary = if threads <= 1 {
+        replay_file_in(file, flow, table_size, |k, s, r| {
+            if det.push(k, s, r, None, Instant::now()) {
+                det.flush(actions)?;
+            }
+            Ok(())
+        })?
+    } else {
+        replay_pipelined(file, flow, table_size, |k, s, r, read_at| {
+            if det.push(k, s, r, None, read_at) {
+                det.flush(actions)?;
+            }
+            Ok(())
+        })?
+    };
     det.flush(actions)?;
     summary.thin_evidence = det.policy.thin_evidence - thin_before;
     Ok(summary)
+}
+
+/// One flow record as the flow logic emitted it.
+type Record = (FlowKey, FlowState, Reason);
+
+/// Records handed from the flow-logic thread to the caller's at a time: large enough that the
+/// hand-over costs nothing per record, small enough that both threads start at once.
+const CHUNK: usize = 512;
+
+/// Chunks in flight between the threads; the flow logic waits when the caller is this far
+/// behind, so memory stays bounded whatever the capture's size.
+const CHUNKS_AHEAD: usize = 8;
+
+/// [`replay_file_in`] with the flow logic on a thread of its own: `on_record` runs on this
+/// thread, with every record in the same order, and the time its chunk was handed over. A
+/// capture that fails part way gives its records up to the failure, then the error, as
+/// [`replay_file_in`] does; an error from `on_record` stops the flow logic and is returned.
+pub fn replay_pipelined(
+    path: &Path,
+    cfg: &FlowConfig,
+    table_size: u32,
+    mut on_record: impl FnMut(&FlowKey, &FlowState, Reason, Instant) -> anyhow::Result<()>,
+) -> anyhow::Result<FileSummary> {
+    use std::sync::mpsc;
+
+    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<Record>>(CHUNKS_AHEAD);
+    // Emptied chunks go back, so that a capture's records reuse a few buffers.
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<Record>>();
+    std::thread::scope(|scope| {
+        let flow_logic = std::thread::Builder::new()
+            .name("replay-flows".into())
+            .spawn_scoped(scope, move || {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                let replayed = replay_file_in(path, cfg, table_size, |k, s, r| {
+                    chunk.push((*k, *s, r));
+                    if chunk.len() >= CHUNK {
+                        let next = empty_rx
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                        // Only fails when the caller stopped on an error of its own.
+                        full_tx
+                            .send(std::mem::replace(&mut chunk, next))
+                            .map_err(|_| anyhow::anyhow!("detection stopped"))?;
+                    }
+                    Ok(())
+                });
+                if !chunk.is_empty() {
+                    let _ = full_tx.send(chunk);
+                }
+                replayed
+            })
+            .context("cannot start the flow-logic thread")?;
+        let consumed = (|| {
+            for mut chunk in full_rx {
+                let read_at = Instant::now();
+                for (k, s, r) in chunk.drain(..) {
+                    on_record(&k, &s, r, read_at)?;
+                }
+                let _ = empty_tx.send(chunk);
+            }
+            anyhow::Ok(())
+        })();
+        // On an error here the receiver is gone, so the flow logic stops at its next chunk.
+        let replayed = flow_logic
+            .join()
+            .map_err(|_| anyhow::anyhow!("the flow-logic thread panicked"))?;
+        consumed?;
+        replayed
+    })
 }
 
 /// The model with this host's baseline, fitted as at the end of the agent's warm-up on the

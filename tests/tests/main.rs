@@ -23,6 +23,7 @@ mod lab;
 mod metamorphic;
 mod packaging;
 mod parity;
+mod replay_alerts;
 mod replay_cli;
 mod replay_detect;
 mod xdp_attach;

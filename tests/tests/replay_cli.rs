@@ -229,3 +229,51 @@ fn every_capture_of_the_ndpi_collection_replays_or_names_its_link_type() {
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert!(refused[0].contains("(PPI)"), "{}", refused[0]);
 }
+
+/// `replay --detect` with the flow logic on a thread of its own (`--threads 2`) fails, warns
+/// and alerts as on one thread: the same alerts, exit code and last error line, for a whole,
+/// a cut, a foreign-link-type and a non-pcap file; `--threads 0` is refused by name.
+#[test]
+fn detect_on_two_threads_fails_warns_and_alerts_as_on_one() {
+    let src = corpus_files("pcap/attack")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("nmap-vsn"))
+        .unwrap();
+    let cut = damaged(&src, |b| {
+        let n = b.len() / 2;
+        b.truncate(n);
+    });
+    let foreign = damaged(&src, |b| b[20..24].copy_from_slice(&105u32.to_le_bytes()));
+    let not_pcap = damaged(&src, |b| b[..4].copy_from_slice(b"GET "));
+    // The alert id names the run; everything else must match.
+    let without_ids = |stdout: &[u8]| -> Vec<serde_json::Value> {
+        let mut v = flows_in(stdout);
+        v.iter_mut().for_each(|a| a["id"] = serde_json::Value::Null);
+        v
+    };
+    for f in [&src, &cut, &foreign, &not_pcap] {
+        let path = f.to_str().unwrap();
+        let one = replay(&["--detect", "--threads", "1", path]);
+        let two = replay(&["--detect", "--threads", "2", path]);
+        let (e1, e2) = (
+            String::from_utf8_lossy(&one.stderr),
+            String::from_utf8_lossy(&two.stderr),
+        );
+        assert!(!e2.contains("panicked"), "{path}: {e2}");
+        assert_eq!(one.status.code(), two.status.code(), "{path}: {e1}\n{e2}");
+        assert_eq!(without_ids(&one.stdout), without_ids(&two.stdout), "{path}");
+        let last = |e: &str| {
+            e.lines()
+                .last()
+                .map(|l| l.split("Z ").last().unwrap_or(l).to_string())
+        };
+        assert_eq!(last(&e1), last(&e2), "{path}");
+    }
+    let out = replay(&["--detect", "--threads", "0", src.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
+    for f in [cut, foreign, not_pcap] {
+        let _ = std::fs::remove_file(f);
+    }
+}

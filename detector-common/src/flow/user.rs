@@ -83,22 +83,28 @@ impl MemTable {
         } else {
             Reason::IdleTimeout
         };
-        // Sort small (time, key) pairs, not whole states: deterministic output order (by first
-        // packet, then key) without moving 250-byte entries around.
-        let mut gone: Vec<(u64, FlowKey)> = self
-            .flows
+        // Taken out in one pass over the table (removing them one key at a time hashed and
+        // probed each again), then ordered by small (time, key, index) triples, not whole
+        // states: deterministic output order (by first packet, then key) without moving
+        // 250-byte entries around.
+        let gone: Vec<(FlowKey, FlowState)> = if all {
+            self.flows.drain().collect()
+        } else {
+            self.flows
+                .extract_if(|_, s| flow::idle_expired(s, now, cfg))
+                .collect()
+        };
+        let mut order: Vec<(u64, FlowKey, usize)> = gone
             .iter()
-            .filter(|(_, s)| all || flow::idle_expired(s, now, cfg))
-            .map(|(k, s)| (s.first_seen_ns, *k))
+            .enumerate()
+            .map(|(i, (k, s))| (s.first_seen_ns, *k, i))
             .collect();
-        gone.sort_unstable();
-        for (_, key) in &gone {
-            let Some(mut state) = self.flows.remove(key) else {
-                continue;
-            };
+        order.sort_unstable();
+        for &(_, _, i) in &order {
+            let (key, mut state) = gone[i];
             state.last_export_ns = now;
             state.exported_packets = state.total_packets();
-            if env.emit(key, &state, reason) {
+            if env.emit(&key, &state, reason) {
                 env.count(stat::RECORDS);
             }
         }

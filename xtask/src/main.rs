@@ -262,7 +262,12 @@ fn train_default(holdout: &[String], out: Option<PathBuf>) -> anyhow::Result<()>
         .arg(&live)
         // Two benign sources, many small sessions: more benign rows per episode (64 by
         // default) so that each support set holds some of both.
-        .args(["--seed", "1", "--benign-shot", "128", "--out"])
+        .args(["--seed", "1", "--benign-shot", "128"])
+        // The off-lab budget is per 1,000 benign *flows*, and the agent scores a flow about
+        // 3.7 times (new, reply, early, final records: 124,324 records of 33,333 flows in the
+        // lab recording), so a per-row rate of 1e-3 (the default) lets up to ~3.7 per 1,000
+        // flows alert on validation; 3e-4 puts it near 1 per 1,000 flows.
+        .args(["--target-fpr", "3e-4", "--out"])
         .arg(&out)
         .env("RAYON_NUM_THREADS", "1");
     for f in holdout {

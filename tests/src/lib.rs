@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod fixture;
 pub mod nats;
 pub mod traffic;
 

@@ -11,38 +11,19 @@
 //! A new corpus capture fails the test until the fixture lists it: rerun with
 //! `DETECTOR_WRITE_DIGESTS=1` and commit the fixture, after checking the new lines.
 
-use std::{
-    collections::BTreeMap,
-    io::Read,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, io::Read, path::Path};
 
 use detector::{
     linktype,
     pcap::{PcapError, Reader},
 };
-use integration_tests::shared_dir;
+use integration_tests::{
+    fixture::{compare_or_write, corpus_captures, Fnv, Outcome},
+    shared_dir,
+};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/capture_digests.tsv");
 const HEADER: &str = "file\tpackets\tts_fnv\tbytes_fnv\tend\tcut_at\tcut_packets\tcut_fnv\tcut_end";
-
-/// 64-bit FNV-1a: stable across toolchains (std's `DefaultHasher` is not promised to be).
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        for &x in b {
-            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_le_bytes());
-    }
-}
 
 /// What one read of a capture gave.
 struct Digest {
@@ -113,21 +94,6 @@ fn read_digest<R: Read>(reader: Result<Reader<R>, PcapError>) -> Digest {
     d
 }
 
-/// Every capture under `dir`, recursively, relative to `root`.
-fn captures(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            captures(root, &path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("pcap" | "pcapng" | "cap")
-        ) {
-            out.push(path.strip_prefix(root).unwrap().to_path_buf());
-        }
-    }
-}
-
 /// The fixture line for one capture.
 fn line(root: &Path, rel: &Path) -> String {
     let path = root.join(rel);
@@ -155,54 +121,24 @@ fn line(root: &Path, rel: &Path) -> String {
 #[test]
 fn every_corpus_capture_reads_as_the_fixture_says() {
     let root = shared_dir().join("corpus");
-    let mut files = Vec::new();
-    captures(&root, &root, &mut files);
-    files.sort();
+    let files = corpus_captures(&root);
     assert!(files.len() > 500, "only {} captures found", files.len());
     let got: BTreeMap<String, String> = files
         .iter()
         .map(|rel| (rel.display().to_string(), line(&root, rel)))
         .collect();
 
-    if std::env::var_os("DETECTOR_WRITE_DIGESTS").is_some() {
-        let mut text = String::from(HEADER);
-        text.push('\n');
-        for l in got.values() {
-            text.push_str(l);
-            text.push('\n');
-        }
-        std::fs::write(FIXTURE, text).unwrap();
-        return;
-    }
-
-    let fixture = std::fs::read_to_string(FIXTURE)
-        .unwrap_or_else(|e| panic!("{FIXTURE}: {e} (DETECTOR_WRITE_DIGESTS=1 writes it)"));
-    let mut lines = fixture.lines();
-    assert_eq!(lines.next(), Some(HEADER), "{FIXTURE}: header");
-    let want: BTreeMap<String, String> = lines
-        .map(|l| {
-            (
-                l.split('\t').next().unwrap_or_default().to_string(),
-                l.to_string(),
-            )
+    let Outcome::Compared { want, diffs } =
+        compare_or_write(FIXTURE, HEADER, "DETECTOR_WRITE_DIGESTS", &got, |_| {
+            String::new()
         })
-        .collect();
-    let mut diffs = Vec::new();
-    for (file, w) in &want {
-        match got.get(file) {
-            Some(g) if g == w => {}
-            Some(g) => diffs.push(format!("  want {w}\n  got  {g}")),
-            None => diffs.push(format!("  {file}: in the fixture, not in the corpus")),
-        }
-    }
-    for file in got.keys().filter(|f| !want.contains_key(*f)) {
-        diffs.push(format!("  {file}: in the corpus, not in the fixture"));
-    }
+    else {
+        return;
+    };
     assert!(
         diffs.is_empty(),
-        "{} of {} captures differ from {FIXTURE} ({HEADER}):\n{}",
+        "{} of {want} captures differ from {FIXTURE} ({HEADER}):\n{}",
         diffs.len(),
-        want.len(),
         diffs.join("\n")
     );
 }

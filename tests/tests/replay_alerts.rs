@@ -13,45 +13,20 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use integration_tests::{detector_bin, shared_dir};
+use integration_tests::{
+    detector_bin,
+    fixture::{compare_or_write, corpus_captures, Fnv, Outcome},
+    shared_dir,
+};
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/replay_alerts.tsv");
 const HEADER: &str = "file\texit\talerts\tsources\tdigest";
-
-/// 64-bit FNV-1a: stable across toolchains (std's `DefaultHasher` is not promised to be).
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn str(&mut self, s: &str) {
-        for &x in s.as_bytes().iter().chain([&0xffu8]) {
-            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
-/// Every capture under `dir`, recursively, relative to `root`.
-fn captures(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            captures(root, &path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("pcap" | "pcapng" | "cap")
-        ) {
-            out.push(path.strip_prefix(root).unwrap().to_path_buf());
-        }
-    }
-}
 
 /// One alert as the fixture sees it: everything but the id (it names the run), the scores and
 /// the explanation (floats), and the flow record's counters (the key and times identify it).
@@ -119,9 +94,7 @@ fn detect(root: &Path, rel: &Path, config: &Path) -> (String, Vec<String>) {
 #[test]
 fn every_corpus_capture_raises_the_alerts_the_fixture_says() {
     let root = shared_dir().join("corpus");
-    let mut files = Vec::new();
-    captures(&root, &root, &mut files);
-    files.sort();
+    let files = corpus_captures(&root);
     assert!(files.len() > 500, "only {} captures found", files.len());
     // The defaults, whatever /etc/detector/detector.toml this machine has.
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/replay-alerts-empty.toml");
@@ -150,59 +123,36 @@ fn every_corpus_capture_raises_the_alerts_the_fixture_says() {
             .collect()
     });
 
-    if std::env::var_os("DETECTOR_BLESS").is_some() {
-        let mut text = String::from(HEADER);
-        text.push('\n');
-        for (l, _) in got.values() {
-            text.push_str(l);
-            text.push('\n');
-        }
-        std::fs::write(FIXTURE, text).unwrap();
-        return;
-    }
-
-    let fixture = std::fs::read_to_string(FIXTURE)
-        .unwrap_or_else(|e| panic!("{FIXTURE}: {e} (DETECTOR_BLESS=1 writes it)"));
-    let mut lines = fixture.lines();
-    assert_eq!(lines.next(), Some(HEADER), "{FIXTURE}: header");
-    let want: BTreeMap<String, String> = lines
-        .map(|l| {
-            (
-                l.split('\t').next().unwrap_or_default().to_string(),
-                l.to_string(),
-            )
-        })
+    let lines: BTreeMap<String, String> = got
+        .iter()
+        .map(|(f, (l, _))| (f.clone(), l.clone()))
         .collect();
-    let mut diffs = Vec::new();
-    for (file, w) in &want {
-        match got.get(file) {
-            Some((g, _)) if g == w => {}
-            Some((g, alerts)) => {
-                let shown = alerts.iter().take(10).map(|a| format!("      {a}"));
-                let more = alerts.len().saturating_sub(10);
-                diffs.push(format!(
-                    "  want {w}\n  got  {g}\n    its alerts now:\n{}{}",
-                    shown.collect::<Vec<_>>().join("\n"),
-                    if more > 0 {
-                        format!("\n      … and {more} more")
-                    } else {
-                        String::new()
-                    }
-                ))
+    let detail = |file: &str| {
+        let alerts = &got[file].1;
+        let shown = alerts.iter().take(10).map(|a| format!("      {a}"));
+        let more = alerts.len().saturating_sub(10);
+        format!(
+            "\n    its alerts now:\n{}{}",
+            shown.collect::<Vec<_>>().join("\n"),
+            if more > 0 {
+                format!("\n      … and {more} more")
+            } else {
+                String::new()
             }
-            None => diffs.push(format!("  {file}: in the fixture, not in the corpus")),
-        }
-    }
-    for file in got.keys().filter(|f| !want.contains_key(*f)) {
-        diffs.push(format!("  {file}: in the corpus, not in the fixture"));
-    }
+        )
+    };
+    let Outcome::Compared { want, diffs } =
+        compare_or_write(FIXTURE, HEADER, "DETECTOR_BLESS", &lines, detail)
+    else {
+        return;
+    };
     assert!(
         diffs.is_empty(),
         "{} of {} captures alert differently from {FIXTURE} ({HEADER}); if the change is meant \
          (a retrained model, a policy change), rerun with DETECTOR_BLESS=1 and say why in the \
          commit:\n{}",
         diffs.len(),
-        want.len(),
+        want,
         diffs.join("\n")
     );
 }

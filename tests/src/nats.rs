@@ -233,6 +233,39 @@ impl NatsServer {
         out
     }
 
+    /// `detector fleet <args>` as the admin, run inside the broker's namespace `ns`.
+    pub fn fleet_cli(&self, ns: &Netns, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(crate::detector_bin())
+            .arg("fleet")
+            .args(args)
+            .arg("--config")
+            .arg(self.admin_config())
+            .output()
+            .expect("run detector fleet")
+    }
+
+    /// `detector fleet init --replicas n --max-bytes b`, retried for up to a minute while a
+    /// new cluster elects its leaders.
+    pub fn init_streams(&self, ns: &Netns, replicas: usize, max_bytes: u64) {
+        let start = Instant::now();
+        let (n, b) = (replicas.to_string(), max_bytes.to_string());
+        loop {
+            let out = self.fleet_cli(ns, &["init", "--max-bytes", &b, "--replicas", &n]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "detector fleet init: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     /// A `[fleet]` section that connects as the admin (for `detector fleet` commands).
     pub fn admin_config(&self) -> PathBuf {
         let p = self.dir.join("admin.toml");

@@ -74,46 +74,7 @@ fn thousand_simulated_agents_on_a_three_node_cluster() {
     let rate: f64 = env_or("DETECTOR_BENCH_RATE", 1.0);
     let ns = Netns::new("dtfb");
     let nats = NatsServer::start_cluster(&ns, "127.0.0.1", &[], 3);
-    let cfg = nats.admin_config();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .arg(integration_tests::detector_bin())
-        .args([
-            "fleet",
-            "init",
-            "--replicas",
-            "3",
-            "--max-bytes",
-            "268435456",
-            "--config",
-        ])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    // A fresh cluster elects its leaders first: retried.
-    let mut ok = out.status.success();
-    for _ in 0..60 {
-        if ok {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        ok = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .arg(integration_tests::detector_bin())
-            .args([
-                "fleet",
-                "init",
-                "--replicas",
-                "3",
-                "--max-bytes",
-                "268435456",
-                "--config",
-            ])
-            .arg(&cfg)
-            .status()
-            .is_ok_and(|s| s.success());
-    }
-    assert!(ok, "fleet init failed:\n{}", nats.logs());
+    nats.init_streams(&ns, 3, 268_435_456);
     let pids = nats.pids();
     let cpu0: f64 = pids.iter().map(|p| cpu_and_peak(*p).0).sum();
     let urls = nats.urls.clone();

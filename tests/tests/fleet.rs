@@ -33,44 +33,8 @@ fn agent_config(nats: &NatsServer, host: &str, as_host: &str) -> String {
     )
 }
 
-/// `detector fleet <args>` as the admin, run inside the broker's namespace.
-fn fleet_cli(ns: &Netns, nats: &NatsServer, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .arg(detector_bin())
-        .arg("fleet")
-        .args(args)
-        .arg("--config")
-        .arg(nats.admin_config())
-        .output()
-        .expect("run detector fleet")
-}
-
 fn init_streams(ns: &Netns, nats: &NatsServer) {
-    init_replicated(ns, nats, 1);
-}
-
-/// `detector fleet init --replicas n`, retried while a new cluster elects its leaders.
-fn init_replicated(ns: &Netns, nats: &NatsServer, replicas: usize) {
-    let start = Instant::now();
-    let n = replicas.to_string();
-    loop {
-        let out = fleet_cli(
-            ns,
-            nats,
-            &["init", "--max-bytes", "67108864", "--replicas", &n],
-        );
-        if out.status.success() {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "detector fleet init: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            nats.logs()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    nats.init_streams(ns, 1, 67_108_864);
 }
 
 /// Alert ids the agent wrote to its own events file so far (a line it is still writing is
@@ -191,7 +155,7 @@ fn alerts_from_two_agents_arrive_once_each() {
     assert!(s["fleet"]["published"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["fleet"]["connected"], true, "{s}");
     assert_eq!(s["fleet"]["spool_dropped"], 0, "{s}");
-    let out = fleet_cli(ns, &nats, &["status"]);
+    let out = nats.fleet_cli(ns, &["status"]);
     assert!(
         out.status.success(),
         "{}",
@@ -422,7 +386,7 @@ fn a_three_node_cluster_loses_nothing_when_a_node_is_killed_mid_stream() {
     let (a, attacker, broker) = (0, 1, 2);
     let ns = &lan.hosts[broker];
     let mut nats = NatsServer::start_cluster(ns, &lan.ip(broker), &["host-a"], 3);
-    init_replicated(ns, &nats, 3);
+    nats.init_streams(ns, 3, 67_108_864);
     let dir = AgentDir::with_config(&agent_config(&nats, "host-a", "host-a"));
     let agent = Agent::start_in(
         &lan.hosts[a],

@@ -201,6 +201,17 @@ impl Plan {
     /// Normalises the whole rows of `raw` into `out` (as [`Normaliser::apply`]). Compiled for
     /// AVX-512 / AVX2 where the CPU has them (same operations, same bits).
     pub fn apply(&self, raw: &[f32], out: &mut [f32]) {
+        self.apply_up_to(raw, out, true)
+    }
+
+    /// [`Plan::apply`] without AVX-512 even where the CPU has it: what an AVX2-only CPU runs
+    /// (for the scoring benchmark). Falls back to the portable code without AVX2.
+    pub fn apply_avx2(&self, raw: &[f32], out: &mut [f32]) {
+        self.apply_up_to(raw, out, false)
+    }
+
+    /// [`Plan::apply`] on the widest code this CPU has, AVX-512 only if `avx512` allows it.
+    fn apply_up_to(&self, raw: &[f32], out: &mut [f32], avx512: bool) {
         let d = self.features;
         if d == 0 {
             return;
@@ -209,7 +220,7 @@ impl Plan {
         let (raw, out) = (&raw[..whole], &mut out[..whole]);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if avx512 && std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has AVX-512F.
                 return unsafe { apply_avx512(self, raw, out) };
             }
@@ -218,25 +229,8 @@ impl Plan {
                 return unsafe { apply_avx2(self, raw, out) };
             }
         }
-        apply_flat(self, raw, out)
-    }
-
-    /// [`Plan::apply`] without AVX-512 even where the CPU has it: what an AVX2-only CPU runs
-    /// (for the scoring benchmark). Falls back to the portable code without AVX2.
-    pub fn apply_avx2(&self, raw: &[f32], out: &mut [f32]) {
-        let d = self.features;
-        if d == 0 {
-            return;
-        }
-        let whole = raw.len().min(out.len()) / d * d;
-        let (raw, out) = (&raw[..whole], &mut out[..whole]);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                return unsafe { apply_avx2(self, raw, out) };
-            }
-        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = avx512;
         apply_flat(self, raw, out)
     }
 }

@@ -66,6 +66,16 @@ pub fn corpus_files(sub: &str) -> Vec<PathBuf> {
     v
 }
 
+/// The flow an alert (`detector replay --detect`'s JSON line) is about, as one string: its
+/// protocol, source and destination address and port. Distinct flows, not records.
+pub fn alert_flow_key(alert: &serde_json::Value) -> String {
+    let f = &alert["flow"];
+    format!(
+        "{}|{}|{}|{}|{}",
+        f["proto"], f["src_addr"], f["src_port"], f["dst_addr"], f["dst_port"]
+    )
+}
+
 /// The captures of the nDPI collection (`corpus/offlab/ndpi`) in `split` with `label`, from its
 /// manifest, sorted.
 pub fn ndpi_files(split: &str, label: &str) -> Vec<PathBuf> {

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use integration_tests::{corpus_files, detector_bin, unique};
+use integration_tests::{alert_flow_key, corpus_files, detector_bin, unique};
 
 fn replay(args: &[&str]) -> std::process::Output {
     Command::new(detector_bin())
@@ -187,19 +187,12 @@ fn a_baseline_keeps_the_unusual_attack_and_alerts_only_on_what_is_unusual_for_th
     // 2026-12-06 morning 9 records alerted and fewer with the baseline; the one trained for a
     // per-flow budget raises one, on a flow unlike the capture's others, and it stays.
     let fabric = find("pcap/edge", "fabricpath");
-    let key = |a: &serde_json::Value| {
-        let f = &a["flow"];
-        format!(
-            "{}|{}|{}|{}|{}",
-            f["proto"], f["src_addr"], f["src_port"], f["dst_addr"], f["dst_port"]
-        )
-    };
     let plain = alerts(&[&fabric]);
     assert!(
         !plain.is_empty(),
         "the FabricPath capture no longer alerts: pick another"
     );
-    let plain_keys: std::collections::HashSet<String> = plain.iter().map(key).collect();
+    let plain_keys: std::collections::HashSet<String> = plain.iter().map(alert_flow_key).collect();
     let learnt = alerts(&["--baseline", &fabric, &fabric]);
     let quantile = detector::config::Config::default()
         .adaptation
@@ -208,7 +201,7 @@ fn a_baseline_keeps_the_unusual_attack_and_alerts_only_on_what_is_unusual_for_th
         let novelty = a["novelty"].as_f64().unwrap_or(-1.0);
         assert!(novelty >= quantile - 1e-6, "host rule not in force: {a}");
         assert!(
-            plain_keys.contains(&key(a)),
+            plain_keys.contains(&alert_flow_key(a)),
             "alerted only with the baseline: {a}"
         );
     }

@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, process::Command};
 
-use integration_tests::{corpus_files, detector_bin};
+use integration_tests::{alert_flow_key, corpus_files, detector_bin};
 
 /// Attack captures whose attacker the embedded model does not alert on, and why.
 const KNOWN_MISSES: &[(&str, &str)] = &[
@@ -135,16 +135,8 @@ fn attack_captures_alert_on_their_attacker_and_benign_false_alerts_are_reported(
             .filter(|f| f["final"] == true)
             .count();
         let alerts = run(&["--detect"], &file);
-        let distinct: std::collections::HashSet<String> = alerts
-            .iter()
-            .map(|a| {
-                let f = &a["flow"];
-                format!(
-                    "{}|{}|{}|{}|{}",
-                    f["proto"], f["src_addr"], f["src_port"], f["dst_addr"], f["dst_port"]
-                )
-            })
-            .collect();
+        let distinct: std::collections::HashSet<String> =
+            alerts.iter().map(alert_flow_key).collect();
         flows_total += flows;
         alerted_flows += distinct.len();
         benign.insert(name, serde_json::json!({"flows": flows, "alerts": alerts.len(), "alerted_flows": distinct.len()}));

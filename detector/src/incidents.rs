@@ -90,6 +90,9 @@ pub struct Support {
     pub benign: Vec<f32>,
 }
 
+/// Benign rows an incident's adaptation draws from the recent records at most.
+pub const MAX_BENIGN: usize = 2000;
+
 /// Picks the incident's records and a benign sample from the recent records.
 pub fn select(
     recent: &VecDeque<Recent>,

@@ -278,33 +278,66 @@ fn train_default(holdout: &[String], out: Option<PathBuf>) -> anyhow::Result<()>
 
 /// `cargo xtask eval-offlab`: `detector eval-offlab` on the nDPI dev split, the shared corpus
 /// and the lab recording's test split, with the embedded model; its report replaces the "Off
-/// the lab" section of EVALUATION.md (JSON in docs/eval/offlab.json).
+/// the lab" section of EVALUATION.md (JSON in docs/eval/offlab.json). Then the few-shot runs
+/// (`--few-shot 5`, at the default false-alert budget and at 0.01) replace theirs.
 fn eval_offlab(extra: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "-p", "detector"]))?;
     let shared = shared_dir()?;
+    let detector = || {
+        let mut c = Command::new(root().join("target/release/detector"));
+        c.current_dir(root())
+            .arg("eval-offlab")
+            .arg("--ndpi")
+            .arg(shared.join("corpus/offlab/ndpi"))
+            .arg("--corpus")
+            .arg(shared.join("corpus"));
+        c
+    };
     let md = root().join("target/offlab.md");
-    run(Command::new(root().join("target/release/detector"))
-        .current_dir(root())
-        .arg("eval-offlab")
-        .arg("--ndpi")
-        .arg(shared.join("corpus/offlab/ndpi"))
-        .arg("--corpus")
-        .arg(shared.join("corpus"))
+    run(detector()
         .arg("--lab")
         .arg("lab/recordings/default/records.jsonl.zst")
         .args(["--json", "docs/eval/offlab.json", "--markdown"])
         .arg(&md)
         .args(extra))?;
-    let report = std::fs::read_to_string(&md)?;
+    replace_report("offlab", &std::fs::read_to_string(&md)?)?;
+    // A budget ten times the default: what an operator who accepts more false alerts per
+    // incident would get.
+    let budget = root().join("target/offlab-budget-0.01.toml");
+    std::fs::write(&budget, "[adaptation]\nfpr_budget = 0.01\n")?;
+    for (name, config) in [
+        ("offlab-fewshot", None),
+        ("offlab-fewshot-0.01", Some(&budget)),
+    ] {
+        let mut c = detector();
+        c.args(["--few-shot", "5", "--json"])
+            .arg(format!("docs/eval/{name}.json"))
+            .arg("--markdown")
+            .arg(&md);
+        if let Some(p) = config {
+            c.arg("--config").arg(p);
+        }
+        run(c.args(extra))?;
+        replace_report(name, &std::fs::read_to_string(&md)?)?;
+    }
+    Ok(())
+}
+
+/// Replaces the text between `<!-- {name}:begin -->` and `<!-- {name}:end -->` in
+/// EVALUATION.md with `report`.
+fn replace_report(name: &str, report: &str) -> anyhow::Result<()> {
     let path = root().join("EVALUATION.md");
     let text = std::fs::read_to_string(&path)?;
-    let (begin, end) = ("<!-- offlab:begin -->", "<!-- offlab:end -->");
-    let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let (Some(a), Some(b)) = (text.find(&begin), text.find(&end)) else {
         bail!("EVALUATION.md has no {begin} … {end} markers for the report");
     };
     let updated = format!("{}{begin}\n{report}{}", &text[..a], &text[b..]);
     std::fs::write(&path, updated)?;
-    eprintln!("xtask: EVALUATION.md \"Off the lab\" rewritten");
+    eprintln!("xtask: EVALUATION.md {name} report rewritten");
     Ok(())
 }
 

@@ -157,10 +157,11 @@ impl Models {
             );
         }
         let threshold = detector.policy.alert_threshold();
-        let support = match incidents::select(detector.recent(), sel, threshold, 2000) {
-            Ok(s) => s,
-            Err(e) => return refuse(reply, format!("{e:#}")),
-        };
+        let support =
+            match incidents::select(detector.recent(), sel, threshold, incidents::MAX_BENIGN) {
+                Ok(s) => s,
+                Err(e) => return refuse(reply, format!("{e:#}")),
+            };
         self.adapting = true;
         let model = detector.model().clone();
         let signature = recent::exemplars(&support.positives, recent::SIGNATURE_EXEMPLARS);

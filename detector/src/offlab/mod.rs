@@ -25,6 +25,8 @@ use crate::{
     record::FlowJson,
 };
 
+pub mod fewshot;
+
 /// One flow record, as replay or a recording gives it.
 #[derive(Clone, Copy)]
 pub struct Rec {
@@ -98,11 +100,24 @@ pub fn run_unit(
     let n = unit.records.len();
     // Recent records are what a warm-up fits the host's baseline on.
     let recent = if mode == Mode::Warmup { n / 2 } else { 0 };
-    let mut det = crate::replay::offline_detector(model.clone(), version.to_string(), cfg, recent)?;
-    let counted_from = match mode {
-        Mode::OutOfTheBox => 0,
-        Mode::Warmup => n / 2,
-    };
+    let det = crate::replay::offline_detector(model.clone(), version.to_string(), cfg, recent)?;
+    match mode {
+        Mode::OutOfTheBox => count_from(unit, det, 0, |_| Ok(())),
+        Mode::Warmup => count_from(unit, det, n / 2, |det| warm_up(det, cfg)),
+    }
+}
+
+/// Runs a unit's records through `det`; `at` is called once every record before
+/// `counted_from` has been scored (a warm-up's end, an incident confirmed), and the records
+/// from there on are counted: one result per session.
+pub fn count_from(
+    unit: &Unit,
+    mut det: Detector,
+    counted_from: usize,
+    at: impl FnOnce(&mut Detector) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<SessionResult>> {
+    let n = unit.records.len();
+    let mut at = Some(at);
     let mut col = CollectedAlerts::default();
     // Which records each alert came from: alerts are written in record order per flush, so
     // the flush boundaries map them back.
@@ -119,9 +134,11 @@ pub fn run_unit(
             Ok(())
         };
     for (i, r) in unit.records.iter().enumerate() {
-        if mode == Mode::Warmup && i == counted_from {
+        if i == counted_from {
             flush(&mut det, &mut col, i)?;
-            warm_up(&mut det, cfg)?;
+            if let Some(at) = at.take() {
+                at(&mut det)?;
+            }
         }
         if det.push(&r.key, &r.state, r.reason, None, Instant::now()) {
             flush(&mut det, &mut col, i + 1)?;
@@ -415,6 +432,16 @@ pub struct Report {
     pub results: Vec<(Mode, SessionResult)>,
 }
 
+/// `cfg` without alert cooldown and rate limits: whether an attack was caught is judged on
+/// every record it had, not on the alerts a cooldown let out.
+fn uncapped(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
+    c.policy.alert_cooldown = crate::config::Dur(std::time::Duration::from_nanos(1));
+    c.policy.max_alerts_per_s = 1e12;
+    c.policy.alert_burst = u32::MAX;
+    c
+}
+
 /// Runs every unit in both modes.
 pub fn evaluate(
     units: &[Unit],
@@ -426,10 +453,7 @@ pub fn evaluate(
     // per source per cooldown would hide every later session of the same address. Whether a
     // session was caught is therefore judged without cooldown or rate limits; benign alert
     // events are counted with the configuration as it is.
-    let mut uncapped = cfg.clone();
-    uncapped.policy.alert_cooldown = crate::config::Dur(std::time::Duration::from_nanos(1));
-    uncapped.policy.max_alerts_per_s = 1e12;
-    uncapped.policy.alert_burst = u32::MAX;
+    let uncapped = uncapped(cfg);
     let mut results = Vec::new();
     for mode in [Mode::OutOfTheBox, Mode::Warmup] {
         for u in units {
@@ -576,6 +600,12 @@ pub struct OfflabArgs {
     /// Write the Markdown report here (default: stdout).
     #[arg(long, value_name = "PATH")]
     pub markdown: Option<PathBuf>,
+    /// Instead: confirm the first K flows of each attack capture as an incident, as an operator
+    /// would, adapt with the agent's code and check, and count the rest of the capture; then the
+    /// adapted model on the nDPI dev split's benign captures. Needs --ndpi (its train split's
+    /// benign captures are the host's recent traffic the adaptation draws benign rows from).
+    #[arg(long, value_name = "K")]
+    pub few_shot: Option<usize>,
 }
 
 /// `detector eval-offlab`.
@@ -595,11 +625,33 @@ pub fn cli(a: OfflabArgs) -> anyhow::Result<()> {
     };
     let units = units(&src, &cfg.flow_config())?;
     let (model, version) = crate::model::serving::base_model(&cfg.scoring.model)?;
-    let report = evaluate(&units, Arc::new(model), &version, &cfg)?;
-    let md = markdown(&report);
+    let model = Arc::new(model);
+    let n_units = units.len();
+    let (md, json) = match a.few_shot {
+        None => {
+            let report = evaluate(&units, model, &version, &cfg)?;
+            (markdown(&report), serde_json::to_vec_pretty(&report)?)
+        }
+        Some(0) => bail!("--few-shot: K must be at least 1 flow"),
+        Some(k) => {
+            let Some(ndpi) = &src.ndpi else {
+                bail!("--few-shot needs --ndpi DIR: its train split is the host's benign traffic and its dev split the check");
+            };
+            let background = fewshot::background(ndpi, &model, &version, &cfg)?;
+            let (attacks, dev): (Vec<Unit>, Vec<Unit>) = units
+                .into_iter()
+                .filter(|u| u.attack.is_some())
+                .partition(|u| u.attack == Some(true));
+            let dev: Vec<Unit> = dev.into_iter().filter(|u| u.set == "ndpi-dev").collect();
+            let report = fewshot::evaluate(&attacks, &dev, &background, model, &version, &cfg, k)?;
+            (
+                fewshot::markdown(&report),
+                serde_json::to_vec_pretty(&report)?,
+            )
+        }
+    };
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        std::fs::write(p, json).with_context(|| format!("cannot write {}", p.display()))?;
     }
     match &a.markdown {
         Some(p) => {
@@ -608,7 +660,7 @@ pub fn cli(a: OfflabArgs) -> anyhow::Result<()> {
         None => print!("{md}"),
     }
     tracing::info!(
-        units = units.len(),
+        units = n_units,
         took_s = start.elapsed().as_secs_f64(),
         "off-lab evaluation done"
     );

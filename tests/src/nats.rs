@@ -30,7 +30,7 @@ pub struct NatsServer {
     pub urls: Vec<String>,
     /// May do anything in the account (streams, reading): the operator's / trainer's key.
     pub admin: User,
-    /// Host users by host id: publish only `detector.<host>.>`.
+    /// Host users by host id: publish only `detector.<host>.>`, and read the fleet model.
     pub hosts: Vec<(String, User)>,
 }
 
@@ -75,9 +75,15 @@ impl NatsServer {
             .collect();
         let mut users = format!("      {{ nkey: {} }}\n", admin.public);
         for (h, u) in &hosts {
+            // Its own subjects, and reading (not writing) the fleet model: docs/fleet.md.
+            let allow: Vec<String> = detector::fleet::models::host_publish_allow(h)
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect();
             users.push_str(&format!(
-                "      {{ nkey: {}, permissions: {{ publish: {{ allow: [\"detector.{h}.>\"] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n",
-                u.public
+                "      {{ nkey: {}, permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n",
+                u.public,
+                allow.join(", ")
             ));
         }
         for i in 0..nodes {

@@ -8,16 +8,26 @@
 //!   nor declare streams;
 //! - SIGHUP turns the fleet on and off; a confirmed incident goes out as feature rows;
 //! - a three-node cluster (streams with three replicas) loses nothing when the node the agent
-//!   is connected to is killed while the agent alerts.
+//!   is connected to is killed while the agent alerts;
+//! - fleet models: an incident confirmed on host A reaches host B through `detector fleet
+//!   train`, and B then alerts on the attack; a second train with nothing new publishes
+//!   nothing; a host's key cannot push a model nor move the pointer; `detector fleet rollback`
+//!   takes B back; a model with a bad signature, a corrupted object, and one that fails B's own
+//!   false-alert check are each refused (published, shown by `fleet status`) while the old
+//!   model keeps serving.
 
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
+use detector::fleet::models::{self, Pointer};
 use integration_tests::{
-    detector_bin, nats::NatsServer, require_root, traffic::nmap_syn_scan, Agent, AgentDir, Lan,
-    Netns,
+    detector_bin,
+    nats::NatsServer,
+    require_root,
+    traffic::{alerts_about, browse, nmap_syn_scan, sink, LanService},
+    Agent, AgentDir, Lan, Netns,
 };
 use serde_json::Value;
 
@@ -358,6 +368,7 @@ fn sighup_turns_the_fleet_on_and_off_and_incidents_carry_feature_rows() {
     assert_eq!(
         keys,
         [
+            "benign",
             "family",
             "feature_set",
             "flows",
@@ -367,7 +378,14 @@ fn sighup_turns_the_fleet_on_and_off_and_incidents_carry_feature_rows() {
             "ts_ns",
             "type"
         ],
-        "an incident carries only these (no payloads)"
+        "an incident carries only these (feature rows, no payloads)"
+    );
+    let benign = inc["benign"].as_array().expect("benign");
+    assert!(
+        benign
+            .iter()
+            .all(|r| r.as_array().map(Vec::len) == Some(detector::features::LIVE_COUNT)),
+        "benign rows are not feature rows"
     );
     assert_once_each(&nats, ns, &agent, "host-a", Duration::from_secs(30));
 
@@ -424,5 +442,426 @@ fn a_three_node_cluster_loses_nothing_when_a_node_is_killed_mid_stream() {
         local_alert_ids(&agent).len(),
         s["fleet"]
     );
+    agent.stop();
+}
+
+// ---- Fleet models -------------------------------------------------------------------------
+
+/// `[fleet]` that also follows fleet models signed by `public_key`.
+fn following_config(nats: &NatsServer, host: &str, public_key: &str) -> String {
+    format!(
+        "{}model_public_key = \"{public_key}\"\n",
+        agent_config(nats, host, host)
+    )
+}
+
+/// `detector fleet keygen` into the server's directory: (key file, public key).
+fn keygen(nats: &NatsServer) -> (std::path::PathBuf, String) {
+    let key = nats.dir.join("fleet.key");
+    let out = std::process::Command::new(detector_bin())
+        .args(["fleet", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (key, v["public_key"].as_str().unwrap().to_string())
+}
+
+/// `detector fleet <args>` as the trainer (the admin key) with `[scoring] model = model`.
+fn trainer(nats: &NatsServer, ns: &Netns, model: &str, args: &[&str]) -> Value {
+    let cfg = nats.dir.join("trainer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[scoring]\nmodel = \"{model}\"\n{}",
+            std::fs::read_to_string(nats.admin_config()).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg(detector_bin())
+        .arg("fleet")
+        .args(args)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "detector fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the agent serves `version` (its status), at most `limit`.
+fn wait_for_model(dir: &AgentDir, agent: &Agent, version: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if status(dir)["model"] == version {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the agent does not serve {version} (serves {}):\n{}",
+            status(dir)["model"],
+            std::fs::read_to_string(&agent.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `f` with a JetStream context connected as `seed`'s user from inside `ns`.
+fn as_user<T: Send + 'static>(
+    nats: &NatsServer,
+    ns: &Netns,
+    seed: &std::path::Path,
+    f: impl FnOnce(
+            async_nats::jetstream::Context,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
+        + Send
+        + 'static,
+) -> T {
+    let (urls, seed) = (nats.urls.clone(), std::fs::read_to_string(seed).unwrap());
+    ns.spawn("as-user", move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = async_nats::ConnectOptions::new()
+                .nkey(seed.trim().to_string())
+                .connect(urls)
+                .await
+                .expect("connect");
+            f(async_nats::jetstream::new(client)).await
+        })
+    })
+    .join()
+    .expect("as-user thread")
+}
+
+/// Puts `bytes` as object `pointer.object` and moves the pointer to `pointer`, as the admin.
+fn publish_as_admin(nats: &NatsServer, ns: &Netns, bytes: Vec<u8>, pointer: &Pointer) {
+    let p = pointer.clone();
+    let seed = nats.admin.seed_file.clone();
+    as_user(nats, ns, &seed, move |js| {
+        Box::pin(async move {
+            let objects = js.get_object_store(models::MODELS_BUCKET).await.unwrap();
+            objects
+                .put(p.object.as_str(), &mut bytes.as_slice())
+                .await
+                .unwrap();
+            let kv = js.get_key_value(models::POINTER_BUCKET).await.unwrap();
+            kv.put(models::CURRENT_KEY, serde_json::to_vec(&p).unwrap().into())
+                .await
+                .unwrap();
+        })
+    });
+}
+
+/// The refusal of `version` by `host`, waited for in the events stream.
+fn wait_for_refusal(nats: &NatsServer, ns: &Netns, host: &str, version: &str) -> Value {
+    let subject = format!("detector.{host}.refusal");
+    let start = Instant::now();
+    loop {
+        if let Some((_, v)) = nats
+            .read_stream(ns, EVENTS)
+            .into_iter()
+            .find(|(s, v)| s == &subject && v["version"] == version)
+        {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no refusal of {version} on {subject}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+const C2_PORT: u16 = 4444;
+const BEACONS: usize = 12;
+
+fn beacon_from(lan: &Lan, from: usize, to: usize) {
+    integration_tests::traffic::beacon(
+        &lan.hosts[from],
+        std::net::SocketAddr::from((lan.ips[to], C2_PORT)),
+        BEACONS,
+        Duration::from_millis(500),
+    );
+}
+
+/// The few-shot scenario (tests/tests/few_shot.rs) across two hosts: both serve a model that
+/// never saw beaconing; A's operator confirms A's beaconing session; `detector fleet train`
+/// adapts the fleet model from it; B, which never saw it confirmed, checks and serves that
+/// model and then alerts on its own beaconing session. Then: a second train publishes nothing;
+/// B's key can neither push a model nor move the pointer; B's own incident makes fleet-2; and
+/// `fleet rollback` takes B back to fleet-1.
+#[test]
+#[ignore = "needs root (eBPF, network namespaces) and nats-server: run `cargo xtask test`"]
+fn an_incident_confirmed_on_a_protects_b_through_the_fleet_model() {
+    require_root();
+    let model = integration_tests::holdout_beaconing_model();
+    let lan = Lan::new(6);
+    let (a, b, attacker, attacker2, client, broker) = (0, 1, 2, 3, 4, 5);
+    let ns = &lan.hosts[broker];
+    let nats = NatsServer::start(ns, &lan.ip(broker), &["host-a", "host-b"]);
+    init_streams(ns, &nats);
+    let (key, public) = keygen(&nats);
+    let key = key.to_str().unwrap().to_string();
+    let _webs: Vec<_> = [a, b]
+        .iter()
+        .map(|&h| LanService::start(&lan, h, 80))
+        .collect();
+    for h in [attacker, attacker2] {
+        sink(
+            &lan.hosts[h],
+            std::net::SocketAddr::from((lan.ips[h], C2_PORT)),
+        );
+    }
+    let dirs = [
+        AgentDir::with_config(&following_config(&nats, "host-a", &public)),
+        AgentDir::with_config(&following_config(&nats, "host-b", &public)),
+    ];
+    let agents: Vec<Agent> = [a, b]
+        .iter()
+        .zip(&dirs)
+        .map(|(&i, dir)| {
+            Agent::start_in(
+                &lan.hosts[i],
+                dir,
+                &[
+                    "--iface",
+                    &lan.ifaces[i],
+                    "--drop",
+                    "off",
+                    "--model",
+                    &model,
+                ],
+            )
+        })
+        .collect();
+    let base = status(&dirs[1])["model"].as_str().unwrap().to_string();
+    // Benign traffic on both hosts (each agent's benign sample), then A's beaconing session.
+    for h in [a, b] {
+        browse(
+            &lan.hosts[client],
+            std::net::SocketAddr::from((lan.ips[h], 80)),
+            150,
+        );
+    }
+    beacon_from(&lan, a, attacker);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let confirm = dirs[0].client(&[
+        "incident",
+        "confirm",
+        "--family",
+        "beaconing",
+        "--source",
+        &lan.ip(attacker),
+    ]);
+    let confirmed_at = Instant::now();
+    let stderr = String::from_utf8_lossy(&confirm.stderr);
+    assert!(
+        confirm.status.success() || stderr.contains("adaptation refused"),
+        "{stderr}"
+    );
+    wait_for_message(&nats, ns, EVENTS, "detector.host-a.incident");
+    let t = trainer(&nats, ns, &model, &["train", "--key", &key]);
+    let p = &t["train"]["published"];
+    assert_eq!(p["version"], "fleet-1", "{t}");
+    assert_eq!(p["families"], serde_json::json!(["beaconing"]), "{t}");
+    assert!(
+        p["incidents"][0].as_str().unwrap().starts_with("host-a@"),
+        "{t}"
+    );
+    wait_for_model(&dirs[1], &agents[1], "fleet-1", Duration::from_secs(120));
+    eprintln!(
+        "fleet: confirm on A to B serving fleet-1: {:.2} s (train: {:.2} s)",
+        confirmed_at.elapsed().as_secs_f64(),
+        t["train"]["seconds"].as_f64().unwrap()
+    );
+
+    // B alerts on its own beaconing session, with the fleet model.
+    beacon_from(&lan, b, attacker2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = agents[1].lines();
+    let flagged = alerts_about(&lines, &lan.ip(attacker2));
+    assert!(
+        !flagged.is_empty(),
+        "B does not flag beaconing with the fleet model"
+    );
+    assert!(
+        flagged.iter().all(|l| l["model_version"] == "fleet-1"),
+        "{:?}",
+        flagged[0]
+    );
+
+    // Nothing new: nothing published.
+    let again = trainer(&nats, ns, &model, &["train", "--key", &key]);
+    assert!(again["train"]["published"].is_null(), "{again}");
+    assert_eq!(again["train"]["incidents"], 0, "{again}");
+
+    // B's key can read the pointer but can neither move it nor push a model.
+    let seed = nats.host_seed("host-b").to_path_buf();
+    let (read, put_kv, put_obj) = as_user(&nats, ns, &seed, |js| {
+        Box::pin(async move {
+            let kv = js.get_key_value(models::POINTER_BUCKET).await;
+            let read = match &kv {
+                Ok(kv) => kv.get(models::CURRENT_KEY).await.ok().flatten().is_some(),
+                Err(_) => false,
+            };
+            let put_kv = match kv {
+                Ok(kv) => kv
+                    .put(models::CURRENT_KEY, b"{}".to_vec().into())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let put_obj = match js.get_object_store(models::MODELS_BUCKET).await {
+                Ok(o) => o
+                    .put("evil.safetensors", &mut b"evil".as_slice())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (read, put_kv, put_obj)
+        })
+    });
+    assert!(read, "a host cannot read the pointer");
+    assert!(put_kv.is_err(), "a host's key moved the pointer");
+    assert!(put_obj.is_err(), "a host's key put a model object");
+    let fleet = nats.fleet_cli(ns, &["status"]);
+    let fleet: Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    assert_eq!(fleet["model"]["version"], "fleet-1", "{fleet}");
+
+    // B confirms its session: the fleet learns it (fleet-2, from fleet-1), B follows.
+    let confirm = dirs[1].client(&[
+        "incident",
+        "confirm",
+        "--family",
+        "beaconing",
+        "--source",
+        &lan.ip(attacker2),
+    ]);
+    let stderr = String::from_utf8_lossy(&confirm.stderr);
+    assert!(
+        confirm.status.success() || stderr.contains("adaptation refused"),
+        "{stderr}"
+    );
+    wait_for_message(&nats, ns, EVENTS, "detector.host-b.incident");
+    browse(
+        &lan.hosts[client],
+        std::net::SocketAddr::from((lan.ips[b], 80)),
+        50,
+    );
+    let t = trainer(&nats, ns, &model, &["train", "--key", &key]);
+    assert_eq!(t["train"]["published"]["version"], "fleet-2", "{t}");
+    assert_eq!(t["train"]["published"]["parent"], "fleet-1", "{t}");
+    wait_for_model(&dirs[1], &agents[1], "fleet-2", Duration::from_secs(120));
+
+    // Rollback: the pointer goes back to fleet-1, and B with it.
+    let r = trainer(&nats, ns, &model, &["rollback"]);
+    assert_eq!(r["model"]["version"], "fleet-1", "{r}");
+    wait_for_model(&dirs[1], &agents[1], "fleet-1", Duration::from_secs(120));
+    let fleet = nats.fleet_cli(ns, &["status"]);
+    let fleet: Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    assert_eq!(fleet["model"]["version"], "fleet-1", "{fleet}");
+    assert_ne!(base, "fleet-1");
+    for agent in agents {
+        agent.stop();
+    }
+}
+
+/// Three fleet models B must refuse, each while its model keeps serving: one signed by another
+/// key, one whose object is not the file the pointer's sha256 names, and one, correctly
+/// signed, that alerts on everything (B's own false-alert check). Each refusal is published
+/// and `fleet status` shows them.
+#[test]
+#[ignore = "needs root (eBPF, network namespaces) and nats-server: run `cargo xtask test`"]
+fn bad_fleet_models_are_refused_and_the_old_one_keeps_serving() {
+    require_root();
+    let lan = Lan::new(3);
+    let (b, client, broker) = (0, 1, 2);
+    let ns = &lan.hosts[broker];
+    let nats = NatsServer::start(ns, &lan.ip(broker), &["host-b"]);
+    init_streams(ns, &nats);
+    let (key, public) = keygen(&nats);
+    let key = models::SigningKey::load(&key).unwrap();
+    let _web = LanService::start(&lan, b, 80);
+    let dir = AgentDir::with_config(&following_config(&nats, "host-b", &public));
+    let agent = Agent::start_in(
+        &lan.hosts[b],
+        &dir,
+        &["--iface", &lan.ifaces[b], "--drop", "off"],
+    );
+    browse(
+        &lan.hosts[client],
+        std::net::SocketAddr::from((lan.ips[b], 80)),
+        100,
+    );
+    let serving = status(&dir)["model"].as_str().unwrap().to_string();
+    let (base, _) = detector::model::serving::base_model("").unwrap();
+    let good = base.to_bytes().unwrap();
+    let pointer = |version: &str, bytes: &[u8], signer: &models::SigningKey| {
+        let sha256 = models::sha256_hex(bytes);
+        Pointer {
+            version: version.into(),
+            object: format!("{version}.safetensors"),
+            signature: signer.sign(version, &sha256),
+            sha256,
+            parent: None,
+            incidents: vec![],
+            families: vec![],
+            bytes: bytes.len() as u64,
+            created_unix_ns: 1,
+        }
+    };
+
+    // 1. Signed by a key agents do not trust.
+    let other = models::SigningKey::parse(&models::SigningKey::generate().unwrap()).unwrap();
+    publish_as_admin(&nats, ns, good.clone(), &pointer("fleet-1", &good, &other));
+    let r = wait_for_refusal(&nats, ns, "host-b", "fleet-1");
+    assert_eq!(r["reason_kind"], "signature", "{r}");
+
+    // 2. The pointer names one file, the object is another (a flipped byte).
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x55;
+    publish_as_admin(&nats, ns, corrupt, &pointer("fleet-2", &good, &key));
+    let r = wait_for_refusal(&nats, ns, "host-b", "fleet-2");
+    assert_eq!(r["reason_kind"], "sha256", "{r}");
+
+    // 3. Correctly signed, but it alerts on every flow: B's benign rows refuse it.
+    let mut loud = base.clone();
+    for l in loud.inputs.values_mut() {
+        l.rule.alert_threshold = 1e-6;
+    }
+    let loud = loud.to_bytes().unwrap();
+    publish_as_admin(&nats, ns, loud.clone(), &pointer("fleet-3", &loud, &key));
+    let r = wait_for_refusal(&nats, ns, "host-b", "fleet-3");
+    assert_eq!(r["reason_kind"], "false_alerts", "{r}");
+    assert_eq!(r["serving"], serving.as_str(), "{r}");
+
+    assert_eq!(
+        status(&dir)["model"],
+        serving.as_str(),
+        "the old model keeps serving"
+    );
+    let out = nats.fleet_cli(ns, &["status"]);
+    let fleet: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &fleet["hosts"]["host-b"];
+    assert_eq!(h["refusals"], 3, "{fleet}");
+    assert_eq!(h["last_refusal"]["version"], "fleet-3", "{fleet}");
+    assert_eq!(h["model"], serving.as_str(), "{fleet}");
     agent.stop();
 }

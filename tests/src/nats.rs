@@ -293,6 +293,37 @@ impl NatsServer {
         format!("[{}]", quoted.join(", "))
     }
 
+    /// Runs `f` with a JetStream context connected as the user of the NKey seed file `seed`,
+    /// from inside `ns` (the server's namespace), on a thread of its own.
+    pub fn as_user<T: Send + 'static>(
+        &self,
+        ns: &Netns,
+        seed: &Path,
+        f: impl FnOnce(
+                async_nats::jetstream::Context,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
+            + Send
+            + 'static,
+    ) -> T {
+        let (urls, seed) = (self.urls.clone(), fs::read_to_string(seed).unwrap());
+        ns.spawn("as-user", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = async_nats::ConnectOptions::new()
+                    .nkey(seed.trim().to_string())
+                    .connect(urls)
+                    .await
+                    .expect("connect");
+                f(async_nats::jetstream::new(client)).await
+            })
+        })
+        .join()
+        .expect("as-user thread")
+    }
+
     /// Every message of `stream` as (subject, JSON payload), read as the admin from inside
     /// `ns` (the server's namespace).
     pub fn read_stream(&self, ns: &Netns, stream: &str) -> Vec<(String, serde_json::Value)> {

@@ -367,23 +367,10 @@ fn trainer_on_ten_thousand_incidents() {
         })
         .collect();
     let bytes: usize = incidents.iter().map(|(_, p)| p.len()).sum();
-    let (urls, seed) = (
-        nats.urls.clone(),
-        std::fs::read_to_string(&nats.admin.seed_file).unwrap(),
-    );
     let published = Instant::now();
-    ns.spawn("publish", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let client = async_nats::ConnectOptions::new()
-                .nkey(seed.trim().to_string())
-                .connect(urls)
-                .await
-                .unwrap();
-            let js = async_nats::jetstream::new(client);
+    let seed = nats.admin.seed_file.clone();
+    nats.as_user(&ns, &seed, move |js| {
+        Box::pin(async move {
             for chunk in incidents.chunks(256) {
                 let mut acks = Vec::new();
                 for (s, p) in chunk {
@@ -394,9 +381,7 @@ fn trainer_on_ten_thousand_incidents() {
                 }
             }
         })
-    })
-    .join()
-    .unwrap();
+    });
     eprintln!(
         "{n} incidents ({:.1} MiB of JSON) published in {:.1} s",
         bytes as f64 / (1 << 20) as f64,

@@ -298,6 +298,20 @@ fn wait_for_message(nats: &NatsServer, ns: &Netns, stream: &str, subject: &str) 
     }
 }
 
+/// `detector incident confirm --family family --source source`. The incident is published once
+/// the selection is accepted, whether or not this host's own adaptation passes its false-alert
+/// check (with little benign traffic it may be refused): either answer will do.
+fn confirm(dir: &AgentDir, family: &str, source: &str) {
+    let out = dir.client(&[
+        "incident", "confirm", "--family", family, "--source", source,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("adaptation refused"),
+        "{stderr}"
+    );
+}
+
 fn sighup(agent: &mut Agent, needle: &str) {
     // SAFETY: signalling our own child.
     let rc = unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
@@ -336,21 +350,7 @@ fn sighup_turns_the_fleet_on_and_off_and_incidents_carry_feature_rows() {
     // A confirmed incident goes out as feature rows, family and host.
     nmap_syn_scan(&lan.hosts[attacker], &lan.ip(a));
     settle(&agent);
-    let out = dir.client(&[
-        "incident",
-        "confirm",
-        "--family",
-        "scan",
-        "--source",
-        &lan.ip(attacker),
-    ]);
-    // Published once the selection is accepted, whether or not this host's own adaptation
-    // passes its false-alert check (here, with little benign traffic, it may be refused).
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() || stderr.contains("adaptation refused"),
-        "{stderr}"
-    );
+    confirm(&dir, "scan", &lan.ip(attacker));
     let inc = wait_for_message(&nats, ns, EVENTS, "detector.host-a.incident");
     assert_eq!(
         (inc["host"].as_str(), inc["family"].as_str()),
@@ -520,41 +520,11 @@ fn wait_for_model(dir: &AgentDir, agent: &Agent, version: &str, limit: Duration)
     }
 }
 
-/// Runs `f` with a JetStream context connected as `seed`'s user from inside `ns`.
-fn as_user<T: Send + 'static>(
-    nats: &NatsServer,
-    ns: &Netns,
-    seed: &std::path::Path,
-    f: impl FnOnce(
-            async_nats::jetstream::Context,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
-        + Send
-        + 'static,
-) -> T {
-    let (urls, seed) = (nats.urls.clone(), std::fs::read_to_string(seed).unwrap());
-    ns.spawn("as-user", move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let client = async_nats::ConnectOptions::new()
-                .nkey(seed.trim().to_string())
-                .connect(urls)
-                .await
-                .expect("connect");
-            f(async_nats::jetstream::new(client)).await
-        })
-    })
-    .join()
-    .expect("as-user thread")
-}
-
 /// Puts `bytes` as object `pointer.object` and moves the pointer to `pointer`, as the admin.
 fn publish_as_admin(nats: &NatsServer, ns: &Netns, bytes: Vec<u8>, pointer: &Pointer) {
     let p = pointer.clone();
     let seed = nats.admin.seed_file.clone();
-    as_user(nats, ns, &seed, move |js| {
+    nats.as_user(ns, &seed, move |js| {
         Box::pin(async move {
             let objects = js.get_object_store(models::MODELS_BUCKET).await.unwrap();
             objects
@@ -670,20 +640,8 @@ fn an_incident_confirmed_on_a_protects_b_through_the_fleet_model() {
     beacon_from(&lan, a, attacker);
     std::thread::sleep(Duration::from_millis(500));
 
-    let confirm = dirs[0].client(&[
-        "incident",
-        "confirm",
-        "--family",
-        "beaconing",
-        "--source",
-        &lan.ip(attacker),
-    ]);
+    confirm(&dirs[0], "beaconing", &lan.ip(attacker));
     let confirmed_at = Instant::now();
-    let stderr = String::from_utf8_lossy(&confirm.stderr);
-    assert!(
-        confirm.status.success() || stderr.contains("adaptation refused"),
-        "{stderr}"
-    );
     wait_for_message(&nats, ns, EVENTS, "detector.host-a.incident");
     let t = trainer(&nats, ns, &model, &["train", "--key", &key]);
     let p = &t["train"]["published"];
@@ -727,7 +685,7 @@ fn an_incident_confirmed_on_a_protects_b_through_the_fleet_model() {
 
     // B's key can read the pointer but can neither move it nor push a model.
     let seed = nats.host_seed("host-b").to_path_buf();
-    let (read, put_kv, put_obj) = as_user(&nats, ns, &seed, |js| {
+    let (read, put_kv, put_obj) = nats.as_user(ns, &seed, |js| {
         Box::pin(async move {
             let kv = js.get_key_value(models::POINTER_BUCKET).await;
             let read = match &kv {
@@ -760,19 +718,7 @@ fn an_incident_confirmed_on_a_protects_b_through_the_fleet_model() {
     assert_eq!(fleet["model"]["version"], "fleet-1", "{fleet}");
 
     // B confirms its session: the fleet learns it (fleet-2, from fleet-1), B follows.
-    let confirm = dirs[1].client(&[
-        "incident",
-        "confirm",
-        "--family",
-        "beaconing",
-        "--source",
-        &lan.ip(attacker2),
-    ]);
-    let stderr = String::from_utf8_lossy(&confirm.stderr);
-    assert!(
-        confirm.status.success() || stderr.contains("adaptation refused"),
-        "{stderr}"
-    );
+    confirm(&dirs[1], "beaconing", &lan.ip(attacker2));
     wait_for_message(&nats, ns, EVENTS, "detector.host-b.incident");
     browse(
         &lan.hosts[client],
@@ -825,21 +771,17 @@ fn bad_fleet_models_are_refused_and_the_old_one_keeps_serving() {
         100,
     );
     let serving = status(&dir)["model"].as_str().unwrap().to_string();
+    // `fleet status` lists the hosts it has a heartbeat of.
+    wait_for_message(
+        &nats,
+        ns,
+        "DETECTOR_HEARTBEATS",
+        "detector.host-b.heartbeat",
+    );
     let (base, _) = detector::model::serving::base_model("").unwrap();
     let good = base.to_bytes().unwrap();
     let pointer = |version: &str, bytes: &[u8], signer: &models::SigningKey| {
-        let sha256 = models::sha256_hex(bytes);
-        Pointer {
-            version: version.into(),
-            object: format!("{version}.safetensors"),
-            signature: signer.sign(version, &sha256),
-            sha256,
-            parent: None,
-            incidents: vec![],
-            families: vec![],
-            bytes: bytes.len() as u64,
-            created_unix_ns: 1,
-        }
+        Pointer::signed(signer, version, bytes)
     };
 
     // 1. Signed by a key agents do not trust.

@@ -69,6 +69,26 @@ pub struct Pointer {
     pub created_unix_ns: u64,
 }
 
+impl Pointer {
+    /// The pointer to `bytes` as version `version` (object `<version>.safetensors`), signed
+    /// with `key`; no parent, incidents or families yet.
+    pub fn signed(key: &SigningKey, version: &str, bytes: &[u8]) -> Self {
+        let sha256 = sha256_hex(bytes);
+        Pointer {
+            version: version.into(),
+            object: format!("{version}.safetensors"),
+            signature: key.sign(version, &sha256),
+            sha256,
+            parent: None,
+            incidents: vec![],
+            families: vec![],
+            bytes: bytes.len() as u64,
+            created_unix_ns: crate::clock::TimeBase::monotonic()
+                .to_unix_ns(crate::clock::monotonic_ns()),
+        }
+    }
+}
+
 /// What the trainer remembers between runs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -463,19 +483,11 @@ pub async fn train(
     let bytes = model
         .to_bytes()
         .context("cannot serialise the fleet model")?;
-    let version = format!("fleet-{}", state.next_version);
-    let sha256 = sha256_hex(&bytes);
     let pointer = Pointer {
-        object: format!("{version}.safetensors"),
-        signature: key.sign(&version, &sha256),
-        sha256,
         parent: current.as_ref().map(|p| p.version.clone()),
         incidents: learned,
         families: report.adapted.clone(),
-        bytes: bytes.len() as u64,
-        created_unix_ns: crate::clock::TimeBase::monotonic()
-            .to_unix_ns(crate::clock::monotonic_ns()),
-        version,
+        ..Pointer::signed(key, &format!("fleet-{}", state.next_version), &bytes)
     };
     objects
         .put(pointer.object.as_str(), &mut bytes.as_slice())
@@ -560,15 +572,7 @@ async fn read_incidents(
     js: &jetstream::Context,
     after: u64,
 ) -> anyhow::Result<(Vec<(String, IncidentEvent)>, u64, Vec<String>)> {
-    let stream = js
-        .get_stream(subjects::EVENTS_STREAM)
-        .await
-        .with_context(|| {
-            format!(
-                "no stream {} (run `detector fleet init`)",
-                subjects::EVENTS_STREAM
-            )
-        })?;
+    let stream = super::streams::stream(js, subjects::EVENTS_STREAM).await?;
     let mut consumer = stream
         .create_consumer(pull::Config {
             filter_subject: subjects::all(subjects::Kind::Incident),
@@ -640,18 +644,7 @@ mod tests {
     use super::*;
 
     fn signed(key: &SigningKey, bytes: &[u8]) -> Pointer {
-        let sha256 = sha256_hex(bytes);
-        Pointer {
-            version: "fleet-1".into(),
-            object: "fleet-1.safetensors".into(),
-            signature: key.sign("fleet-1", &sha256),
-            sha256,
-            parent: None,
-            incidents: vec![],
-            families: vec![],
-            bytes: bytes.len() as u64,
-            created_unix_ns: 1,
-        }
+        Pointer::signed(key, "fleet-1", bytes)
     }
 
     /// A signed model verifies and loads; a flipped byte, another key, a signature moved to

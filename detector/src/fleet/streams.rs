@@ -96,7 +96,7 @@ pub async fn init(cfg: &FleetSection, limits: &StreamLimits) -> anyhow::Result<V
 }
 
 /// One host in `detector fleet status`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct HostStatus {
     pub host: String,
     pub last_heartbeat_unix_ns: u64,
@@ -119,25 +119,9 @@ pub async fn status(
     cfg: &FleetSection,
 ) -> anyhow::Result<(BTreeMap<String, HostStatus>, Option<Pointer>)> {
     let js = jetstream::new(connect_now(cfg).await?);
-    let stream = js
-        .get_stream(subjects::HEARTBEATS_STREAM)
-        .await
-        .with_context(|| {
-            format!(
-                "no stream {} (run `detector fleet init`)",
-                subjects::HEARTBEATS_STREAM
-            )
-        })?;
-    let heartbeats = last_per_subject::<Heartbeat>(&stream, subjects::Kind::Heartbeat).await?;
-    let events = js
-        .get_stream(subjects::EVENTS_STREAM)
-        .await
-        .with_context(|| {
-            format!(
-                "no stream {} (run `detector fleet init`)",
-                subjects::EVENTS_STREAM
-            )
-        })?;
+    let beats = stream(&js, subjects::HEARTBEATS_STREAM).await?;
+    let heartbeats = last_per_subject::<Heartbeat>(&beats, subjects::Kind::Heartbeat).await?;
+    let events = stream(&js, subjects::EVENTS_STREAM).await?;
     let refusals = last_per_subject::<Refusal>(&events, subjects::Kind::Refusal).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -162,13 +146,27 @@ pub async fn status(
             },
         );
     }
+    // A host that refused models but has no heartbeat (yet, or any more) is listed too, with
+    // no heartbeat fields.
     for (host, (n, r)) in refusals {
-        if let Some(h) = out.get_mut(&host) {
-            h.refusals = n;
-            h.last_refusal = Some(r);
-        }
+        let h = out.entry(host.clone()).or_insert_with(|| HostStatus {
+            host,
+            ..Default::default()
+        });
+        h.refusals = n;
+        h.last_refusal = Some(r);
     }
     Ok((out, models::current(&js).await))
+}
+
+/// One of the fleet's streams; missing, an error that says to run `fleet init`.
+pub async fn stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    js.get_stream(name)
+        .await
+        .with_context(|| format!("no stream {name} (run `detector fleet init`)"))
 }
 
 /// Per host: how many messages of `kind` the stream holds, and the last one.

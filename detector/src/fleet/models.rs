@@ -599,7 +599,18 @@ async fn read_incidents(
         .await
         .context("cannot read the incidents")?
         .take(pending as usize);
-    while let Some(m) = msgs.next().await {
+    loop {
+        // The server said how many there are; one that stops delivering is an error, not a
+        // wait without end.
+        let next = tokio::time::timeout(Duration::from_secs(30), msgs.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "reading the incidents: nothing for 30 s after {} of {pending}",
+                    out.len() + skipped.len()
+                )
+            })?;
+        let Some(m) = next else { break };
         let m = m.map_err(|e| anyhow::anyhow!("reading the incidents: {e}"))?;
         let seq = m
             .info()

@@ -755,6 +755,7 @@ fn bad_fleet_models_are_refused_and_the_old_one_keeps_serving() {
     publish_as_admin(&nats, ns, good.clone(), &pointer("fleet-1", &good, &other));
     let r = wait_for_refusal(&nats, ns, "host-b", "fleet-1");
     assert_eq!(r["reason_kind"], "signature", "{r}");
+    assert_eq!(r["serving"], serving.as_str(), "{r}");
 
     // 2. The pointer names one file, the object is another (a flipped byte).
     let mut corrupt = good.clone();
@@ -763,6 +764,7 @@ fn bad_fleet_models_are_refused_and_the_old_one_keeps_serving() {
     publish_as_admin(&nats, ns, corrupt, &pointer("fleet-2", &good, &key));
     let r = wait_for_refusal(&nats, ns, "host-b", "fleet-2");
     assert_eq!(r["reason_kind"], "sha256", "{r}");
+    assert_eq!(r["serving"], serving.as_str(), "{r}");
 
     // 3. Correctly signed, but it alerts on every flow: B's benign rows refuse it.
     let mut loud = base.clone();

@@ -318,7 +318,14 @@ impl Agent {
                         self.on_fleet_model(offer);
                     }
                 }
-                Some(offer) = next_offer(&mut self.fleet) => self.on_fleet_model(offer),
+                Some(checked) = next_offer(&mut self.fleet) => match checked {
+                    Ok(offer) => self.on_fleet_model(offer),
+                    Err(r) => {
+                        if let Some(f) = &self.fleet {
+                            crate::fleet::follow::refuse(&f.sender, &r.version, &r.why, &self.core.detector.model_version);
+                        }
+                    }
+                },
                 Some((req, reply)) = self.inbox.control.recv() => self.on_request(req, reply),
                 Some(done) = self.learning.rx.recv() => {
                     let score_path = self.models.score_path;
@@ -822,10 +829,11 @@ const FLEET_BENIGN_ROWS: usize = 512;
 const FLEET_CHECK_ROWS: usize = 2000;
 const FLEET_MIN_CHECK_ROWS: usize = 20;
 
-/// The next verified fleet model, when the fleet follows models (else never).
+/// The next fleet model checked (or refused) by the follower, when the fleet follows models
+/// (else never).
 async fn next_offer(
     fleet: &mut Option<crate::fleet::Fleet>,
-) -> Option<crate::fleet::follow::Offer> {
+) -> Option<crate::fleet::follow::Checked> {
     match fleet.as_mut().and_then(|f| f.offers.as_mut()) {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -1,8 +1,8 @@
 //! The agent follows the fleet model: it watches the pointer (`DETECTOR_MODEL/current`),
 //! fetches each new version's object, checks its size, sha256 and signature and that it loads,
-//! and offers it to the agent's loop, which runs this host's own false-alert check before it
-//! swaps. A version that fails is refused: logged, and published to `detector.<host>.refusal`.
-//! The model in force keeps serving throughout.
+//! and hands the result to the agent's loop: a verified model, which the loop checks against
+//! this host's own benign rows before it swaps, or why it was refused, which the loop logs and
+//! publishes to `detector.<host>.refusal` (with the model that keeps serving).
 
 use std::time::Duration;
 
@@ -23,16 +23,25 @@ pub struct Offer {
     pub model: Model,
 }
 
+/// A fleet model version refused before the agent's own check.
+pub struct Refused {
+    pub version: String,
+    pub why: Rejected,
+}
+
+/// What the follower hands to the agent's loop.
+pub type Checked = Result<Offer, Refused>;
+
 /// Starts following; offers go to `tx`. Ends when `tx` is closed (or aborted).
 pub fn spawn(
     cfg: &FleetSection,
+    host: &str,
     public_key: Vec<u8>,
-    sender: Sender,
-    tx: mpsc::Sender<Offer>,
+    tx: mpsc::Sender<Checked>,
 ) -> JoinHandle<()> {
     let cfg = cfg.clone();
+    let name = format!("detector-{host}-models");
     tokio::spawn(async move {
-        let name = format!("detector-{}-models", sender.host());
         let client = match super::connect::connect(&cfg, &name, None).await {
             Ok(c) => c,
             Err(e) => {
@@ -44,7 +53,7 @@ pub fn spawn(
         let mut last: Option<(String, String)> = None;
         let mut said = false;
         while !tx.is_closed() {
-            if let Err(e) = watch(&js, &public_key, &sender, &tx, &mut last).await {
+            if let Err(e) = watch(&js, &public_key, &tx, &mut last).await {
                 if !said {
                     info!("fleet: waiting for the fleet model pointer: {e:#}");
                     said = true;
@@ -60,8 +69,7 @@ pub fn spawn(
 async fn watch(
     js: &async_nats::jetstream::Context,
     public_key: &[u8],
-    sender: &Sender,
-    tx: &mpsc::Sender<Offer>,
+    tx: &mpsc::Sender<Checked>,
     last: &mut Option<(String, String)>,
 ) -> anyhow::Result<()> {
     let kvs = js.get_key_value(models::POINTER_BUCKET).await?;
@@ -79,8 +87,11 @@ async fn watch(
         }
         let pointer = match models::parse_pointer(&entry.value) {
             Ok(p) => p,
-            Err(e) => {
-                refuse(sender, &format!("revision {}", entry.revision), &e, "");
+            Err(why) => {
+                let version = format!("revision {}", entry.revision);
+                if tx.send(Err(Refused { version, why })).await.is_err() {
+                    return Ok(());
+                }
                 continue;
             }
         };
@@ -105,19 +116,21 @@ async fn watch(
             }
             Err(e) => Err(e),
         };
-        match checked {
-            Ok(model) => {
-                if tx.send(Offer { pointer, model }).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Err(e) => refuse(sender, &pointer.version, &e, ""),
+        let checked = match checked {
+            Ok(model) => Ok(Offer { pointer, model }),
+            Err(why) => Err(Refused {
+                version: pointer.version,
+                why,
+            }),
+        };
+        if tx.send(checked).await.is_err() {
+            return Ok(());
         }
     }
     anyhow::bail!("the pointer watch ended")
 }
 
-/// Logs a refusal and publishes it to `detector.<host>.refusal`.
+/// Logs a refusal and publishes it to `detector.<host>.refusal`; `serving` keeps serving.
 pub fn refuse(sender: &Sender, version: &str, why: &Rejected, serving: &str) {
     warn!(%version, kind = why.kind(), "fleet: model refused, the model in force keeps serving: {why}");
     sender.refusal(&super::events::Refusal {

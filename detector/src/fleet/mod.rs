@@ -271,7 +271,7 @@ pub struct Fleet {
     pub sender: Sender,
     pub cfg: FleetSection,
     /// Verified fleet models for the agent's own check (when `fleet.model_public_key` is set).
-    pub offers: Option<mpsc::Receiver<follow::Offer>>,
+    pub offers: Option<mpsc::Receiver<follow::Checked>>,
     follower: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -331,7 +331,7 @@ impl Fleet {
         let (offers, follower) = match public_key {
             Some(k) => {
                 let (otx, orx) = mpsc::channel(1);
-                (Some(orx), Some(follow::spawn(cfg, k, sender.clone(), otx)))
+                (Some(orx), Some(follow::spawn(cfg, &host, k, otx)))
             }
             None => {
                 info!("fleet: fleet.model_public_key is not set: fleet models are not followed");

@@ -447,14 +447,11 @@ fn a_three_node_cluster_loses_nothing_when_a_node_is_killed_mid_stream() {
 
 // ---- Fleet models -------------------------------------------------------------------------
 
-/// `[fleet]` that also follows fleet models signed by `public_key`, with heartbeats every 5 s:
-/// a connection that sends a small message every 500 ms looks like beaconing (it is one), and
-/// a model that learned beaconing flags it (measured: 4 of 608 benign rows of B, and B refused
-/// the model, rightly).
+/// `[fleet]` that also follows fleet models signed by `public_key`.
 fn following_config(nats: &NatsServer, host: &str, public_key: &str) -> String {
     format!(
         "{}model_public_key = \"{public_key}\"\n",
-        agent_config(nats, host, host).replace("heartbeat = \"500ms\"", "heartbeat = \"5s\"")
+        agent_config(nats, host, host)
     )
 }
 
@@ -600,8 +597,8 @@ fn an_incident_confirmed_on_a_protects_b_through_the_fleet_model() {
         );
     }
     // B's own false-alert budget is 1%, not the default 0.1%: with the default, B refused
-    // fleet-1 in two runs out of two (4 of its 608 recent benign rows would alert, 0.66%;
-    // docs/fleet.md). The refusal path is the next test's; this one is about the model that
+    // fleet-1 in three runs of three (4 of its 608 recent benign rows would alert by
+    // probability, 0.66%, with heartbeats every 500 ms and every 5 s alike; docs/fleet.md). The refusal path is the next test's; this one is about the model that
     // B accepts.
     let dirs = [
         AgentDir::with_config(&following_config(&nats, "host-a", &public)),

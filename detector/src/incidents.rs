@@ -163,20 +163,32 @@ pub fn select(
             recent.len()
         );
     }
+    support.benign = benign_sample(recent, alert_threshold, max_benign, |r| {
+        incident_sources.contains(&r.src) || by_source && involves(r, &sources)
+    });
+    Ok(support)
+}
+
+/// The host's benign sample: recent records that raised no alert and scored below
+/// `alert_threshold`, but not those `exclude` names; at most `max` rows, spread evenly over the
+/// recent past rather than only the latest burst. Local adaptation holds part of it back for
+/// its false-alert check; a fleet model is checked on it whole.
+pub fn benign_sample(
+    recent: &VecDeque<Recent>,
+    alert_threshold: f32,
+    max: usize,
+    exclude: impl Fn(&Recent) -> bool,
+) -> Vec<f32> {
     let benign: Vec<&Recent> = recent
         .iter()
-        .filter(|r| {
-            !(incident_sources.contains(&r.src) || by_source && involves(r, &sources))
-                && r.alert_id.is_none()
-                && r.score < alert_threshold
-        })
+        .filter(|r| !exclude(r) && r.alert_id.is_none() && r.score < alert_threshold)
         .collect();
-    // An even spread over the recent past rather than only the latest burst.
-    let step = (benign.len() / max_benign.max(1)).max(1);
-    for r in benign.iter().step_by(step).take(max_benign) {
-        support.benign.extend_from_slice(&r.row);
+    let step = (benign.len() / max.max(1)).max(1);
+    let mut out = Vec::new();
+    for r in benign.iter().step_by(step).take(max) {
+        out.extend_from_slice(&r.row);
     }
-    Ok(support)
+    out
 }
 
 /// Adapts `model` to an incident's support.

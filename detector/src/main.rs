@@ -175,8 +175,38 @@ enum FleetCommand {
         #[arg(long, value_parser = parse_duration, default_value = "10m")]
         duplicate_window: Duration,
     },
-    /// The hosts seen: last heartbeat, serving model, what their publishers dropped.
+    /// The hosts seen: last heartbeat, serving model, what their publishers dropped, the
+    /// fleet models they refused; and the current fleet model.
     Status(FleetArgs),
+    /// Write a new Ed25519 signing key for fleet models (mode 0600) and `<FILE>.pub`; prints
+    /// the public key, for agents' `fleet.model_public_key`.
+    Keygen {
+        /// The key file to create (it must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Adapt the fleet model from the confirmed incidents no model has considered yet (the
+    /// agent's adaptation and false-alert check), sign it and publish it; nothing new, nothing
+    /// published.
+    Train {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The signing key (`detector fleet keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Largest rise of the false-alert rate on the pooled benign rows; default:
+        /// adaptation.fpr_budget of the configuration.
+        #[arg(long)]
+        fpr_budget: Option<f64>,
+    },
+    /// Move the fleet model pointer back (to the current version's parent, or to VERSION);
+    /// agents follow through the same checks as for a new model.
+    Rollback {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+    },
 }
 
 /// Where the fleet is: `[fleet]` of the configuration, with overrides.
@@ -357,9 +387,10 @@ fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
 
 /// `detector fleet ...`.
 fn fleet(command: FleetCommand) -> anyhow::Result<()> {
-    use detector::fleet::streams;
-    let section = |a: FleetArgs| -> anyhow::Result<detector::fleet::FleetSection> {
-        let mut f = Config::load(config_file(a.config).as_deref())?.fleet;
+    use detector::fleet::{models, streams};
+    let config = |a: FleetArgs| -> anyhow::Result<Config> {
+        let mut c = Config::load(config_file(a.config).as_deref())?;
+        let f = &mut c.fleet;
         if !a.servers.is_empty() {
             f.servers = a.servers;
         }
@@ -368,8 +399,9 @@ fn fleet(command: FleetCommand) -> anyhow::Result<()> {
             f.nkey_seed_file = PathBuf::new();
         }
         f.validate()?;
-        Ok(f)
+        Ok(c)
     };
+    let section = |a: FleetArgs| config(a).map(|c| c.fleet);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -392,8 +424,40 @@ fn fleet(command: FleetCommand) -> anyhow::Result<()> {
         }
         FleetCommand::Status(a) => {
             let f = section(a)?;
-            let hosts = rt.block_on(streams::status(&f))?;
-            print(&serde_json::json!({ "ok": true, "hosts": hosts }))
+            let (hosts, model) = rt.block_on(streams::status(&f))?;
+            print(&serde_json::json!({ "ok": true, "hosts": hosts, "model": model }))
+        }
+        FleetCommand::Keygen { out } => {
+            let public = models::keygen(&out)?;
+            print(&serde_json::json!({
+                "ok": true,
+                "key": out,
+                "public_key": public,
+                "public_key_file": format!("{}.pub", out.display()),
+            }))
+        }
+        FleetCommand::Train {
+            fleet,
+            key,
+            fpr_budget,
+        } => {
+            let c = config(fleet)?;
+            let key = models::SigningKey::load(&key)?;
+            let (base, _) = detector::model::serving::base_model(&c.scoring.model)?;
+            let budget = fpr_budget.unwrap_or(c.adaptation.fpr_budget);
+            let report = rt.block_on(async {
+                let client = streams::connect_now(&c.fleet).await?;
+                models::train(client, &key, base, budget).await
+            })?;
+            print(&serde_json::json!({ "ok": true, "train": report }))
+        }
+        FleetCommand::Rollback { fleet, to } => {
+            let f = section(fleet)?;
+            let p = rt.block_on(async {
+                let client = streams::connect_now(&f).await?;
+                models::rollback(client, to.as_deref()).await
+            })?;
+            print(&serde_json::json!({ "ok": true, "model": p }))
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct NatsServer {
     pub urls: Vec<String>,
     /// May do anything in the account (streams, reading): the operator's / trainer's key.
     pub admin: User,
-    /// Host users by host id: publish only `detector.<host>.>`.
+    /// Host users by host id: publish only `detector.<host>.>`, and read the fleet model.
     pub hosts: Vec<(String, User)>,
 }
 
@@ -75,9 +75,15 @@ impl NatsServer {
             .collect();
         let mut users = format!("      {{ nkey: {} }}\n", admin.public);
         for (h, u) in &hosts {
+            // Its own subjects, and reading (not writing) the fleet model: docs/fleet.md.
+            let allow: Vec<String> = detector::fleet::models::host_publish_allow(h)
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect();
             users.push_str(&format!(
-                "      {{ nkey: {}, permissions: {{ publish: {{ allow: [\"detector.{h}.>\"] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n",
-                u.public
+                "      {{ nkey: {}, permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }}\n",
+                u.public,
+                allow.join(", ")
             ));
         }
         for i in 0..nodes {
@@ -285,6 +291,37 @@ impl NatsServer {
     pub fn servers_toml(&self) -> String {
         let quoted: Vec<String> = self.urls.iter().map(|u| format!("\"{u}\"")).collect();
         format!("[{}]", quoted.join(", "))
+    }
+
+    /// Runs `f` with a JetStream context connected as the user of the NKey seed file `seed`,
+    /// from inside `ns` (the server's namespace), on a thread of its own.
+    pub fn as_user<T: Send + 'static>(
+        &self,
+        ns: &Netns,
+        seed: &Path,
+        f: impl FnOnce(
+                async_nats::jetstream::Context,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
+            + Send
+            + 'static,
+    ) -> T {
+        let (urls, seed) = (self.urls.clone(), fs::read_to_string(seed).unwrap());
+        ns.spawn("as-user", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = async_nats::ConnectOptions::new()
+                    .nkey(seed.trim().to_string())
+                    .connect(urls)
+                    .await
+                    .expect("connect");
+                f(async_nats::jetstream::new(client)).await
+            })
+        })
+        .join()
+        .expect("as-user thread")
     }
 
     /// Every message of `stream` as (subject, JSON payload), read as the admin from inside

@@ -273,3 +273,155 @@ async fn run(
         wall_s,
     }
 }
+
+/// `detector fleet train` on 10⁴ confirmed incidents (`DETECTOR_BENCH_INCIDENTS`), for
+/// BENCHMARKS.md "Fleet": the corpus's attack captures replayed into live feature rows (each
+/// capture one family; each incident a slice of 5 of its rows) and its benign captures into
+/// the benign rows every incident carries (16 each), published as 100 hosts' incidents to a
+/// single JetStream server in a namespace of its own; then the trainer, under `/usr/bin/time
+/// -v`, reads them all, adapts one family after another and publishes one signed model. Prints
+/// wall time, peak memory and the trainer's report; not a timed test. Run it by name:
+/// `cargo test -p integration-tests --test integration -- --ignored bus_scale::trainer
+/// --nocapture` (`DETECTOR_BIN` picks the detector binary, e.g. a release build).
+#[test]
+#[ignore = "benchmark: needs root (a namespace) and nats-server; run by name"]
+fn trainer_on_ten_thousand_incidents() {
+    use detector::{
+        features::{Featurizer, LIVE_COUNT, LIVE_FEATURE_SET},
+        fleet::IncidentEvent,
+    };
+    require_root();
+    let n: usize = env_or("DETECTOR_BENCH_INCIDENTS", 10_000);
+    let rows_of = |sub: &str| -> Vec<(String, Vec<Vec<f32>>)> {
+        integration_tests::corpus_files(sub)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
+            .filter_map(|p| {
+                let mut f = Featurizer::default();
+                let mut rows = Vec::new();
+                detector::replay::replay_file(&p, &Default::default(), |k, s, r| {
+                    let mut row = vec![0.0; LIVE_COUNT];
+                    f.features(k, s, r, &mut row);
+                    rows.push(row);
+                    Ok(())
+                })
+                .ok()?;
+                let stem = p.file_stem()?.to_string_lossy().into_owned();
+                let family = stem.split("--").next()?.to_string();
+                (!rows.is_empty()).then_some((family, rows))
+            })
+            .collect()
+    };
+    let attacks = rows_of("pcap/attack");
+    let benign: Vec<Vec<f32>> = rows_of("pcap/benign")
+        .into_iter()
+        .flat_map(|(_, r)| r)
+        .collect();
+    eprintln!(
+        "{} attack captures ({} rows), {} benign rows",
+        attacks.len(),
+        attacks.iter().map(|(_, r)| r.len()).sum::<usize>(),
+        benign.len()
+    );
+    assert!(!attacks.is_empty() && benign.len() >= 64);
+
+    let ns = Netns::new("dtbench");
+    ns.sh("ip link set lo up");
+    let nats = NatsServer::start(&ns, "127.0.0.1", &[]);
+    nats.init_streams(&ns, 1, 512 << 20);
+    let key = nats.dir.join("fleet.key");
+    let out = std::process::Command::new(integration_tests::detector_bin())
+        .args(["fleet", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    let incidents: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let (family, rows) = &attacks[i % attacks.len()];
+            let start = (i / attacks.len() * 5) % rows.len();
+            let rows: Vec<Vec<f32>> = rows.iter().cycle().skip(start).take(5).cloned().collect();
+            let host = format!("host-{}", i % 100);
+            let ev = IncidentEvent {
+                kind: "incident".into(),
+                host: host.clone(),
+                ts_ns: now_ns(),
+                family: family.clone(),
+                flows: rows.len(),
+                feature_set: LIVE_FEATURE_SET.into(),
+                rows,
+                model: "default".into(),
+                benign: benign
+                    .iter()
+                    .cycle()
+                    .skip(i * 16 % benign.len())
+                    .take(16)
+                    .cloned()
+                    .collect(),
+            };
+            (
+                format!("detector.{host}.incident"),
+                serde_json::to_vec(&ev).unwrap(),
+            )
+        })
+        .collect();
+    let bytes: usize = incidents.iter().map(|(_, p)| p.len()).sum();
+    let published = Instant::now();
+    let seed = nats.admin.seed_file.clone();
+    nats.as_user(&ns, &seed, move |js| {
+        Box::pin(async move {
+            for chunk in incidents.chunks(256) {
+                let mut acks = Vec::new();
+                for (s, p) in chunk {
+                    acks.push(js.publish(s.clone(), p.clone().into()).await.unwrap());
+                }
+                for a in acks {
+                    a.await.unwrap();
+                }
+            }
+        })
+    });
+    eprintln!(
+        "{n} incidents ({:.1} MiB of JSON) published in {:.1} s",
+        bytes as f64 / (1 << 20) as f64,
+        published.elapsed().as_secs_f64()
+    );
+
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["/usr/bin/time", "-v"])
+        .arg(integration_tests::detector_bin())
+        .args(["fleet", "train", "--key"])
+        .arg(&key)
+        .arg("--config")
+        .arg(nats.admin_config())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let field = |name: &str| {
+        stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "fleet train on {n} incidents: {}; {}; {}\nreport: {}",
+        field("Elapsed (wall clock)"),
+        field("Maximum resident set size"),
+        field("User time"),
+        serde_json::json!({
+            "incidents": report["train"]["incidents"],
+            "adapted": report["train"]["adapted"],
+            "refused": report["train"]["refused"],
+            "skipped": report["train"]["skipped"].as_array().map(Vec::len),
+            "seconds": report["train"]["seconds"],
+            "published": report["train"]["published"]["version"],
+            "bytes": report["train"]["published"]["bytes"],
+        })
+    );
+    assert_eq!(report["train"]["incidents"], n, "every incident read");
+}

@@ -25,6 +25,8 @@ pub struct Confirmed {
     pub flows: usize,
     /// The selected records' feature rows, one after another.
     pub rows: Vec<f32>,
+    /// The benign sample the adaptation learns against, one row after another.
+    pub benign: Vec<f32>,
 }
 
 /// A finished adaptation, with the request's answer channel.
@@ -171,6 +173,7 @@ impl Models {
             family: family.clone(),
             flows: support.flows,
             rows: support.positives.clone(),
+            benign: support.benign.clone(),
         };
         tokio::task::spawn_blocking(move || {
             let result = incidents::adapt_model(&model, &support, &family, fpr_budget);

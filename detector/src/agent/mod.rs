@@ -117,6 +117,8 @@ struct Agent {
     last_lost: u64,
     /// The fleet publisher, when `[fleet]` is on.
     fleet: Option<crate::fleet::Fleet>,
+    /// A verified fleet model waiting for enough benign rows for this host's own check.
+    fleet_pending: Option<crate::fleet::follow::Offer>,
     heartbeat: tokio::time::Interval,
 }
 
@@ -281,6 +283,7 @@ impl Agent {
             started: Instant::now(),
             last_lost: 0,
             fleet,
+            fleet_pending: None,
             heartbeat,
         })
     }
@@ -309,7 +312,20 @@ impl Agent {
                 Some(expired) = self.inbox.sweep.recv() => self.on_expired(expired)?,
                 _ = sweep_tick.tick() => self.on_sweep_tick()?,
                 _ = stats_tick.tick() => self.on_stats_tick()?,
-                _ = self.heartbeat.tick(), if self.fleet.is_some() => self.on_heartbeat(),
+                _ = self.heartbeat.tick(), if self.fleet.is_some() => {
+                    self.on_heartbeat();
+                    if let Some(offer) = self.fleet_pending.take() {
+                        self.on_fleet_model(offer);
+                    }
+                }
+                Some(checked) = next_offer(&mut self.fleet) => match checked {
+                    Ok(offer) => self.on_fleet_model(offer),
+                    Err(r) => {
+                        if let Some(f) = &self.fleet {
+                            crate::fleet::follow::refuse(&f.sender, &r.version, &r.why, &self.core.detector.model_version);
+                        }
+                    }
+                },
                 Some((req, reply)) = self.inbox.control.recv() => self.on_request(req, reply),
                 Some(done) = self.learning.rx.recv() => {
                     let score_path = self.models.score_path;
@@ -560,7 +576,97 @@ impl Agent {
             feature_set: LIVE_FEATURE_SET.to_string(),
             rows: c.rows.chunks_exact(width).map(<[f32]>::to_vec).collect(),
             model: self.core.detector.model_version.clone(),
+            benign: {
+                let n = c.benign.len() / width;
+                let step = n.div_ceil(FLEET_BENIGN_ROWS).max(1);
+                c.benign
+                    .chunks_exact(width)
+                    .step_by(step)
+                    .map(<[f32]>::to_vec)
+                    .collect()
+            },
         });
+    }
+
+    /// A verified fleet model: served if this host's own false-alert check passes on its recent
+    /// benign rows (the check local adaptation runs), else refused and the refusal published;
+    /// with too few benign rows yet, it waits (checked again at each heartbeat).
+    fn on_fleet_model(&mut self, offer: crate::fleet::follow::Offer) {
+        use crate::fleet::{follow, models::Rejected};
+        let Some(f) = &self.fleet else { return };
+        let det = &mut self.core.detector;
+        let version = offer.pointer.version.clone();
+        if version == det.model_version {
+            return;
+        }
+        let width = crate::features::LIVE_COUNT;
+        let benign = crate::incidents::benign_sample(
+            det.recent(),
+            det.policy.alert_threshold(),
+            FLEET_CHECK_ROWS,
+            |_| false,
+        );
+        let n = benign.len() / width;
+        if n < FLEET_MIN_CHECK_ROWS {
+            if self.fleet_pending.is_none() {
+                info!(%version, benign_rows = n, "fleet: model waits for {FLEET_MIN_CHECK_ROWS} benign rows of this host for its false-alert check");
+            }
+            self.fleet_pending = Some(offer);
+            return;
+        }
+        let names = crate::features::live_names();
+        let rows = crate::model::Rows {
+            feature_set: LIVE_FEATURE_SET,
+            features: &names,
+            values: &benign,
+        };
+        let budget = self.cfg.adaptation.fpr_budget;
+        let serving = det.model_version.clone();
+        let check = match crate::model::FalseAlerts::measure(det.model(), &offer.model, &rows) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = Rejected::Model {
+                    object: offer.pointer.object.clone(),
+                    error: e.to_string(),
+                };
+                return follow::refuse(&f.sender, &version, &why, &serving);
+            }
+        };
+        if !check.within(budget) {
+            let why = Rejected::FalseAlerts(format!(
+                "on {} recent benign rows of this host the false-alert rate at threshold {:.4} would rise from {:.5} ({} rows) to {:.5} ({} rows: {} by probability, {} by novelty), more than the budget of {budget} (adaptation.fpr_budget)",
+                check.rows,
+                check.threshold,
+                check.fpr_before(),
+                check.before,
+                check.fpr_after(),
+                check.after,
+                check.after_by_part.0,
+                check.after_by_part.1
+            ));
+            return follow::refuse(&f.sender, &version, &why, &serving);
+        }
+        match det.set_model(Serving {
+            model: Arc::new(offer.model),
+            version: version.clone(),
+            path: self.models.score_path,
+        }) {
+            Ok(()) => info!(
+                %version,
+                was = %serving,
+                benign_rows = check.rows,
+                false_alerts_before = check.before,
+                false_alerts_after = check.after,
+                "fleet: fleet model serving"
+            ),
+            Err(e) => {
+                let why = Rejected::Model {
+                    object: offer.pointer.object.clone(),
+                    error: format!("{e:#}"),
+                };
+                follow::refuse(&f.sender, &version, &why, &serving);
+            }
+        }
     }
 
     /// SIGHUP with a changed `[fleet]`: the publisher is replaced (the old one hands its queue
@@ -714,6 +820,23 @@ impl Agent {
             "stopped"
         );
         Ok(())
+    }
+}
+
+/// Benign rows an incident carries to the fleet trainer.
+const FLEET_BENIGN_ROWS: usize = 512;
+/// Recent benign rows an agent scores to check a fleet model, at most; and at least.
+const FLEET_CHECK_ROWS: usize = 2000;
+const FLEET_MIN_CHECK_ROWS: usize = 20;
+
+/// The next fleet model checked (or refused) by the follower, when the fleet follows models
+/// (else never).
+async fn next_offer(
+    fleet: &mut Option<crate::fleet::Fleet>,
+) -> Option<crate::fleet::follow::Checked> {
+    match fleet.as_mut().and_then(|f| f.offers.as_mut()) {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -35,6 +35,13 @@ pub struct FleetSection {
     pub heartbeat: Dur,
     /// How long one publish waits for the stream's acknowledgement.
     pub ack_timeout: Dur,
+    /// The fleet trainer's Ed25519 public key (base64, as `detector fleet keygen` prints it);
+    /// set (here or in `model_public_key_file`), the agent follows the fleet model. "" = the
+    /// agent ignores fleet models.
+    pub model_public_key: String,
+    /// A file holding that key (the `.pub` file `detector fleet keygen` writes). Not together
+    /// with `model_public_key`.
+    pub model_public_key_file: PathBuf,
 }
 
 impl Default for FleetSection {
@@ -49,6 +56,8 @@ impl Default for FleetSection {
             queue: 4096,
             heartbeat: Dur(Duration::from_secs(10)),
             ack_timeout: Dur(Duration::from_secs(5)),
+            model_public_key: String::new(),
+            model_public_key_file: PathBuf::new(),
         }
     }
 }
@@ -98,7 +107,34 @@ impl FleetSection {
         if self.ack_timeout.0.is_zero() {
             bail!("fleet.ack_timeout must be greater than zero");
         }
+        if !self.model_public_key.is_empty() && !self.model_public_key_file.as_os_str().is_empty() {
+            bail!("fleet.model_public_key and fleet.model_public_key_file: set one, not both");
+        }
+        if !self.model_public_key.is_empty() || self.enabled() {
+            self.model_public_key()?;
+        }
         Ok(())
+    }
+
+    /// The fleet model's public key (32 bytes), if the agent follows fleet models.
+    pub fn model_public_key(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let (key, text) = if !self.model_public_key.is_empty() {
+            ("fleet.model_public_key", self.model_public_key.clone())
+        } else if !self.model_public_key_file.as_os_str().is_empty() {
+            let p = &self.model_public_key_file;
+            let t = std::fs::read_to_string(p).map_err(|e| {
+                anyhow::anyhow!(
+                    "fleet.model_public_key_file: cannot read {}: {e}",
+                    p.display()
+                )
+            })?;
+            ("fleet.model_public_key_file", t)
+        } else {
+            return Ok(None);
+        };
+        super::models::parse_public_key(&text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{key}: {e:#}"))
     }
 
     /// The host id in force: `host_id`, or the hostname made subject-safe.
@@ -183,6 +219,18 @@ mod tests {
             ("[fleet]\nqueue = 0\n", "fleet.queue"),
             ("[fleet]\nheartbeat = \"1ms\"\n", "fleet.heartbeat"),
             ("[fleet]\nserver = []\n", "server"),
+            (
+                "[fleet]\nmodel_public_key = \"AAAA\"\n",
+                "fleet.model_public_key",
+            ),
+            (
+                "[fleet]\nmodel_public_key = \"not base64!\"\n",
+                "fleet.model_public_key",
+            ),
+            (
+                "[fleet]\nservers = [\"nats://h:4222\"]\nmodel_public_key_file = \"/nonexistent.pub\"\n",
+                "fleet.model_public_key_file",
+            ),
         ] {
             let e = err(text);
             assert!(e.contains(key), "{text}: {e}");

@@ -31,6 +31,26 @@ pub struct IncidentEvent {
     pub rows: Vec<Vec<f32>>,
     /// The model serving when it was confirmed.
     pub model: String,
+    /// A sample of the host's benign rows at the time (recent records of other sources that
+    /// raised no alert), for the fleet trainer's adaptation and false-alert check.
+    #[serde(default)]
+    pub benign: Vec<Vec<f32>>,
+}
+
+/// A fleet model the agent would not serve, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub ts_ns: u64,
+    /// The fleet version refused.
+    pub version: String,
+    /// `signature`, `sha256`, `false_alerts`, `model`, `size`, `fetch`, `pointer`.
+    pub reason_kind: String,
+    pub reason: String,
+    /// The model that keeps serving.
+    pub serving: String,
 }
 
 /// The agent's heartbeat.

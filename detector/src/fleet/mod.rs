@@ -8,11 +8,15 @@
 //! - [`spool`]: the bounded on-disk spool;
 //! - [`publisher`]: the task that publishes and spools;
 //! - [`connect`]: the NATS connection from the configuration;
-//! - [`streams`]: `detector fleet init` (the streams) and `detector fleet status`.
+//! - [`streams`]: `detector fleet init` (the streams) and `detector fleet status`;
+//! - [`models`]: fleet models: keys, `detector fleet train` and `rollback`, verification;
+//! - [`follow`]: the agent follows the fleet model pointer.
 
 pub mod config;
 pub mod connect;
 pub mod events;
+pub mod follow;
+pub mod models;
 pub mod publisher;
 pub mod spool;
 pub mod streams;
@@ -39,7 +43,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 pub use config::FleetSection;
-pub use events::{Heartbeat, IncidentEvent, Outgoing};
+pub use events::{Heartbeat, IncidentEvent, Outgoing, Refusal};
 use subjects::Kind;
 
 /// The fleet's counters: in `detector status` and as `detector_fleet_*` metrics.
@@ -228,6 +232,14 @@ impl Sender {
         }
     }
 
+    /// A fleet model this host refused.
+    pub fn refusal(&self, r: &Refusal) {
+        match serde_json::to_string(r) {
+            Ok(p) => self.offer(Kind::Refusal, p),
+            Err(e) => error!("fleet: cannot encode a refusal: {e}"),
+        }
+    }
+
     /// Counters for the heartbeat and status.
     pub fn metrics(&self) -> &FleetMetrics {
         &self.metrics
@@ -258,6 +270,9 @@ impl Sender {
 pub struct Fleet {
     pub sender: Sender,
     pub cfg: FleetSection,
+    /// Verified fleet models for the agent's own check (when `fleet.model_public_key` is set).
+    pub offers: Option<mpsc::Receiver<follow::Checked>>,
+    follower: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -273,6 +288,7 @@ impl Fleet {
         previous: Option<Fleet>,
     ) -> anyhow::Result<Self> {
         let host = cfg.host()?;
+        let public_key = cfg.model_public_key()?;
         let (tx, rx) = mpsc::channel(cfg.queue);
         let (stop_tx, stop_rx) = oneshot::channel();
         let started = crate::clock::TimeBase::monotonic().to_unix_ns(crate::clock::monotonic_ns());
@@ -312,9 +328,21 @@ impl Fleet {
             publisher::run(task, rx, stop_rx).await;
         });
         info!(%host, servers = ?cfg.servers, "fleet: publishing alerts, incidents and heartbeats");
+        let (offers, follower) = match public_key {
+            Some(k) => {
+                let (otx, orx) = mpsc::channel(1);
+                (Some(orx), Some(follow::spawn(cfg, &host, k, otx)))
+            }
+            None => {
+                info!("fleet: fleet.model_public_key is not set: fleet models are not followed");
+                (None, None)
+            }
+        };
         Ok(Self {
             sender,
             cfg: cfg.clone(),
+            offers,
+            follower,
             stop: Some(stop_tx),
             task,
         })
@@ -322,6 +350,9 @@ impl Fleet {
 
     /// Asks the publisher to stop (it spools what is still queued); the task to await.
     pub fn stop(mut self) -> JoinHandle<()> {
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

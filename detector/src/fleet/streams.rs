@@ -12,7 +12,12 @@ use async_nats::jetstream::{
 use futures_util::TryStreamExt;
 use serde::Serialize;
 
-use super::{config::FleetSection, events::Heartbeat, subjects};
+use super::{
+    config::FleetSection,
+    events::{Heartbeat, Refusal},
+    models::{self, Pointer},
+    subjects,
+};
 
 /// How `fleet init` sizes the streams.
 #[derive(Clone, Debug)]
@@ -43,10 +48,13 @@ pub fn stream_configs(l: &StreamLimits) -> [Config; 2] {
     [
         Config {
             name: subjects::EVENTS_STREAM.into(),
-            description: Some("detector alerts and confirmed incidents, all hosts".into()),
+            description: Some(
+                "detector alerts, confirmed incidents and model refusals, all hosts".into(),
+            ),
             subjects: vec![
                 subjects::all(subjects::Kind::Alert),
                 subjects::all(subjects::Kind::Incident),
+                subjects::all(subjects::Kind::Refusal),
             ],
             storage: StorageType::File,
             num_replicas: l.replicas,
@@ -83,11 +91,12 @@ pub async fn init(cfg: &FleetSection, limits: &StreamLimits) -> anyhow::Result<V
             .with_context(|| format!("cannot create or update stream {name}"))?;
         done.push(name);
     }
+    done.extend(super::models::init_buckets(&js, limits.replicas).await?);
     Ok(done)
 }
 
 /// One host in `detector fleet status`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct HostStatus {
     pub host: String,
     pub last_heartbeat_unix_ns: u64,
@@ -98,48 +107,28 @@ pub struct HostStatus {
     pub alerts: u64,
     pub fleet_dropped: u64,
     pub spool_entries: u64,
+    /// Fleet models this host refused (refusals in the events stream).
+    pub refusals: u64,
+    /// The last of them.
+    pub last_refusal: Option<Refusal>,
 }
 
-/// `detector fleet status`: the hosts seen and their last heartbeat, by host id.
-pub async fn status(cfg: &FleetSection) -> anyhow::Result<BTreeMap<String, HostStatus>> {
+/// `detector fleet status`: the hosts seen (last heartbeat, refusals), by host id; and the
+/// current fleet model, if one was published.
+pub async fn status(
+    cfg: &FleetSection,
+) -> anyhow::Result<(BTreeMap<String, HostStatus>, Option<Pointer>)> {
     let js = jetstream::new(connect_now(cfg).await?);
-    let stream = js
-        .get_stream(subjects::HEARTBEATS_STREAM)
-        .await
-        .with_context(|| {
-            format!(
-                "no stream {} (run `detector fleet init`)",
-                subjects::HEARTBEATS_STREAM
-            )
-        })?;
-    let mut subjects_seen = Vec::new();
-    let mut list = stream
-        .info_with_subjects(subjects::all(subjects::Kind::Heartbeat))
-        .await
-        .context("cannot list the heartbeat subjects")?;
-    while let Some((subject, _)) = list.try_next().await.context("heartbeat subjects")? {
-        subjects_seen.push(subject);
-    }
+    let beats = stream(&js, subjects::HEARTBEATS_STREAM).await?;
+    let heartbeats = last_per_subject::<Heartbeat>(&beats, subjects::Kind::Heartbeat).await?;
+    let events = stream(&js, subjects::EVENTS_STREAM).await?;
+    let refusals = last_per_subject::<Refusal>(&events, subjects::Kind::Refusal).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64;
     let mut out = BTreeMap::new();
-    for subject in subjects_seen {
-        let Some(host) = subjects::host_of(&subject).map(str::to_string) else {
-            continue;
-        };
-        let msg = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("{subject}: {e}");
-                continue;
-            }
-        };
-        let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
-            tracing::warn!("{subject}: not a heartbeat; skipped");
-            continue;
-        };
+    for (host, (_, hb)) in heartbeats {
         out.insert(
             host.clone(),
             HostStatus {
@@ -152,14 +141,70 @@ pub async fn status(cfg: &FleetSection) -> anyhow::Result<BTreeMap<String, HostS
                 alerts: hb.alerts,
                 fleet_dropped: hb.fleet_dropped,
                 spool_entries: hb.spool_entries,
+                refusals: 0,
+                last_refusal: None,
             },
         );
+    }
+    // A host that refused models but has no heartbeat (yet, or any more) is listed too, with
+    // no heartbeat fields.
+    for (host, (n, r)) in refusals {
+        let h = out.entry(host.clone()).or_insert_with(|| HostStatus {
+            host,
+            ..Default::default()
+        });
+        h.refusals = n;
+        h.last_refusal = Some(r);
+    }
+    Ok((out, models::current(&js).await))
+}
+
+/// One of the fleet's streams; missing, an error that says to run `fleet init`.
+pub async fn stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    js.get_stream(name)
+        .await
+        .with_context(|| format!("no stream {name} (run `detector fleet init`)"))
+}
+
+/// Per host: how many messages of `kind` the stream holds, and the last one.
+async fn last_per_subject<T: serde::de::DeserializeOwned>(
+    stream: &jetstream::stream::Stream,
+    kind: subjects::Kind,
+) -> anyhow::Result<BTreeMap<String, (u64, T)>> {
+    let mut seen = Vec::new();
+    let mut list = stream
+        .info_with_subjects(subjects::all(kind))
+        .await
+        .with_context(|| format!("cannot list the {} subjects", kind.token()))?;
+    while let Some((subject, n)) = list.try_next().await.context("subjects")? {
+        seen.push((subject, n as u64));
+    }
+    let mut out = BTreeMap::new();
+    for (subject, n) in seen {
+        let Some(host) = subjects::host_of(&subject).map(str::to_string) else {
+            continue;
+        };
+        let msg = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("{subject}: {e}");
+                continue;
+            }
+        };
+        let Ok(v) = serde_json::from_slice::<T>(&msg.payload) else {
+            tracing::warn!("{subject}: not a {}; skipped", kind.token());
+            continue;
+        };
+        out.insert(host, (n, v));
     }
     Ok(out)
 }
 
 /// A connection for a command: fails (naming the servers) when none answers within 10 s.
-async fn connect_now(cfg: &FleetSection) -> anyhow::Result<async_nats::Client> {
+pub async fn connect_now(cfg: &FleetSection) -> anyhow::Result<async_nats::Client> {
     anyhow::ensure!(
         cfg.enabled(),
         "fleet.servers is empty: name the NATS servers in [fleet]"

@@ -1,7 +1,8 @@
 //! Subjects and streams of the fleet. Every subject a host writes starts with
 //! `detector.<host>.`, so one permission (`detector.<host>.>`) confines a host to its own.
 
-/// The stream of alerts and confirmed incidents (`detector.*.alert`, `detector.*.incident`).
+/// The stream of alerts, confirmed incidents and model refusals (`detector.*.alert`,
+/// `detector.*.incident`, `detector.*.refusal`).
 pub const EVENTS_STREAM: &str = "DETECTOR_EVENTS";
 /// The stream of heartbeats: the last one per host is kept (`detector.*.heartbeat`).
 pub const HEARTBEATS_STREAM: &str = "DETECTOR_HEARTBEATS";
@@ -13,6 +14,8 @@ pub enum Kind {
     Alert,
     Incident,
     Heartbeat,
+    /// A fleet model this host refused.
+    Refusal,
 }
 
 impl Kind {
@@ -22,6 +25,7 @@ impl Kind {
             Kind::Alert => "alert",
             Kind::Incident => "incident",
             Kind::Heartbeat => "heartbeat",
+            Kind::Refusal => "refusal",
         }
     }
 }

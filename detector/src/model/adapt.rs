@@ -175,6 +175,66 @@ impl From<candle_core::Error> for AdaptRefusal {
     }
 }
 
+/// The false-alert check: benign rows scored by the model in force and by its candidate; the
+/// candidate is refused when the false-alert rate rises by more than a budget. Local adaptation
+/// runs it on held-back benign rows of the incident's host; an agent offered a fleet model runs
+/// it on its own recent benign rows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FalseAlerts {
+    /// Benign rows scored.
+    pub rows: usize,
+    /// The alert threshold of the model in force (on the rows' feature set).
+    pub threshold: f32,
+    /// Rows alerting under the model in force.
+    pub before: usize,
+    /// Rows alerting under the candidate.
+    pub after: usize,
+    /// Of `after`: those the probability alone raises, and those novelty alone raises (a row
+    /// can count in both).
+    pub after_by_part: (usize, usize),
+}
+
+impl FalseAlerts {
+    /// Scores `benign` with `old` and `new`.
+    pub fn measure(old: &Model, new: &Model, benign: &Rows) -> Result<Self, ModelError> {
+        let fs = benign.feature_set;
+        let threshold = old.input(fs)?.rule.alert_threshold;
+        let novelty_weight = new.input(fs)?.rule.novelty_weight;
+        let before = old.score(benign)?.iter().filter(|s| s.alert).count();
+        let after = new.score(benign)?;
+        let by_p = after
+            .iter()
+            .filter(|s| s.probability.unwrap_or(0.0) >= threshold)
+            .count();
+        let by_n = after
+            .iter()
+            .filter(|s| novelty_weight * s.novelty.unwrap_or(0.0) >= threshold)
+            .count();
+        Ok(FalseAlerts {
+            rows: benign.n(),
+            threshold,
+            before,
+            after: after.iter().filter(|s| s.alert).count(),
+            after_by_part: (by_p, by_n),
+        })
+    }
+
+    /// False-alert rate under the model in force.
+    pub fn fpr_before(&self) -> f64 {
+        self.before as f64 / self.rows.max(1) as f64
+    }
+
+    /// False-alert rate under the candidate.
+    pub fn fpr_after(&self) -> f64 {
+        self.after as f64 / self.rows.max(1) as f64
+    }
+
+    /// Whether the rise stays within `budget`.
+    pub fn within(&self, budget: f64) -> bool {
+        self.fpr_after() - self.fpr_before() <= budget
+    }
+}
+
 /// Adapts `model` to K attack rows (`positives`) using benign rows of the same feature set: a
 /// share of the benign rows is held back, the inner loop runs on the attack rows and the rest,
 /// and the result is refused if the held-back false-alert rate rises by more than the budget.
@@ -281,24 +341,19 @@ pub fn adapt(
     }
 
     let threshold = model.input(fs)?.rule.alert_threshold;
-    let novelty_weight = new.input(fs)?.rule.novelty_weight;
     let alerts = |m: &Model, rows: &[f32]| -> Result<usize, ModelError> {
         Ok(m.score(&benign.with_values(rows))?
             .iter()
             .filter(|s| s.alert)
             .count())
     };
-    let fa_before = alerts(model, &held_rows)?;
-    let after = new.score(&benign.with_values(&held_rows))?;
-    let fa_after = after.iter().filter(|s| s.alert).count();
-    let by_p = after
-        .iter()
-        .filter(|s| s.probability.unwrap_or(0.0) >= threshold)
-        .count();
-    let by_n = after
-        .iter()
-        .filter(|s| novelty_weight * s.novelty.unwrap_or(0.0) >= threshold)
-        .count();
+    let check = FalseAlerts::measure(model, &new, &benign.with_values(&held_rows))?;
+    let (fa_before, fa_after, by_p, by_n) = (
+        check.before,
+        check.after,
+        check.after_by_part.0,
+        check.after_by_part.1,
+    );
     let sup_before = alerts(model, positives.values)?;
     let sup_after = alerts(&new, positives.values)?;
     let report = AdaptReport {
@@ -311,8 +366,8 @@ pub fn adapt(
         false_alerts_before: fa_before,
         false_alerts_after: fa_after,
         false_alerts_after_by_part: (by_p, by_n),
-        fpr_before: fa_before as f64 / holdout as f64,
-        fpr_after: fa_after as f64 / holdout as f64,
+        fpr_before: check.fpr_before(),
+        fpr_after: check.fpr_after(),
         support_alert_before: sup_before as f64 / k as f64,
         support_alert_after: sup_after as f64 / k as f64,
         loss_before,
@@ -321,7 +376,7 @@ pub fn adapt(
         refitted_prototypes,
         seconds: start.elapsed().as_secs_f64(),
     };
-    if report.fpr_after - report.fpr_before > cfg.fpr_budget {
+    if !check.within(cfg.fpr_budget) {
         return Err(AdaptRefusal::FprBudget {
             holdout,
             threshold,

@@ -29,7 +29,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use adapt::{adapt, AdaptConfig, AdaptRefusal, AdaptReport, Adapted, Trainable};
+pub use adapt::{adapt, AdaptConfig, AdaptRefusal, AdaptReport, Adapted, FalseAlerts, Trainable};
 pub use calibrate::Calibration;
 pub use episodes::TaskBy;
 pub use layers::{Arch, Linear};

@@ -16,7 +16,9 @@ use crate::{
 /// are lost, as they are in the agent, and counted in [`MemTable::evicted`].
 #[derive(Default)]
 pub struct MemTable {
-    pub flows: HashMap<FlowKey, FlowState>,
+    /// Keyed with per-process random state (aHash), so that a spoofed flood cannot aim its keys
+    /// at one bucket; SipHash, the standard hasher, made inserts a large part of a flood's replay.
+    pub flows: HashMap<FlowKey, FlowState, ahash::RandomState>,
     /// At most this many flows (0: unbounded).
     capacity: usize,
     /// Flows evicted to make room.

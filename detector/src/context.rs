@@ -346,9 +346,51 @@ fn addr_id(a: &[u8; 16]) -> u64 {
 /// pruning reads it without following the pointer to every window.
 struct Tracked {
     last_seen: u64,
+    /// A source that opened one flow in the window (each source of a spoofed flood) keeps that
+    /// flow's event here, without a window: its context is known without one ([`lone`]).
+    lone: Option<Event>,
     /// Boxed: a flood grows and prunes these maps by the thousand, and moving a pointer is
     /// cheaper than moving a window.
-    window: Box<Window>,
+    window: Option<Box<Window>>,
+}
+
+impl Tracked {
+    fn new() -> Self {
+        Self {
+            last_seen: 0,
+            lone: None,
+            window: None,
+        }
+    }
+
+    /// The window, made where there is none: empty, or holding the lone flow's event as if
+    /// it had been noted in a window of its own.
+    fn window(
+        &mut self,
+        spare: &mut Vec<Box<Window>>,
+        per_port: bool,
+        max_events: usize,
+    ) -> &mut Window {
+        let lone = self.lone.take();
+        self.window.get_or_insert_with(|| {
+            let mut w = Window::take(spare, per_port);
+            if let Some(e) = lone {
+                w.note(e, max_events, 0);
+            }
+            w
+        })
+    }
+}
+
+/// The source context of a source whose window holds one flow, the record's own, and no
+/// refusal: one flow, port and host, none of them another.
+fn lone(out: &mut [f32]) {
+    out[0] = 1.0;
+    out[1] = 1.0;
+    out[2] = 1.0;
+    out[3] = 0.0;
+    out[4] = 0.0;
+    out[7] = 0.0;
 }
 
 /// Source and service windows for every recent initiator and service.
@@ -420,17 +462,74 @@ impl ContextTracker {
         };
 
         let horizon = now.saturating_sub(window);
+        // The kernel emits `rst` once per flow, when the RST first appears.
+        let refused = reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0;
+        let src_others = self.observe_source(src, event, horizon, now, refused, out);
+
         let spare = &mut self.spare;
-        let t = self.sources.entry(Bytes(src)).or_insert_with(|| Tracked {
-            last_seen: 0,
-            window: Window::take(spare, true),
-        });
+        let t = self
+            .services
+            .entry(service_key(&dst, dport, key.proto))
+            .or_insert_with(Tracked::new);
         t.last_seen = now;
-        let w = &mut t.window;
+        let svc = t.window(spare, false, max_events);
+        svc.expire(horizon);
+        let svc_held = svc.note(
+            Event {
+                peer: addr_id(&src),
+                port: 0,
+                ..event
+            },
+            max_events,
+            horizon,
+        );
+        out[5] = svc.events.len() as f32;
+        out[6] = svc.peers() as f32;
+        let others = (svc.events.len() - svc_held.is_some() as usize + src_others) as u32;
+        self.prune(now);
+        others
+    }
+
+    /// The source's part of [`ContextTracker::observe`]: notes `event` in the source's window
+    /// and writes its context; returns how many other flows the window holds.
+    fn observe_source(
+        &mut self,
+        src: [u8; 16],
+        event: Event,
+        horizon: u64,
+        now: u64,
+        refused: bool,
+        out: &mut [f32],
+    ) -> usize {
+        use std::collections::hash_map::Entry;
+        let max_events = self.cfg.max_events;
+        // A flow in the window, without a refusal, is all a new source's window would hold.
+        let alone = !refused && event.ts >= horizon;
+        let t = match self.sources.entry(Bytes(src)) {
+            Entry::Vacant(v) if alone => {
+                v.insert(Tracked {
+                    last_seen: now,
+                    lone: Some(event),
+                    window: None,
+                });
+                lone(out);
+                return 0;
+            }
+            entry => entry.or_insert_with(Tracked::new),
+        };
+        t.last_seen = now;
+        if let Some(e) = &mut t.lone {
+            // The same flow again, still in the window: what `Window::note` would do.
+            if alone && e.flow == event.flow && e.ts >= horizon {
+                e.answered |= event.answered;
+                lone(out);
+                return 0;
+            }
+        }
+        let w = t.window(&mut self.spare, true, max_events);
         w.expire(horizon);
         let held = w.note(event, max_events, horizon);
-        // The kernel emits `rst` once per flow, when the RST first appears.
-        if reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0 {
+        if refused {
             if w.failed.len() >= max_events {
                 w.failed.pop_front();
             }
@@ -459,35 +558,9 @@ impl ContextTracker {
         };
         out[4] = w.failed.len() as f32;
         // The source's other flows to this flow's service.
-        let same = w.pair(event.peer, dport);
+        let same = w.pair(event.peer, event.port);
         out[7] = same.saturating_sub(held.is_some() as u32) as f32;
-        let src_others = w.events.len() - held.is_some() as usize;
-
-        let spare = &mut self.spare;
-        let t = self
-            .services
-            .entry(service_key(&dst, dport, key.proto))
-            .or_insert_with(|| Tracked {
-                last_seen: 0,
-                window: Window::take(spare, false),
-            });
-        t.last_seen = now;
-        let svc = &mut t.window;
-        svc.expire(horizon);
-        let svc_held = svc.note(
-            Event {
-                peer: addr_id(&src),
-                port: 0,
-                ..event
-            },
-            max_events,
-            horizon,
-        );
-        out[5] = svc.events.len() as f32;
-        out[6] = svc.peers() as f32;
-        let others = (svc.events.len() - svc_held.is_some() as usize + src_others) as u32;
-        self.prune(now);
-        others
+        w.events.len() - held.is_some() as usize
     }
 
     /// Forgets windows idle for longer than the window, at most once per second of record
@@ -517,10 +590,12 @@ impl ContextTracker {
     reason = "the spares keep the maps' boxes (ContextTracker::spare)"
 )]
 fn forget<K>(m: &mut HashMap<K, Tracked, Keyed>, before: u64, spare: &mut Vec<Box<Window>>) {
-    for (_, Tracked { window: mut w, .. }) in m.extract_if(|_, t| t.last_seen < before) {
-        if spare.len() < SPARE_WINDOWS && w.events.capacity() <= SPARE_MAX_EVENTS {
-            w.reset();
-            spare.push(w);
+    for (_, t) in m.extract_if(|_, t| t.last_seen < before) {
+        if let Some(mut w) = t.window {
+            if spare.len() < SPARE_WINDOWS && w.events.capacity() <= SPARE_MAX_EVENTS {
+                w.reset();
+                spare.push(w);
+            }
         }
     }
 }

@@ -159,6 +159,10 @@ fn distinct<T: PartialEq>(events: &VecDeque<Event>, f: impl Fn(&Event) -> T) -> 
 
 impl Window {
     /// An empty window, source (`per_port`) or service.
+    #[expect(
+        clippy::vec_box,
+        reason = "the spares keep the maps' boxes (ContextTracker::spare)"
+    )]
     fn take(spare: &mut Vec<Box<Window>>, per_port: bool) -> Box<Window> {
         let mut w = spare.pop().unwrap_or_default();
         w.per_port = per_port;
@@ -365,6 +369,10 @@ impl Tracked {
 
     /// The window, made where there is none: empty, or holding the lone flow's event as if
     /// it had been noted in a window of its own.
+    #[expect(
+        clippy::vec_box,
+        reason = "the spares keep the maps' boxes (ContextTracker::spare)"
+    )]
     fn window(
         &mut self,
         spare: &mut Vec<Box<Window>>,

@@ -95,6 +95,19 @@ impl MemTable {
         })
     }
 
+    /// `key`'s flow.
+    pub fn flow(&self, key: &FlowKey) -> Option<&FlowState> {
+        let slot = *self.index.get(key)?;
+        Some(&self.slots[slot as usize].1)
+    }
+
+    /// Forgets every flow, without records.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+    }
+
     /// Takes `key`'s flow out of the table.
     fn remove(&mut self, key: &FlowKey) {
         if let Some(slot) = self.index.remove(key) {

@@ -617,12 +617,12 @@ mod tests {
 
     fn only_flow(t: &MemTable) -> (FlowKey, FlowState) {
         assert_eq!(
-            t.flows.len(),
+            t.len(),
             1,
             "{:?}",
-            t.flows.keys().collect::<std::vec::Vec<_>>()
+            t.iter().map(|(k, _)| k).collect::<std::vec::Vec<_>>()
         );
-        let (k, s) = t.flows.iter().next().unwrap();
+        let (k, s) = t.iter().next().unwrap();
         (*k, *s)
     }
 
@@ -649,18 +649,17 @@ mod tests {
             &mut table,
             &mut env,
         );
-        assert_eq!((table.flows.len(), table.evicted), (16, 0));
+        assert_eq!((table.len(), table.evicted), (16, 0));
         // One more flow: a batch of 16 / 8 = 2 goes, the least recently seen.
         let f = tcp4(C, 2000, B, 80, TCP_SYN, 1, 0);
         process_packet(&Captured::whole(&f), 30 * MS, &QUIET, &mut table, &mut env);
-        assert_eq!((table.flows.len(), table.evicted), (15, 2));
-        let ports: std::collections::BTreeSet<u16> =
-            table.flows.keys().map(|k| k.port_lo).collect();
+        assert_eq!((table.len(), table.evicted), (15, 2));
+        let ports: std::collections::BTreeSet<u16> = table.iter().map(|(k, _)| k.port_lo).collect();
         assert!(ports.contains(&1000) && !ports.contains(&1001) && !ports.contains(&1002));
         // Every insert is counted: still there, or evicted.
         let inserts = env.stats[stat::TABLE_INSERTS as usize];
         assert_eq!(inserts, 17);
-        assert_eq!(inserts, table.flows.len() as u64 + table.evicted);
+        assert_eq!(inserts, table.len() as u64 + table.evicted);
         // A packet of a flow still in the table evicts nothing.
         process_packet(
             &Captured::whole(&again),
@@ -808,7 +807,7 @@ mod tests {
         );
         assert_eq!(t.expire(0, &cfg, true, &mut env), 1);
         assert_eq!(env.records.last().unwrap().2, Reason::Flush);
-        assert!(t.flows.is_empty());
+        assert!(t.is_empty());
     }
 
     #[test]

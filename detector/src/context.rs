@@ -74,20 +74,35 @@ struct Event {
 #[derive(Default)]
 struct Window {
     events: VecDeque<Event>,
+    front_seq: u64,
+    /// The flow index and distinct counts, kept once the window has held more than
+    /// [`SMALL_WINDOW`] events; until then they are found by scanning `events`.
+    maps: Option<Box<Maps>>,
+    /// Counts ports and (peer, port) pairs: a source window's features read them, a service
+    /// window's do not.
+    per_port: bool,
+    syn: u32,
+    unanswered: u32,
+    /// Times of refused connections (the responder's RST) in the window.
+    failed: VecDeque<u64>,
+}
+
+/// A large window's index and distinct counts, kept as its events come and go.
+#[derive(Default)]
+struct Maps {
     /// Flow digest → sequence number of its event (position = seq - `front_seq`).
     index: HashMap<u64, u64, BuildHasherDefault<Digest>>,
-    front_seq: u64,
     peers: HashMap<u64, u32, Keyed>,
     ports: HashMap<u16, u32, Keyed>,
     /// Flows per (peer, port): a source's repeated connections to one service (brute force,
     /// beaconing).
     pairs: HashMap<(u64, u16), u32, Keyed>,
-    syn: u32,
-    unanswered: u32,
-    /// Times of refused connections (the responder's RST) in the window.
-    failed: VecDeque<u64>,
-    last_seen: u64,
 }
+
+/// Events a window holds before it keeps maps ([`Maps`]): most sources open a flow or two per
+/// window (a spoofed flood one per source), and scanning a few events costs less than
+/// building and emptying four hash maps per source.
+const SMALL_WINDOW: usize = 8;
 
 fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32, Keyed>, k: &K) {
     if let Some(c) = m.get_mut(k) {
@@ -100,25 +115,71 @@ fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32, Keyed>, k: &K) {
 
 /// Forgotten windows kept for new sources and services, and the most events such a window
 /// may have held: a flood of spoofed sources makes a window per packet and forgets it a window
-/// later, and reusing them saves their five allocations and frees each time. Only small windows
+/// later, and reusing them saves their allocations and frees each time. Only small windows
 /// are kept, so that the spares hold little memory.
 const SPARE_WINDOWS: usize = 4096;
 const SPARE_MAX_EVENTS: usize = 16;
 
+impl Maps {
+    fn add(&mut self, e: &Event, seq: u64, per_port: bool) {
+        self.index.insert(e.flow, seq);
+        *self.peers.entry(e.peer).or_default() += 1;
+        if per_port {
+            *self.ports.entry(e.port).or_default() += 1;
+            *self.pairs.entry((e.peer, e.port)).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, e: &Event, per_port: bool) {
+        self.index.remove(&e.flow);
+        dec(&mut self.peers, &e.peer);
+        if per_port {
+            dec(&mut self.ports, &e.port);
+            dec(&mut self.pairs, &(e.peer, e.port));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.peers.clear();
+        self.ports.clear();
+        self.pairs.clear();
+    }
+}
+
+/// Distinct values among a few events.
+fn distinct<T: PartialEq>(events: &VecDeque<Event>, f: impl Fn(&Event) -> T) -> usize {
+    (0..events.len())
+        .filter(|&i| {
+            let v = f(&events[i]);
+            !events.range(..i).any(|e| f(e) == v)
+        })
+        .count()
+}
+
 impl Window {
+    /// An empty window, source (`per_port`) or service.
+    #[expect(
+        clippy::vec_box,
+        reason = "the spares keep the maps' boxes (ContextTracker::spare)"
+    )]
+    fn take(spare: &mut Vec<Box<Window>>, per_port: bool) -> Box<Window> {
+        let mut w = spare.pop().unwrap_or_default();
+        w.per_port = per_port;
+        w
+    }
+
     /// Empties the window for another source or service, keeping its allocations: the same as
     /// a new window.
     fn reset(&mut self) {
         self.events.clear();
-        self.index.clear();
         self.front_seq = 0;
-        self.peers.clear();
-        self.ports.clear();
-        self.pairs.clear();
+        if let Some(m) = &mut self.maps {
+            m.clear();
+        }
         self.syn = 0;
         self.unanswered = 0;
         self.failed.clear();
-        self.last_seen = 0;
     }
 
     /// Forgets the flows and refusals older than `horizon` (now − window).
@@ -134,10 +195,9 @@ impl Window {
     fn pop_front(&mut self) {
         if let Some(e) = self.events.pop_front() {
             self.front_seq += 1;
-            self.index.remove(&e.flow);
-            dec(&mut self.peers, &e.peer);
-            dec(&mut self.ports, &e.port);
-            dec(&mut self.pairs, &(e.peer, e.port));
+            if let Some(m) = &mut self.maps {
+                m.remove(&e, self.per_port);
+            }
             if e.syn {
                 self.syn -= 1;
                 if !e.answered {
@@ -147,13 +207,52 @@ impl Window {
         }
     }
 
+    /// Where the flow's event is in `events`.
+    fn position(&self, flow: u64) -> Option<usize> {
+        match &self.maps {
+            Some(m) => m
+                .index
+                .get(&flow)
+                .map(|&seq| (seq - self.front_seq) as usize),
+            None => self.events.iter().position(|e| e.flow == flow),
+        }
+    }
+
+    /// Distinct peers among the events.
+    fn peers(&self) -> usize {
+        match &self.maps {
+            Some(m) => m.peers.len(),
+            None => distinct(&self.events, |e| e.peer),
+        }
+    }
+
+    /// Distinct ports among the events (source windows).
+    fn ports(&self) -> usize {
+        match &self.maps {
+            Some(m) => m.ports.len(),
+            None => distinct(&self.events, |e| e.port),
+        }
+    }
+
+    /// Events to this (peer, port) (source windows).
+    fn pair(&self, peer: u64, port: u16) -> u32 {
+        match &self.maps {
+            Some(m) => m.pairs.get(&(peer, port)).copied().unwrap_or(0),
+            None => self
+                .events
+                .iter()
+                .filter(|e| e.peer == peer && e.port == port)
+                .count() as u32,
+        }
+    }
+
     /// Records the flow (first time) or its answer (later); returns the flow's event as the
     /// window now holds it, or `None` for a flow that began before the window (`horizon`): a
     /// long-lived connection's later records are not new flows, and inserting their old start
     /// time behind newer events would break the oldest-first order that `expire` relies on.
     fn note(&mut self, e: Event, max_events: usize, horizon: u64) -> Option<Event> {
-        if let Some(&seq) = self.index.get(&e.flow) {
-            let old = self.events.get_mut((seq - self.front_seq) as usize)?;
+        if let Some(i) = self.position(e.flow) {
+            let old = self.events.get_mut(i)?;
             if e.answered && !old.answered {
                 old.answered = true;
                 if old.syn {
@@ -168,18 +267,25 @@ impl Window {
         if self.events.len() >= max_events {
             self.pop_front();
         }
-        *self.peers.entry(e.peer).or_default() += 1;
-        *self.ports.entry(e.port).or_default() += 1;
-        *self.pairs.entry((e.peer, e.port)).or_default() += 1;
         if e.syn {
             self.syn += 1;
             if !e.answered {
                 self.unanswered += 1;
             }
         }
-        self.index
-            .insert(e.flow, self.front_seq + self.events.len() as u64);
+        let seq = self.front_seq + self.events.len() as u64;
         self.events.push_back(e);
+        match &mut self.maps {
+            Some(m) => m.add(&e, seq, self.per_port),
+            None if self.events.len() > SMALL_WINDOW => {
+                let mut m = Box::<Maps>::default();
+                for (i, e) in self.events.iter().enumerate() {
+                    m.add(e, self.front_seq + i as u64, self.per_port);
+                }
+                self.maps = Some(m);
+            }
+            None => {}
+        }
         Some(e)
     }
 }
@@ -240,13 +346,66 @@ fn addr_id(a: &[u8; 16]) -> u64 {
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// A source's or service's window, and when it was last seen: beside the window, so that
+/// pruning reads it without following the pointer to every window.
+struct Tracked {
+    last_seen: u64,
+    /// A source that opened one flow in the window (each source of a spoofed flood) keeps that
+    /// flow's event here, without a window: its context is known without one ([`lone`]).
+    lone: Option<Event>,
+    /// Boxed: a flood grows and prunes these maps by the thousand, and moving a pointer is
+    /// cheaper than moving a window.
+    window: Option<Box<Window>>,
+}
+
+impl Tracked {
+    fn new() -> Self {
+        Self {
+            last_seen: 0,
+            lone: None,
+            window: None,
+        }
+    }
+
+    /// The window, made where there is none: empty, or holding the lone flow's event as if
+    /// it had been noted in a window of its own.
+    #[expect(
+        clippy::vec_box,
+        reason = "the spares keep the maps' boxes (ContextTracker::spare)"
+    )]
+    fn window(
+        &mut self,
+        spare: &mut Vec<Box<Window>>,
+        per_port: bool,
+        max_events: usize,
+    ) -> &mut Window {
+        let lone = self.lone.take();
+        self.window.get_or_insert_with(|| {
+            let mut w = Window::take(spare, per_port);
+            if let Some(e) = lone {
+                w.note(e, max_events, 0);
+            }
+            w
+        })
+    }
+}
+
+/// The source context of a source whose window holds one flow, the record's own, and no
+/// refusal: one flow, port and host, none of them another.
+fn lone(out: &mut [f32]) {
+    out[0] = 1.0;
+    out[1] = 1.0;
+    out[2] = 1.0;
+    out[3] = 0.0;
+    out[4] = 0.0;
+    out[7] = 0.0;
+}
+
 /// Source and service windows for every recent initiator and service.
 pub struct ContextTracker {
     cfg: ContextConfig,
-    /// Boxed: a flood grows and prunes these maps by the thousand, and moving a pointer is
-    /// cheaper than moving a window (about 300 bytes).
-    sources: HashMap<Bytes<16>, Box<Window>, Keyed>,
-    services: HashMap<Bytes<19>, Box<Window>, Keyed>,
+    sources: HashMap<Bytes<16>, Tracked, Keyed>,
+    services: HashMap<Bytes<19>, Tracked, Keyed>,
     /// Keyed (random per process) hash of flow keys into the windows' flow digests.
     digest: Keyed,
     last_prune: u64,
@@ -311,16 +470,74 @@ impl ContextTracker {
         };
 
         let horizon = now.saturating_sub(window);
-        let spare = &mut self.spare;
-        let w = self
-            .sources
-            .entry(Bytes(src))
-            .or_insert_with(|| spare.pop().unwrap_or_default());
-        w.expire(horizon);
-        w.last_seen = now;
-        let held = w.note(event, max_events, horizon);
         // The kernel emits `rst` once per flow, when the RST first appears.
-        if reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0 {
+        let refused = reason == Reason::Rst && is_tcp && s.tcp_flags[REV] & TCP_RST != 0;
+        let src_others = self.observe_source(src, event, horizon, now, refused, out);
+
+        let spare = &mut self.spare;
+        let t = self
+            .services
+            .entry(service_key(&dst, dport, key.proto))
+            .or_insert_with(Tracked::new);
+        t.last_seen = now;
+        let svc = t.window(spare, false, max_events);
+        svc.expire(horizon);
+        let svc_held = svc.note(
+            Event {
+                peer: addr_id(&src),
+                port: 0,
+                ..event
+            },
+            max_events,
+            horizon,
+        );
+        out[5] = svc.events.len() as f32;
+        out[6] = svc.peers() as f32;
+        let others = (svc.events.len() - svc_held.is_some() as usize + src_others) as u32;
+        self.prune(now);
+        others
+    }
+
+    /// The source's part of [`ContextTracker::observe`]: notes `event` in the source's window
+    /// and writes its context; returns how many other flows the window holds.
+    fn observe_source(
+        &mut self,
+        src: [u8; 16],
+        event: Event,
+        horizon: u64,
+        now: u64,
+        refused: bool,
+        out: &mut [f32],
+    ) -> usize {
+        use std::collections::hash_map::Entry;
+        let max_events = self.cfg.max_events;
+        // A flow in the window, without a refusal, is all a new source's window would hold.
+        let alone = !refused && event.ts >= horizon;
+        let t = match self.sources.entry(Bytes(src)) {
+            Entry::Vacant(v) if alone => {
+                v.insert(Tracked {
+                    last_seen: now,
+                    lone: Some(event),
+                    window: None,
+                });
+                lone(out);
+                return 0;
+            }
+            entry => entry.or_insert_with(Tracked::new),
+        };
+        t.last_seen = now;
+        if let Some(e) = &mut t.lone {
+            // The same flow again, still in the window: what `Window::note` would do.
+            if alone && e.flow == event.flow && e.ts >= horizon {
+                e.answered |= event.answered;
+                lone(out);
+                return 0;
+            }
+        }
+        let w = t.window(&mut self.spare, true, max_events);
+        w.expire(horizon);
+        let held = w.note(event, max_events, horizon);
+        if refused {
             if w.failed.len() >= max_events {
                 w.failed.pop_front();
             }
@@ -330,8 +547,8 @@ impl ContextTracker {
         // window's, one setting (a capture replayed ten times slower with a ten times longer
         // window gives the same values).
         out[0] = w.events.len() as f32;
-        out[1] = w.ports.len() as f32;
-        out[2] = w.peers.len() as f32;
+        out[1] = w.ports() as f32;
+        out[2] = w.peers() as f32;
         // Over the source's *other* attempts: at its `new` record every flow is still
         // unanswered, and counting it would make any client's first connection look like a
         // scan's. `note` returned this flow's event as the window holds it.
@@ -349,30 +566,9 @@ impl ContextTracker {
         };
         out[4] = w.failed.len() as f32;
         // The source's other flows to this flow's service.
-        let same = w.pairs.get(&(event.peer, dport)).copied().unwrap_or(0);
+        let same = w.pair(event.peer, event.port);
         out[7] = same.saturating_sub(held.is_some() as u32) as f32;
-        let src_others = w.events.len() - held.is_some() as usize;
-
-        let svc = self
-            .services
-            .entry(service_key(&dst, dport, key.proto))
-            .or_insert_with(|| self.spare.pop().unwrap_or_default());
-        svc.expire(horizon);
-        svc.last_seen = now;
-        let svc_held = svc.note(
-            Event {
-                peer: addr_id(&src),
-                port: 0,
-                ..event
-            },
-            max_events,
-            horizon,
-        );
-        out[5] = svc.events.len() as f32;
-        out[6] = svc.peers.len() as f32;
-        let others = (svc.events.len() - svc_held.is_some() as usize + src_others) as u32;
-        self.prune(now);
-        others
+        w.events.len() - held.is_some() as usize
     }
 
     /// Forgets windows idle for longer than the window, at most once per second of record
@@ -401,24 +597,26 @@ impl ContextTracker {
     clippy::vec_box,
     reason = "the spares keep the maps' boxes (ContextTracker::spare)"
 )]
-fn forget<K>(m: &mut HashMap<K, Box<Window>, Keyed>, before: u64, spare: &mut Vec<Box<Window>>) {
-    for (_, mut w) in m.extract_if(|_, w| w.last_seen < before) {
-        if spare.len() < SPARE_WINDOWS && w.events.capacity() <= SPARE_MAX_EVENTS {
-            w.reset();
-            spare.push(w);
+fn forget<K>(m: &mut HashMap<K, Tracked, Keyed>, before: u64, spare: &mut Vec<Box<Window>>) {
+    for (_, t) in m.extract_if(|_, t| t.last_seen < before) {
+        if let Some(mut w) = t.window {
+            if spare.len() < SPARE_WINDOWS && w.events.capacity() <= SPARE_MAX_EVENTS {
+                w.reset();
+                spare.push(w);
+            }
         }
     }
 }
 
 /// Beyond `max` windows, the time before which windows are forgotten so that only about the
 /// most recently seen `max` are kept (ties at the cut are kept).
-fn newest_cut<K>(m: &HashMap<K, Box<Window>, Keyed>, max: usize) -> Option<u64> {
+fn newest_cut<K>(m: &HashMap<K, Tracked, Keyed>, max: usize) -> Option<u64> {
     if m.len() <= max {
         return None;
     }
     // Cut to 3/4 of the bound so that a flood does not pay this on every record.
     let keep = max - max / 4;
-    let mut times: Vec<u64> = m.values().map(|w| w.last_seen).collect();
+    let mut times: Vec<u64> = m.values().map(|t| t.last_seen).collect();
     let cut = times.len() - keep;
     let (_, t, _) = times.select_nth_unstable(cut);
     Some(*t)

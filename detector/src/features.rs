@@ -301,7 +301,7 @@ mod tests {
                 &mut env,
             );
         }
-        let (k, s) = t.flows.iter().next().unwrap();
+        let (k, s) = t.iter().next().unwrap();
         let mut v = vec![0f32; COUNT];
         flow_features(k, s, &mut v);
         let names = names();
@@ -385,7 +385,7 @@ mod tests {
                 &mut env,
             );
         }
-        let (k, s) = t.flows.iter().next().unwrap();
+        let (k, s) = t.iter().next().unwrap();
         let mut v = vec![0f32; COUNT];
         flow_features(k, s, &mut v);
         v

@@ -10,9 +10,9 @@ use detector_common::{
     flow::{
         process_packet, stat,
         user::{MemEnv, MemTable},
-        FlowConfig, FlowKey, FlowState, Reason, DEFAULT_TABLE_SIZE,
+        FlowConfig, FlowEnv, FlowKey, FlowState, Reason, DEFAULT_TABLE_SIZE,
     },
-    packet::Captured,
+    packet::{Captured, Parsed},
 };
 
 use crate::pcap::{self, PcapError};
@@ -108,18 +108,15 @@ pub fn replay_file_in(
         );
         let pkt = Captured { data, wire_len };
         process_packet(&pkt, now, cfg, &mut table, &mut env);
-        if now >= next_sweep {
-            table.expire(now, cfg, false, &mut env);
-            next_sweep = now.saturating_add(sweep_every(cfg));
-        }
         for (k, s, r) in env.records.drain(..) {
             on_record(&k, &s, r)?;
         }
+        if now >= next_sweep {
+            expire_into(&mut table, now, cfg, false, &mut env, &mut on_record)?;
+            next_sweep = now.saturating_add(sweep_every(cfg));
+        }
     }
-    table.expire(now, cfg, true, &mut env);
-    for (k, s, r) in env.records.drain(..) {
-        on_record(&k, &s, r)?;
-    }
+    expire_into(&mut table, now, cfg, true, &mut env, &mut on_record)?;
     summary.packets = env.stats[stat::PACKETS as usize];
     summary.flows = env.stats[stat::FLOWS_CREATED as usize];
     summary.records = env.stats[stat::RECORDS as usize];
@@ -128,6 +125,60 @@ pub fn replay_file_in(
     summary.table_inserts = env.stats[stat::TABLE_INSERTS as usize];
     summary.table_evicted = table.evicted;
     Ok(summary)
+}
+
+/// [`MemTable::expire`] with each final record handed to `on_record` as it is emitted, not
+/// collected first: the end of a flood's capture flushes tens of thousands of flows, and
+/// collecting them grew a vector of 300-byte records through fresh pages.
+fn expire_into<F>(
+    table: &mut MemTable,
+    now: u64,
+    cfg: &FlowConfig,
+    all: bool,
+    env: &mut MemEnv,
+    on_record: &mut F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(&FlowKey, &FlowState, Reason) -> anyhow::Result<()>,
+{
+    let mut to = Forward {
+        env,
+        on_record,
+        failed: None,
+    };
+    table.expire(now, cfg, all, &mut to);
+    to.failed.map_or(Ok(()), Err)
+}
+
+/// A [`FlowEnv`] that hands records to a callback (the first error stops them) and counts
+/// into a [`MemEnv`].
+struct Forward<'a, F> {
+    env: &'a mut MemEnv,
+    on_record: &'a mut F,
+    failed: Option<anyhow::Error>,
+}
+
+impl<F> FlowEnv for Forward<'_, F>
+where
+    F: FnMut(&FlowKey, &FlowState, Reason) -> anyhow::Result<()>,
+{
+    fn emit(&mut self, key: &FlowKey, state: &FlowState, reason: Reason) -> bool {
+        if self.failed.is_none() {
+            if let Err(e) = (self.on_record)(key, state, reason) {
+                self.failed = Some(e);
+            }
+        }
+        true
+    }
+    fn count(&mut self, stat: u32) {
+        self.env.count(stat);
+    }
+    fn block_generation(&mut self) -> Option<u32> {
+        self.env.block_generation()
+    }
+    fn blocked(&mut self, parsed: &Parsed, now_ns: u64) -> bool {
+        self.env.blocked(parsed, now_ns)
+    }
 }
 
 /// The final state of every flow of a capture (its last record), in emission order.
@@ -324,8 +375,20 @@ pub fn detect(
         summary.alerts = act.alerts;
         out.flush()?;
         summaries.push(summary);
+        drop_aside(det);
     }
     Ok(summaries)
+}
+
+/// Frees a capture's detector on a thread of its own: after a flood its context windows are
+/// tens of thousands of allocations, freed one by one, which the next capture (or the end of
+/// the process, which frees everything at once) need not wait for.
+fn drop_aside(det: crate::detect::Detector) {
+    let spawned = std::thread::Builder::new()
+        .name("replay-free".into())
+        .spawn(move || drop(det));
+    // Without a thread, `det` was dropped where the spawn failed: the same, only slower.
+    let _ = spawned;
 }
 
 /// One capture through `det` (featurise, batch, score, decide), every decision to `actions`;
@@ -433,9 +496,10 @@ pub fn replay_pipelined(
         let consumed = (|| {
             for mut chunk in full_rx {
                 let read_at = Instant::now();
-                for (k, s, r) in chunk.drain(..) {
-                    on_record(&k, &s, r, read_at)?;
+                for (k, s, r) in &chunk {
+                    on_record(k, s, *r, read_at)?;
                 }
+                chunk.clear();
                 let _ = empty_tx.send(chunk);
             }
             anyhow::Ok(())

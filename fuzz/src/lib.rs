@@ -307,7 +307,7 @@ pub fn packet_flow(data: &[u8]) {
     assert_eq!(st[stat::PACKETS as usize], sent);
     assert_eq!(st[stat::BLOCKED as usize], dropped);
     assert_eq!(st[stat::TABLE_FULL as usize], 0);
-    for (k, s) in &table.flows {
+    for (k, s) in table.iter() {
         check_flow(k, s);
     }
     for (k, s, r) in &env.records {
@@ -321,11 +321,7 @@ pub fn packet_flow(data: &[u8]) {
         }
     }
     // Every packet is malformed, not IP, blocked, or in a flow (still open or ended).
-    let in_flows: u64 = table
-        .flows
-        .values()
-        .map(FlowState::total_packets)
-        .sum::<u64>()
+    let in_flows: u64 = table.iter().map(|(_, s)| s.total_packets()).sum::<u64>()
         + env
             .records
             .iter()
@@ -337,10 +333,10 @@ pub fn packet_flow(data: &[u8]) {
         sent,
         "packets unaccounted for: {st:?}"
     );
-    let open = table.flows.len();
+    let open = table.len();
     let before = env.records.len();
     assert_eq!(table.expire(now, &cfg, true, &mut env), open);
-    assert!(table.flows.is_empty());
+    assert!(table.is_empty());
     assert_eq!(env.records.len(), before + open);
 }
 

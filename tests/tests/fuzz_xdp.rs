@@ -699,7 +699,7 @@ impl Phase {
             if let Err(e) = check_entry(k, s) {
                 ctx(format!("inconsistent kernel entry: {e}"), k);
             }
-            match self.table.flows.get(k) {
+            match self.table.flow(k) {
                 Some(u) if untimed(u) == untimed(s) => {}
                 Some(u) => ctx(
                     format!("kernel and user space differ on {k:?}:\nkernel {s:?}\nuser   {u:?}"),
@@ -708,7 +708,12 @@ impl Phase {
                 None => ctx(format!("kernel flow {k:?} missing in user space"), k),
             }
         }
-        if let Some(k) = self.table.flows.keys().find(|k| !flows.contains_key(k)) {
+        if let Some(k) = self
+            .table
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| !flows.contains_key(k))
+        {
             ctx(format!("user-space flow {k:?} missing in the kernel"), k);
         }
         let user: Vec<(FlowKey, Reason, FlowState)> = self
@@ -749,7 +754,7 @@ impl Phase {
         for k in flows.keys() {
             map.remove(k).unwrap();
         }
-        self.table.flows.clear();
+        self.table.clear();
         self.chunk.clear();
     }
 

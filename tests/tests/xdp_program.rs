@@ -117,8 +117,8 @@ fn crafted_packets_produce_the_expected_flow_entries() {
             &mut env,
         );
     }
-    assert_eq!(flows.len(), table.flows.len());
-    for (k, s) in &table.flows {
+    assert_eq!(flows.len(), table.len());
+    for (k, s) in table.iter() {
         assert_eq!(untimed(&flows[k]), untimed(s), "flow {k:?}");
     }
     let st = prog.stats();

@@ -9,14 +9,23 @@ use crate::{
     packet::Parsed,
 };
 
-/// A `HashMap` flow table; idle flows are expired by capture time with [`MemTable::expire`].
+/// A hash-indexed flow table; idle flows are expired by capture time with [`MemTable::expire`].
 /// Unbounded by default (a capture is finite); [`MemTable::bounded`] holds at most as many
 /// flows as the kernel's table and, like the kernel's LRU map when its free list runs dry,
 /// evicts a batch of the least recently seen flows to make room, silently: their final records
 /// are lost, as they are in the agent, and counted in [`MemTable::evicted`].
+///
+/// The flows sit in slots of one vector, the map holds their slot numbers: growing the map
+/// moves 48-byte entries, not 300-byte flows, and a flood of new flows fills the vector's
+/// pages once instead of each of the map's doubling sizes in turn.
 #[derive(Default)]
 pub struct MemTable {
-    pub flows: HashMap<FlowKey, FlowState>,
+    /// Flow key → its slot in `slots`. Keyed with per-process random state (aHash), so that a
+    /// spoofed flood cannot aim its keys at one bucket.
+    index: HashMap<FlowKey, u32, ahash::RandomState>,
+    slots: Vec<(FlowKey, FlowState)>,
+    /// Slots of removed flows, for the next new ones.
+    free: Vec<u32>,
     /// At most this many flows (0: unbounded).
     capacity: usize,
     /// Flows evicted to make room.
@@ -30,13 +39,32 @@ const EVICT_BATCH: usize = 128;
 
 impl FlowTable for MemTable {
     fn get(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
-        self.flows.get_mut(key)
+        let slot = *self.index.get(key)?;
+        Some(&mut self.slots[slot as usize].1)
     }
     fn insert_zeroed(&mut self, key: &FlowKey) -> Option<&mut FlowState> {
-        if self.capacity > 0 && self.flows.len() >= self.capacity && !self.flows.contains_key(key) {
+        if self.capacity > 0 && self.index.len() >= self.capacity && !self.index.contains_key(key) {
             self.evict();
         }
-        Some(self.flows.entry(*key).or_default())
+        let slot = match self.index.get(key) {
+            Some(&slot) => slot,
+            None => {
+                let flow = (*key, FlowState::default());
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = flow;
+                        slot
+                    }
+                    None => {
+                        self.slots.push(flow);
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.index.insert(*key, slot);
+                slot
+            }
+        };
+        Some(&mut self.slots[slot as usize].1)
     }
 }
 
@@ -49,22 +77,55 @@ impl MemTable {
         }
     }
 
+    /// Flows in the table.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when the table holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The flows in the table, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &FlowState)> {
+        self.index.values().map(|&slot| {
+            let (k, s) = &self.slots[slot as usize];
+            (k, s)
+        })
+    }
+
+    /// `key`'s flow.
+    pub fn flow(&self, key: &FlowKey) -> Option<&FlowState> {
+        let slot = *self.index.get(key)?;
+        Some(&self.slots[slot as usize].1)
+    }
+
+    /// Forgets every flow, without records.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+    }
+
+    /// Takes `key`'s flow out of the table.
+    fn remove(&mut self, key: &FlowKey) {
+        if let Some(slot) = self.index.remove(key) {
+            self.free.push(slot);
+        }
+    }
+
     /// Drops the least recently seen flows: a batch of up to [`EVICT_BATCH`], at most an
     /// eighth of the table, at least one.
     fn evict(&mut self) {
-        let n = (self.capacity / 8)
-            .clamp(1, EVICT_BATCH)
-            .min(self.flows.len());
-        let mut by_age: Vec<(u64, FlowKey)> = self
-            .flows
-            .iter()
-            .map(|(k, s)| (s.last_seen_ns, *k))
-            .collect();
+        let n = (self.capacity / 8).clamp(1, EVICT_BATCH).min(self.len());
+        let mut by_age: Vec<(u64, FlowKey)> =
+            self.iter().map(|(k, s)| (s.last_seen_ns, *k)).collect();
         if n < by_age.len() {
             by_age.select_nth_unstable(n - 1);
         }
         for (_, key) in &by_age[..n] {
-            self.flows.remove(key);
+            self.remove(key);
         }
         self.evicted += n as u64;
     }
@@ -83,32 +144,37 @@ impl MemTable {
         } else {
             Reason::IdleTimeout
         };
-        // Taken out in one pass over the table (removing them one key at a time hashed and
-        // probed each again), then ordered by small (time, key, index) triples, not whole
-        // states: deterministic output order (by first packet, then key) without moving
-        // 250-byte entries around.
-        let gone: Vec<(FlowKey, FlowState)> = if all {
-            self.flows.drain().collect()
+        // Ordered by small (time, key, slot) triples, not whole states: deterministic output
+        // order (by first packet, then key) without moving 300-byte flows around. Taken out of
+        // the map in one pass (removing them one key at a time hashed and probed each again).
+        let slots = &self.slots;
+        let mut order: Vec<(u64, FlowKey, u32)> = if all {
+            self.index
+                .drain()
+                .map(|(k, i)| (slots[i as usize].1.first_seen_ns, k, i))
+                .collect()
         } else {
-            self.flows
-                .extract_if(|_, s| flow::idle_expired(s, now, cfg))
+            self.index
+                .extract_if(|_, i| flow::idle_expired(&slots[*i as usize].1, now, cfg))
+                .map(|(k, i)| (slots[i as usize].1.first_seen_ns, k, i))
                 .collect()
         };
-        let mut order: Vec<(u64, FlowKey, usize)> = gone
-            .iter()
-            .enumerate()
-            .map(|(i, (k, s))| (s.first_seen_ns, *k, i))
-            .collect();
         order.sort_unstable();
-        for &(_, _, i) in &order {
-            let (key, mut state) = gone[i];
+        for &(_, key, i) in &order {
+            let mut state = self.slots[i as usize].1;
             state.last_export_ns = now;
             state.exported_packets = state.total_packets();
             if env.emit(&key, &state, reason) {
                 env.count(stat::RECORDS);
             }
         }
-        gone.len()
+        if all {
+            self.slots.clear();
+            self.free.clear();
+        } else {
+            self.free.extend(order.iter().map(|&(_, _, i)| i));
+        }
+        order.len()
     }
 }
 

@@ -481,8 +481,8 @@ mod tests {
                 &mut env,
             );
         }
-        let (k, s) = t.flows.into_iter().next().unwrap();
-        (k, s)
+        let (k, s) = t.iter().next().unwrap();
+        (*k, *s)
     }
 
     fn feats(k: &FlowKey, s: &FlowState) -> Vec<f32> {

@@ -250,33 +250,49 @@ impl QuantModel {
 }
 
 /// Multiplies `rows` quantised rows (`xq`, stride `inp_pad`) by a layer's weights into `acc`
-/// (stride `out`); `xn` is scratch space the kernel may use.
-/// The row steps around it default to the portable functions; a kernel may replace them with
-/// its own SIMD code, which must give the same bits.
+/// (stride `out`); `xn` is scratch space the kernel may use. The row steps around it are
+/// `Rows`: kernels of the same vector width share them.
 trait Kernel {
+    type Rows: RowSteps;
+
     /// # Safety
     /// The CPU must have the kernel's instructions; buffers must hold the sizes above.
     unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], xn: &mut Vec<u8>);
+}
 
+/// The steps around the products, row by row: the portable functions, or SIMD code that
+/// must give the same bits.
+trait RowSteps {
     /// [`quantise_input`].
     /// # Safety
-    /// The CPU must have the kernel's instructions.
+    /// The CPU must have the steps' instructions.
+    unsafe fn quantise_input(x: &[f32], q: &mut [u8], tmp: &mut [f32]) -> f32;
+
+    /// [`epilogue`].
+    /// # Safety
+    /// The CPU must have the steps' instructions.
+    unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]);
+
+    /// [`quantise_relu`].
+    /// # Safety
+    /// The CPU must have the steps' instructions.
+    unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32;
+}
+
+/// The portable row steps.
+struct Portable;
+
+impl RowSteps for Portable {
     #[inline(always)]
     unsafe fn quantise_input(x: &[f32], q: &mut [u8], tmp: &mut [f32]) -> f32 {
         quantise_input(x, q, tmp)
     }
 
-    /// [`epilogue`].
-    /// # Safety
-    /// The CPU must have the kernel's instructions.
     #[inline(always)]
     unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
         epilogue(l, a, sr, h)
     }
 
-    /// [`quantise_relu`].
-    /// # Safety
-    /// The CPU must have the kernel's instructions.
     #[inline(always)]
     unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
         quantise_relu(h, q)
@@ -286,6 +302,8 @@ trait Kernel {
 struct ScalarKernel;
 
 impl Kernel for ScalarKernel {
+    type Rows = Portable;
+
     #[inline(always)]
     unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
         for r in 0..rows {
@@ -403,7 +421,8 @@ fn block_generic<K: Kernel>(
     for r in 0..rows {
         let q = &mut xq[r * first.inp_pad..(r + 1) * first.inp_pad];
         // SAFETY (here and below): the caller runs this only where K's instructions exist.
-        scales[r] = unsafe { K::quantise_input(&x[r * first.inp..(r + 1) * first.inp], q, h) };
+        scales[r] =
+            unsafe { K::Rows::quantise_input(&x[r * first.inp..(r + 1) * first.inp], q, h) };
     }
     let n_layers = qm.layers.len();
     for (k, l) in qm.layers.iter().enumerate() {
@@ -415,13 +434,13 @@ fn block_generic<K: Kernel>(
             .zip(h[..rows * out].chunks_exact_mut(out))
             .zip(scales.iter())
         {
-            unsafe { K::epilogue(l, a, sr, hr) };
+            unsafe { K::Rows::epilogue(l, a, sr, hr) };
         }
         if k + 1 < n_layers {
             let stride = qm.layers[k + 1].inp_pad;
             for (r, sc) in scales.iter_mut().enumerate().take(rows) {
                 let (hr, qr) = (&h[r * out..(r + 1) * out], &mut xq[r * stride..][..out]);
-                *sc = unsafe { K::quantise_relu(hr, qr) };
+                *sc = unsafe { K::Rows::quantise_relu(hr, qr) };
             }
         }
     }
@@ -438,12 +457,54 @@ fn block_generic<K: Kernel>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{block_generic, Kernel, QLayer, QuantModel, Scratch, INPUT_ZP};
+    use super::{block_generic, Kernel, QLayer, QuantModel, RowSteps, Scratch, INPUT_ZP};
+
+    /// Row steps 16 values at a time (AVX-512; the VNNI kernel's).
+    struct Steps512;
+
+    impl RowSteps for Steps512 {
+        #[inline(always)]
+        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
+            quantise_input_512(x, q)
+        }
+
+        #[inline(always)]
+        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+            epilogue_512(l, a, sr, h)
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+            quantise_relu_512(h, q)
+        }
+    }
+
+    /// Row steps 8 values at a time (AVX2; the AVX2 and AVX-VNNI kernels share them).
+    struct Steps256;
+
+    impl RowSteps for Steps256 {
+        #[inline(always)]
+        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
+            quantise_input_256(x, q)
+        }
+
+        #[inline(always)]
+        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
+            epilogue_256(l, a, sr, h)
+        }
+
+        #[inline(always)]
+        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
+            quantise_relu_256(h, q)
+        }
+    }
 
     /// AVX-512 VNNI: 16 outputs per register, 4 rows × up to 4 output blocks at a time.
     struct Vnni;
 
     impl Kernel for Vnni {
+        type Rows = Steps512;
+
         #[inline(always)]
         unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
             let groups = l.inp_pad / 4;
@@ -476,21 +537,6 @@ mod x86 {
                 }
                 r += 1;
             }
-        }
-
-        #[inline(always)]
-        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
-            quantise_input_512(x, q)
-        }
-
-        #[inline(always)]
-        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
-            epilogue_512(l, a, sr, h)
-        }
-
-        #[inline(always)]
-        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
-            quantise_relu_512(h, q)
         }
     }
 
@@ -620,6 +666,8 @@ mod x86 {
     struct AvxVnni;
 
     impl Kernel for AvxVnni {
+        type Rows = Steps256;
+
         #[inline(always)]
         unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], _xn: &mut Vec<u8>) {
             by_tiles::<4>(l, rows, |r, ob, full, b| match (full, b) {
@@ -628,21 +676,6 @@ mod x86 {
                 (false, 2) => vnni256_tile::<1, 2>(l, xq, r, ob, acc),
                 (false, _) => vnni256_tile::<1, 1>(l, xq, r, ob, acc),
             })
-        }
-
-        #[inline(always)]
-        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
-            quantise_input_256(x, q)
-        }
-
-        #[inline(always)]
-        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
-            epilogue_256(l, a, sr, h)
-        }
-
-        #[inline(always)]
-        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
-            quantise_relu_256(h, q)
         }
     }
 
@@ -653,6 +686,8 @@ mod x86 {
     struct Avx2;
 
     impl Kernel for Avx2 {
+        type Rows = Steps256;
+
         #[inline(always)]
         unsafe fn gemm(l: &QLayer, xq: &[u8], rows: usize, acc: &mut [i32], xn: &mut Vec<u8>) {
             let n = rows * l.inp_pad;
@@ -668,21 +703,6 @@ mod x86 {
                 (false, 2) => avx2_tile::<1, 2>(l, hi, lo, r, ob, acc),
                 (false, _) => avx2_tile::<1, 1>(l, hi, lo, r, ob, acc),
             })
-        }
-
-        #[inline(always)]
-        unsafe fn quantise_input(x: &[f32], q: &mut [u8], _tmp: &mut [f32]) -> f32 {
-            quantise_input_256(x, q)
-        }
-
-        #[inline(always)]
-        unsafe fn epilogue(l: &QLayer, a: &[i32], sr: f32, h: &mut [f32]) {
-            epilogue_256(l, a, sr, h)
-        }
-
-        #[inline(always)]
-        unsafe fn quantise_relu(h: &[f32], q: &mut [u8]) -> f32 {
-            quantise_relu_256(h, q)
         }
     }
 

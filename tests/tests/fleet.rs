@@ -43,8 +43,12 @@ fn agent_config(nats: &NatsServer, host: &str, as_host: &str) -> String {
     )
 }
 
-fn init_streams(ns: &Netns, nats: &NatsServer) {
-    nats.init_streams(ns, 1, 67_108_864);
+/// A single NATS server in `lan.hosts[at]` that knows `hosts`, its streams declared (one
+/// replica, 64 MiB each).
+fn start_broker(lan: &Lan, at: usize, hosts: &[&str]) -> NatsServer {
+    let nats = NatsServer::start(&lan.hosts[at], &lan.ip(at), hosts);
+    nats.init_streams(&lan.hosts[at], 1, 67_108_864);
+    nats
 }
 
 /// Alert ids the agent wrote to its own events file so far (a line it is still writing is
@@ -134,8 +138,7 @@ fn alerts_from_two_agents_arrive_once_each() {
     require_root();
     let lan = Lan::new(4);
     let (a, b, attacker, broker) = (0, 1, 2, 3);
-    let nats = NatsServer::start(&lan.hosts[broker], &lan.ip(broker), &["host-a", "host-b"]);
-    init_streams(&lan.hosts[broker], &nats);
+    let nats = start_broker(&lan, broker, &["host-a", "host-b"]);
     let dirs = [
         AgentDir::with_config(&agent_config(&nats, "host-a", "host-a")),
         AgentDir::with_config(&agent_config(&nats, "host-b", "host-b")),
@@ -189,8 +192,7 @@ fn a_broker_outage_loses_nothing_and_duplicates_nothing() {
     let lan = Lan::new(3);
     let (a, attacker, broker) = (0, 1, 2);
     let ns = &lan.hosts[broker];
-    let mut nats = NatsServer::start(ns, &lan.ip(broker), &["host-a"]);
-    init_streams(ns, &nats);
+    let mut nats = start_broker(&lan, broker, &["host-a"]);
     let dir = AgentDir::with_config(&agent_config(&nats, "host-a", "host-a"));
     let agent = Agent::start_in(
         &lan.hosts[a],
@@ -234,8 +236,7 @@ fn a_host_cannot_publish_as_another_host_or_declare_streams() {
     let lan = Lan::new(2);
     let (a, broker) = (0, 1);
     let ns = &lan.hosts[broker];
-    let nats = NatsServer::start(ns, &lan.ip(broker), &["host-a", "host-b"]);
-    init_streams(ns, &nats);
+    let nats = start_broker(&lan, broker, &["host-a", "host-b"]);
     // Host A's key, claiming to be host B.
     let dir = AgentDir::with_config(&agent_config(&nats, "host-a", "host-b"));
     let mut agent = Agent::start_in(
@@ -326,8 +327,7 @@ fn sighup_turns_the_fleet_on_and_off_and_incidents_carry_feature_rows() {
     let lan = Lan::new(3);
     let (a, attacker, broker) = (0, 1, 2);
     let ns = &lan.hosts[broker];
-    let nats = NatsServer::start(ns, &lan.ip(broker), &["host-a"]);
-    init_streams(ns, &nats);
+    let nats = start_broker(&lan, broker, &["host-a"]);
     // Off by default: no fleet in the status.
     let dir = AgentDir::with_config("[policy]\nalert_cooldown = \"1ms\"\n");
     let mut agent = Agent::start_in(
@@ -582,8 +582,7 @@ fn an_incident_confirmed_on_a_protects_b_through_the_fleet_model() {
     let lan = Lan::new(6);
     let (a, b, attacker, attacker2, client, broker) = (0, 1, 2, 3, 4, 5);
     let ns = &lan.hosts[broker];
-    let nats = NatsServer::start(ns, &lan.ip(broker), &["host-a", "host-b"]);
-    init_streams(ns, &nats);
+    let nats = start_broker(&lan, broker, &["host-a", "host-b"]);
     let (key, public) = keygen(&nats);
     let key = key.to_str().unwrap().to_string();
     let _webs: Vec<_> = [a, b]
@@ -717,8 +716,7 @@ fn bad_fleet_models_are_refused_and_the_old_one_keeps_serving() {
     let lan = Lan::new(3);
     let (b, client, broker) = (0, 1, 2);
     let ns = &lan.hosts[broker];
-    let nats = NatsServer::start(ns, &lan.ip(broker), &["host-b"]);
-    init_streams(ns, &nats);
+    let nats = start_broker(&lan, broker, &["host-b"]);
     let (key, public) = keygen(&nats);
     let key = models::SigningKey::load(&key).unwrap();
     let _web = LanService::start(&lan, b, 80);
@@ -796,8 +794,7 @@ fn a_host_can_read_the_fleet_model_but_not_write_it() {
     require_root();
     let lan = Lan::new(1);
     let ns = &lan.hosts[0];
-    let nats = NatsServer::start(ns, &lan.ip(0), &["host-b"]);
-    init_streams(ns, &nats);
+    let nats = start_broker(&lan, 0, &["host-b"]);
     let (key, _) = keygen(&nats);
     let key = models::SigningKey::load(&key).unwrap();
     let (base, _) = detector::model::serving::base_model("").unwrap();

@@ -634,15 +634,9 @@ impl Agent {
         };
         if !check.within(budget) {
             let why = Rejected::FalseAlerts(format!(
-                "on {} recent benign rows of this host the false-alert rate at threshold {:.4} would rise from {:.5} ({} rows) to {:.5} ({} rows: {} by probability, {} by novelty), more than the budget of {budget} (adaptation.fpr_budget)",
+                "on {} recent benign rows of this host {} (adaptation.fpr_budget)",
                 check.rows,
-                check.threshold,
-                check.fpr_before(),
-                check.before,
-                check.fpr_after(),
-                check.after,
-                check.after_by_part.0,
-                check.after_by_part.1
+                check.rise(budget)
             ));
             return follow::refuse(&f.sender, &version, &why, &serving);
         }

@@ -142,20 +142,10 @@ pub enum AdaptRefusal {
         benign: String,
     },
     /// The false-alert rate rose beyond the budget.
-    #[error("refused: on {holdout} held-back benign rows the false-alert rate at threshold {threshold:.4} would rise from {before:.5} ({false_alerts_before} rows) to {after:.5} ({false_alerts_after} rows: {} by probability, {} by novelty), more than the budget of {budget}", report.false_alerts_after_by_part.0, report.false_alerts_after_by_part.1)]
+    #[error("refused: on {} held-back benign rows {}", check.rows, check.rise(*budget))]
     FprBudget {
-        /// Held-back rows.
-        holdout: usize,
-        /// Threshold.
-        threshold: f32,
-        /// Rate before.
-        before: f64,
-        /// Rate after.
-        after: f64,
-        /// Rows alerting before.
-        false_alerts_before: usize,
-        /// Rows alerting after.
-        false_alerts_after: usize,
+        /// The check on the held-back rows.
+        check: FalseAlerts,
         /// The budget.
         budget: f64,
         /// The full report (what the adapted model would have been like).
@@ -227,6 +217,21 @@ impl FalseAlerts {
     /// False-alert rate under the candidate.
     pub fn fpr_after(&self) -> f64 {
         self.after as f64 / self.rows.max(1) as f64
+    }
+
+    /// The rise in words, for a refusal: "the false-alert rate at threshold … would rise from
+    /// … to …, more than the budget of …".
+    pub fn rise(&self, budget: f64) -> String {
+        format!(
+            "the false-alert rate at threshold {:.4} would rise from {:.5} ({} rows) to {:.5} ({} rows: {} by probability, {} by novelty), more than the budget of {budget}",
+            self.threshold,
+            self.fpr_before(),
+            self.before,
+            self.fpr_after(),
+            self.after,
+            self.after_by_part.0,
+            self.after_by_part.1
+        )
     }
 
     /// Whether the rise stays within `budget`.
@@ -378,12 +383,7 @@ pub fn adapt(
     };
     if !check.within(cfg.fpr_budget) {
         return Err(AdaptRefusal::FprBudget {
-            holdout,
-            threshold,
-            before: report.fpr_before,
-            after: report.fpr_after,
-            false_alerts_before: fa_before,
-            false_alerts_after: fa_after,
+            check,
             budget: cfg.fpr_budget,
             report: Box::new(report),
         });
@@ -483,14 +483,10 @@ mod tests {
             ..Default::default()
         };
         match adapt(&model, &rows_of(&ds, &fake), &rows_of(&ds, &ben), &acfg) {
-            Err(AdaptRefusal::FprBudget {
-                before,
-                after,
-                holdout,
-                ..
-            }) => {
+            Err(AdaptRefusal::FprBudget { check, .. }) => {
+                let (before, after) = (check.fpr_before(), check.fpr_after());
                 assert!(after > before, "{before} → {after}");
-                assert_eq!(holdout, ben.len() / d / 2);
+                assert_eq!(check.rows, ben.len() / d / 2);
             }
             other => panic!("expected a refusal, got {other:?}"),
         }

@@ -397,13 +397,8 @@ impl Detector {
                     }
                 }
                 let top_features = self
-                    .model
-                    .explain(
-                        LIVE_FEATURE_SET,
-                        &self.pipeline.features,
-                        row,
-                        self.cfg.top_features,
-                    )
+                    .pipeline
+                    .explain(&self.model, row, self.cfg.top_features)
                     .unwrap_or_default();
                 let alert = AlertJson {
                     kind: "alert",

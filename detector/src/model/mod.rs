@@ -434,19 +434,33 @@ impl Model {
             )));
         }
         let x = self.normalise(&rows)?;
-        let (grad, _) = self.stack(feature_set)?.input_gradient(&x);
-        let mut c: Vec<Contribution> = grad
-            .iter()
-            .zip(&x)
-            .zip(features)
-            .map(|((g, z), f)| Contribution {
-                feature: f.clone(),
-                contribution: g * z,
+        self.explain_normalised(feature_set, features, &x, top)
+    }
+
+    /// [`Model::explain`] of a row already normalised (`x`, one value per feature): for a
+    /// caller that keeps the normaliser's plan ([`Pipeline::explain`]). Only the `top` names are
+    /// copied.
+    pub fn explain_normalised(
+        &self,
+        feature_set: &str,
+        features: &[String],
+        x: &[f32],
+        top: usize,
+    ) -> Result<Vec<Contribution>, ModelError> {
+        let (grad, _) = self.stack(feature_set)?.input_gradient(x);
+        let n = grad.len().min(x.len()).min(features.len());
+        let contribution = |i: usize| grad[i] * x[i];
+        // Stable: features of equal weight keep their column order.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| contribution(b).abs().total_cmp(&contribution(a).abs()));
+        Ok(order
+            .into_iter()
+            .take(top)
+            .map(|i| Contribution {
+                feature: features[i].clone(),
+                contribution: contribution(i),
             })
-            .collect();
-        c.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
-        c.truncate(top);
-        Ok(c)
+            .collect())
     }
 
     /// Fits the benign prototypes of `rows`' feature set from benign rows (e.g. the host's

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use super::{
     int8::{QuantModel, SimdLevel},
     normalise::Plan,
-    Calibration, Linear, Model, ModelError, Prototypes, Score, ScoreRule,
+    Calibration, Contribution, Linear, Model, ModelError, Prototypes, Score, ScoreRule,
 };
 
 /// An inference path: the encoder and head on normalised rows.
@@ -382,6 +382,27 @@ impl Pipeline {
     /// Normalises raw rows.
     pub fn normalise(&self, raw: &[f32], out: &mut [f32]) {
         self.normaliser.apply(raw, out)
+    }
+
+    /// [`Model::explain`] of one raw row on this pipeline's normaliser plan (`model` is the
+    /// model the pipeline was built from): the alert path, which need not rebuild the plan
+    /// per alert.
+    pub fn explain(
+        &self,
+        model: &Model,
+        row: &[f32],
+        top: usize,
+    ) -> Result<Vec<Contribution>, ModelError> {
+        if row.len() != self.features.len() {
+            return Err(ModelError::Shape(format!(
+                "explain takes one row of {} features, got {} values",
+                self.features.len(),
+                row.len()
+            )));
+        }
+        let mut x = vec![0f32; row.len()];
+        self.normaliser.apply(row, &mut x);
+        model.explain_normalised(&self.feature_set, &self.features, &x, top)
     }
 
     /// Scores `n` raw rows (`n × features.len()`).

@@ -1,7 +1,8 @@
 //! Replay speed: packets per second through `detector replay`'s code on the largest corpus
 //! capture, against reading the same capture without the flow logic (the baseline), in one run:
 //! the flow logic alone, with JSON records, and with detection (`replay --detect`: featurise,
-//! score, decide) on one thread and with the flow logic on a second.
+//! score, decide) on one thread, with the flow logic on a second, and with the context on a
+//! third.
 //!
 //! `cargo bench -p detector --bench replay` (results in BENCHMARKS.md).
 
@@ -83,6 +84,7 @@ fn bench(c: &mut Criterion) {
     for (name, threads) in [
         ("flow logic + detect, one thread", 1),
         ("flow logic + detect, flow logic on its own thread", 2),
+        ("flow logic + detect, flow logic, context and scoring each on its own", 3),
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {

@@ -127,6 +127,71 @@ fn prefetch(p: *const u8, len: usize) {
     let _ = (p, len);
 }
 
+/// Records featurised and waiting to be scored, in arrival order: what [`Detector::push`]
+/// queues. `detector replay --detect` also fills batches on a thread of its own, with the
+/// detector's [`Featurizer`] ([`Detector::take_featurizer`]), for [`Detector::score_batch`].
+#[derive(Default)]
+pub struct Batch {
+    pending: Vec<Pending>,
+    /// [`LIVE_COUNT`] raw features per record.
+    values: Vec<f32>,
+    /// When the oldest record was read (the batch's deadline runs from it).
+    oldest: Option<Instant>,
+}
+
+impl Batch {
+    /// An empty batch with room for `n` records.
+    pub fn with_capacity(n: usize) -> Self {
+        Batch {
+            pending: Vec::with_capacity(n),
+            values: Vec::with_capacity(n * LIVE_COUNT),
+            oldest: None,
+        }
+    }
+
+    /// Featurises one record read at `read_at` (the start of its scoring latency) with
+    /// `featurizer` and queues it.
+    pub fn push(
+        &mut self,
+        featurizer: &mut Featurizer,
+        key: &FlowKey,
+        state: &FlowState,
+        reason: Reason,
+        process: Option<ProcessRef>,
+        read_at: Instant,
+    ) {
+        let start = self.values.len();
+        self.values.resize(start + LIVE_COUNT, 0.0);
+        let evidence = featurizer.features(key, state, reason, &mut self.values[start..]);
+        self.oldest.get_or_insert(read_at);
+        self.pending.push(Pending {
+            key: *key,
+            state: *state,
+            reason,
+            process,
+            read_at,
+            evidence,
+        });
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when no record waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Empties the batch, keeping its allocations.
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.values.clear();
+        self.oldest = None;
+    }
+}
+
 struct Pending {
     key: FlowKey,
     state: FlowState,
@@ -164,9 +229,7 @@ pub struct Detector {
     dismissed_index: Option<ExemplarIndex>,
     cfg: DetectConfig,
     time: TimeBase,
-    batch: Vec<Pending>,
-    values: Vec<f32>,
-    oldest: Option<Instant>,
+    batch: Batch,
     recent: VecDeque<Recent>,
     alert_prefix: String,
     next_alert: u64,
@@ -206,11 +269,9 @@ impl Detector {
             family_index: None,
             dismissed: Vec::new(),
             dismissed_index: None,
-            batch: Vec::with_capacity(cfg.batch_size),
-            values: Vec::with_capacity(cfg.batch_size * LIVE_COUNT),
+            batch: Batch::with_capacity(cfg.batch_size),
             cfg,
             time,
-            oldest: None,
             // Exactly its size: a full ring then overwrites the slot it drops (`prefetch_recent`).
             recent: VecDeque::with_capacity(recent),
             alert_prefix: format!("{start:x}"),
@@ -292,26 +353,31 @@ impl Detector {
         process: Option<ProcessRef>,
         read_at: Instant,
     ) -> bool {
-        let start = self.values.len();
-        self.values.resize(start + LIVE_COUNT, 0.0);
-        let evidence = self
-            .featurizer
-            .features(key, state, reason, &mut self.values[start..]);
-        self.oldest.get_or_insert(read_at);
-        self.batch.push(Pending {
-            key: *key,
-            state: *state,
-            reason,
-            process,
-            read_at,
-            evidence,
-        });
+        self.batch
+            .push(&mut self.featurizer, key, state, reason, process, read_at);
         self.batch.len() >= self.cfg.batch_size
+    }
+
+    /// Records per batch: [`Detector::push`] asks for a flush at this many.
+    pub fn batch_size(&self) -> usize {
+        self.cfg.batch_size
+    }
+
+    /// Hands the context windows over to a caller that featurises records itself (into
+    /// [`Batch`]es for [`Detector::score_batch`]); an empty featurizer takes their place until
+    /// [`Detector::restore_featurizer`].
+    pub fn take_featurizer(&mut self) -> Featurizer {
+        std::mem::replace(&mut self.featurizer, Featurizer::new(self.cfg.context))
+    }
+
+    /// Puts back the featurizer [`Detector::take_featurizer`] handed out, windows and all.
+    pub fn restore_featurizer(&mut self, featurizer: Featurizer) {
+        self.featurizer = featurizer;
     }
 
     /// When the current batch must be scored at the latest.
     pub fn deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.cfg.batch_deadline)
+        self.batch.oldest.map(|t| t + self.cfg.batch_deadline)
     }
 
     /// Records waiting in the batch.
@@ -326,18 +392,28 @@ impl Detector {
 
     /// Scores the batch and acts on each record.
     pub fn flush(&mut self, actions: &mut dyn Actions) -> anyhow::Result<()> {
-        if self.batch.is_empty() {
+        let mut batch = std::mem::take(&mut self.batch);
+        let scored = self.score_batch(&mut batch, actions);
+        self.batch = batch;
+        scored
+    }
+
+    /// Scores `b` and acts on each record, as [`Detector::flush`] does the detector's own
+    /// batch; leaves `b` empty (its allocations kept) once scored. On a scoring error `b` is
+    /// left as it was; on an error while acting, the rest of it is lost.
+    pub fn score_batch(&mut self, b: &mut Batch, actions: &mut dyn Actions) -> anyhow::Result<()> {
+        if b.is_empty() {
             return Ok(());
         }
-        let n = self.batch.len();
+        let n = b.len();
         let scores = self
             .pipeline
-            .score(&self.values, n)
+            .score(&b.values, n)
             .context("scoring failed")?;
-        let batch = std::mem::take(&mut self.batch);
-        let values = std::mem::take(&mut self.values);
+        let batch = std::mem::take(&mut b.pending);
+        let values = std::mem::take(&mut b.values);
         let dismissed = self.dismissed_among(&batch, &values, &scores);
-        self.oldest = None;
+        b.oldest = None;
         self.metrics.scored.inc_by(n as u64);
         // Scored now, the whole batch: one clock read, not one per record.
         let scored_at = Instant::now();
@@ -446,10 +522,9 @@ impl Detector {
             }
         }
         // Keep the allocations for the next batch.
-        self.values = values;
-        self.values.clear();
-        self.batch = batch;
-        self.batch.clear();
+        b.values = values;
+        b.pending = batch;
+        b.clear();
         Ok(())
     }
 

@@ -255,9 +255,11 @@ struct ReplayArgs {
     /// attack-like and unusual for this host alerts in FILE….
     #[arg(long, value_name = "CAPTURE", requires = "detect")]
     baseline: Vec<PathBuf>,
-    /// Threads: 1 runs everything on one; 2 or more run the flow logic on a thread of its
-    /// own, beside the detection (or the JSON records; --format csv uses one). The output is
-    /// the same either way. Default: 2 where the machine has two cores or more, else 1.
+    /// Threads: 1 runs everything on one; 2 runs the flow logic on a thread of its own,
+    /// beside the detection (or the JSON records; --format csv uses one); 3 or more, with
+    /// --detect, also give the context windows and features a thread of their own, between
+    /// the flow logic and the scoring. The output is the same either way. Default: 3 where the
+    /// machine has two cores or more (the three stages share them; fastest on two cores), else 1.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
     #[command(flatten)]

@@ -215,7 +215,8 @@ pub struct ReplayOptions {
     /// Flows the table holds (`flows.table_size` of the agent).
     pub table_size: u32,
     /// 1: flow logic and the rest in turn on one thread; 2 or more: the flow logic on a thread
-    /// of its own ([`detect_file_on`]). The output is the same.
+    /// of its own; with detection, 3 or more: the context as well ([`detect_file_on`]). The
+    /// output is the same.
     pub threads: usize,
 }
 
@@ -404,16 +405,21 @@ pub fn detect_file(
     detect_file_on(file, flow, table_size, default_threads(), det, actions)
 }
 
-/// Threads `detector replay --detect` uses by default: two (flow logic, detection) where the
-/// machine has two cores or more, else one.
+/// Threads `detector replay --detect` uses by default: three (flow logic, context, scoring;
+/// [`detect_staged`]) where the machine has two cores or more, else one. On two cores the
+/// three stages, about equal in CPU time on a spoofed flood, keep both cores busier than two
+/// threads do, whose detection half was twice the flow logic's (BENCHMARKS.md "Replay").
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => 1,
+        _ => 3,
+    }
 }
 
 /// [`detect_file`] on `threads` threads: 1 runs the flow logic and detection in turn on this
-/// thread; 2 or more run the flow logic on a second thread, which hands its records over in
-/// chunks. Either way `det` sees the same records in the same order, in the same batches, and
-/// decides the same.
+/// thread; 2 runs the flow logic on a second thread, which hands its records over in chunks;
+/// 3 or more run the context windows and features on a third ([`detect_staged`]). Either way
+/// `det` sees the same records in the same order, in the same batches, and decides the same.
 pub fn detect_file_on(
     file: &Path,
     flow: &FlowConfig,
@@ -423,24 +429,92 @@ pub fn detect_file_on(
     actions: &mut dyn crate::detect::Actions,
 ) -> anyhow::Result<FileSummary> {
     let thin_before = det.policy.thin_evidence;
-    let mut summary = if threads <= 1 {
-        replay_file_in(file, flow, table_size, |k, s, r| {
+    let mut summary = match threads {
+        0 | 1 => replay_file_in(file, flow, table_size, |k, s, r| {
             if det.push(k, s, r, None, Instant::now()) {
                 det.flush(actions)?;
             }
             Ok(())
-        })?
-    } else {
-        replay_pipelined(file, flow, table_size, |k, s, r, read_at| {
+        })?,
+        2 => replay_pipelined(file, flow, table_size, |k, s, r, read_at| {
             if det.push(k, s, r, None, read_at) {
                 det.flush(actions)?;
             }
             Ok(())
-        })?
+        })?,
+        _ => {
+            let mut featurizer = det.take_featurizer();
+            let staged = detect_staged(file, flow, table_size, &mut featurizer, det, actions);
+            det.restore_featurizer(featurizer);
+            staged?
+        }
     };
     det.flush(actions)?;
     summary.thin_evidence = det.policy.thin_evidence - thin_before;
     Ok(summary)
+}
+
+/// Featurised batches in flight between the context thread and detection in
+/// [`detect_staged`].
+const BATCHES_AHEAD: usize = 8;
+
+/// [`detect_file_on`] in three stages, each on a thread of its own: the flow logic
+/// ([`replay_pipelined`]), the context windows and features (`featurizer`, filling batches of
+/// the detector's size), and scoring and the policy (`det`, on this thread). Each stage sees
+/// every record in order, so the batches and decisions are those of one thread.
+fn detect_staged(
+    file: &Path,
+    flow: &FlowConfig,
+    table_size: u32,
+    featurizer: &mut crate::features::Featurizer,
+    det: &mut crate::detect::Detector,
+    actions: &mut dyn crate::detect::Actions,
+) -> anyhow::Result<FileSummary> {
+    use crate::detect::Batch;
+    use std::sync::mpsc;
+
+    let size = det.batch_size().max(1);
+    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(BATCHES_AHEAD);
+    // Scored batches go back, so that a capture reuses a few of them.
+    let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
+    std::thread::scope(|scope| {
+        let context = std::thread::Builder::new()
+            .name("replay-context".into())
+            .spawn_scoped(scope, move || {
+                let mut batch = Batch::with_capacity(size);
+                let replayed = replay_pipelined(file, flow, table_size, |k, s, r, read_at| {
+                    batch.push(featurizer, k, s, r, None, read_at);
+                    if batch.len() >= size {
+                        let next = empty_rx
+                            .try_recv()
+                            .unwrap_or_else(|_| Batch::with_capacity(size));
+                        // Only fails when detection stopped on an error of its own.
+                        full_tx
+                            .send(std::mem::replace(&mut batch, next))
+                            .map_err(|_| anyhow::anyhow!("detection stopped"))?;
+                    }
+                    Ok(())
+                });
+                if !batch.is_empty() {
+                    let _ = full_tx.send(batch);
+                }
+                replayed
+            })
+            .context("cannot start the context thread")?;
+        let scored = (|| {
+            for mut batch in full_rx {
+                det.score_batch(&mut batch, actions)?;
+                let _ = empty_tx.send(batch);
+            }
+            anyhow::Ok(())
+        })();
+        // On an error here the receiver is gone, so the context stage stops at its next batch.
+        let replayed = context
+            .join()
+            .map_err(|_| anyhow::anyhow!("the context thread panicked"))?;
+        scored?;
+        replayed
+    })
 }
 
 /// One flow record as the flow logic emitted it.

@@ -250,11 +250,12 @@ fn every_capture_of_the_ndpi_collection_replays_or_names_its_link_type() {
     assert!(refused[0].contains("(PPI)"), "{}", refused[0]);
 }
 
-/// `replay --detect` with the flow logic on a thread of its own (`--threads 2`) fails, warns
-/// and alerts as on one thread: the same alerts, exit code and last error line, for a whole,
-/// a cut, a foreign-link-type and a non-pcap file; `--threads 0` is refused by name.
+/// `replay --detect` with the flow logic on a thread of its own (`--threads 2`), and with the
+/// context on a third (`--threads 3`), fails, warns and alerts as on one thread: the same
+/// alerts, exit code and last error line, for a whole, a cut, a foreign-link-type and a
+/// non-pcap file; `--threads 0` is refused by name.
 #[test]
-fn detect_on_two_threads_fails_warns_and_alerts_as_on_one() {
+fn detect_on_two_or_three_threads_fails_warns_and_alerts_as_on_one() {
     let src = corpus_files("pcap/attack")
         .into_iter()
         .find(|p| p.to_string_lossy().contains("nmap-vsn"))
@@ -274,20 +275,28 @@ fn detect_on_two_threads_fails_warns_and_alerts_as_on_one() {
     for f in [&src, &cut, &foreign, &not_pcap] {
         let path = f.to_str().unwrap();
         let one = replay(&["--detect", "--threads", "1", path]);
-        let two = replay(&["--detect", "--threads", "2", path]);
-        let (e1, e2) = (
-            String::from_utf8_lossy(&one.stderr),
-            String::from_utf8_lossy(&two.stderr),
-        );
-        assert!(!e2.contains("panicked"), "{path}: {e2}");
-        assert_eq!(one.status.code(), two.status.code(), "{path}: {e1}\n{e2}");
-        assert_eq!(without_ids(&one.stdout), without_ids(&two.stdout), "{path}");
+        let e1 = String::from_utf8_lossy(&one.stderr);
         let last = |e: &str| {
             e.lines()
                 .last()
                 .map(|l| l.split("Z ").last().unwrap_or(l).to_string())
         };
-        assert_eq!(last(&e1), last(&e2), "{path}");
+        for threads in ["2", "3"] {
+            let more = replay(&["--detect", "--threads", threads, path]);
+            let e2 = String::from_utf8_lossy(&more.stderr);
+            assert!(!e2.contains("panicked"), "{path} on {threads}: {e2}");
+            assert_eq!(
+                one.status.code(),
+                more.status.code(),
+                "{path} on {threads}: {e1}\n{e2}"
+            );
+            assert_eq!(
+                without_ids(&one.stdout),
+                without_ids(&more.stdout),
+                "{path} on {threads}"
+            );
+            assert_eq!(last(&e1), last(&e2), "{path} on {threads}");
+        }
     }
     let out = replay(&["--detect", "--threads", "0", src.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);

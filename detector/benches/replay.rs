@@ -84,7 +84,10 @@ fn bench(c: &mut Criterion) {
     for (name, threads) in [
         ("flow logic + detect, one thread", 1),
         ("flow logic + detect, flow logic on its own thread", 2),
-        ("flow logic + detect, flow logic, context and scoring each on its own", 3),
+        (
+            "flow logic + detect, flow logic, context and scoring each on its own",
+            3,
+        ),
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {

@@ -443,6 +443,8 @@ pub fn detect_file_on(
             Ok(())
         })?,
         _ => {
+            // Records the detector already queued are scored first, in their order.
+            det.flush(actions)?;
             let mut featurizer = det.take_featurizer();
             let staged = detect_staged(file, flow, table_size, &mut featurizer, det, actions);
             det.restore_featurizer(featurizer);
@@ -614,4 +616,61 @@ pub fn host_model(
         "fitted the host baseline from the --baseline captures"
     );
     Ok((det.model().clone(), det.model_version.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::CollectedAlerts;
+
+    /// Two corpus captures in a row through one detector (as `--baseline` captures go): on
+    /// three threads the context windows travel to their own thread and back, so the second
+    /// capture's alerts, and the windows left behind, are those of one thread.
+    #[test]
+    fn three_stages_carry_the_context_from_file_to_file_and_alert_as_one_thread() {
+        let attack = crate::dataset::test_util::shared_dir().join("corpus/pcap/attack");
+        let file = |tail: &str| {
+            std::fs::read_dir(&attack)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.to_string_lossy().ends_with(tail))
+                .unwrap()
+        };
+        // The same SYN flood twice: the second pass scores on windows the first filled.
+        let flood = file("flood-syn--input.pcap");
+        let cfg = crate::config::Config::default();
+        let (model, version) = crate::model::serving::base_model("").unwrap();
+        let model = std::sync::Arc::new(model);
+        let run = |threads: usize| {
+            let mut det = offline_detector(model.clone(), version.clone(), &cfg, 0).unwrap();
+            let mut alerts = CollectedAlerts::default();
+            for f in [&flood, &flood] {
+                detect_file_on(
+                    f,
+                    &FlowConfig::DEFAULT,
+                    detector_common::flow::DEFAULT_TABLE_SIZE,
+                    threads,
+                    &mut det,
+                    &mut alerts,
+                )
+                .unwrap();
+            }
+            let alerts: Vec<serde_json::Value> = alerts
+                .alerts
+                .iter()
+                .map(|a| {
+                    let mut v = serde_json::to_value(a).unwrap();
+                    v["id"] = serde_json::Value::Null;
+                    v
+                })
+                .collect();
+            (alerts, det.tracked())
+        };
+        let one = run(1);
+        let three = run(3);
+        assert!(!one.0.is_empty(), "the flood alerts");
+        assert!(one.1 .0 > 0, "the flood left sources in the windows");
+        assert_eq!(one.1, three.1, "windows left behind");
+        assert_eq!(one.0, three.0, "alerts");
+    }
 }

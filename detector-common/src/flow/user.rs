@@ -68,7 +68,7 @@ impl FlowTable for MemTable {
         };
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hasher.hash_one(key), slot, |&i| {
-            hasher.hash_one(&slots[i as usize].0)
+            hasher.hash_one(slots[i as usize].0)
         });
         Some(&mut self.slots[slot as usize].1)
     }

@@ -473,49 +473,91 @@ fn detect_staged(
     actions: &mut dyn crate::detect::Actions,
 ) -> anyhow::Result<FileSummary> {
     use crate::detect::Batch;
-    use std::sync::mpsc;
 
     let size = det.batch_size().max(1);
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(BATCHES_AHEAD);
-    // Scored batches go back, so that a capture reuses a few of them.
-    let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
-    std::thread::scope(|scope| {
-        let context = std::thread::Builder::new()
-            .name("replay-context".into())
-            .spawn_scoped(scope, move || {
-                let mut batch = Batch::with_capacity(size);
-                let replayed = replay_pipelined(file, flow, table_size, |k, s, r, read_at| {
-                    batch.push(featurizer, k, s, r, None, read_at);
-                    if batch.len() >= size {
-                        let next = empty_rx
-                            .try_recv()
-                            .unwrap_or_else(|_| Batch::with_capacity(size));
-                        // Only fails when detection stopped on an error of its own.
-                        full_tx
-                            .send(std::mem::replace(&mut batch, next))
-                            .map_err(|_| anyhow::anyhow!("detection stopped"))?;
-                    }
-                    Ok(())
-                });
-                if !batch.is_empty() {
-                    let _ = full_tx.send(batch);
+    handed_over(
+        "replay-context",
+        "context",
+        BATCHES_AHEAD,
+        |h| {
+            let mut batch = Batch::with_capacity(size);
+            let replayed = replay_pipelined(file, flow, table_size, |k, s, r, read_at| {
+                batch.push(featurizer, k, s, r, None, read_at);
+                if batch.len() >= size {
+                    batch = h.pass(std::mem::take(&mut batch), || Batch::with_capacity(size))?;
                 }
-                replayed
-            })
-            .context("cannot start the context thread")?;
-        let scored = (|| {
-            for mut batch in full_rx {
-                det.score_batch(&mut batch, actions)?;
-                let _ = empty_tx.send(batch);
+                Ok(())
+            });
+            if !batch.is_empty() {
+                h.finish(batch);
+            }
+            replayed
+        },
+        // Leaves the batch empty once scored, for the context thread to fill again.
+        |batch| det.score_batch(batch, actions),
+    )
+}
+
+/// The producer's end of [`handed_over`]: full buffers go to the consumer, emptied ones come
+/// back to be filled again, so that a capture reuses a few buffers.
+struct Handoff<B> {
+    full: std::sync::mpsc::SyncSender<B>,
+    emptied: std::sync::mpsc::Receiver<B>,
+}
+
+impl<B> Handoff<B> {
+    /// Hands `full` over and returns a buffer to fill next: one the consumer emptied, or
+    /// `new()`. Waits while the consumer is the hand-over's depth behind; fails only when the
+    /// consumer stopped on an error of its own (which [`handed_over`] returns).
+    fn pass(&self, full: B, new: impl FnOnce() -> B) -> anyhow::Result<B> {
+        let next = self.emptied.try_recv().unwrap_or_else(|_| new());
+        self.full
+            .send(full)
+            .map_err(|_| anyhow::anyhow!("detection stopped"))?;
+        Ok(next)
+    }
+
+    /// Hands the last, partly filled, buffer over.
+    fn finish(&self, last: B) {
+        // A consumer that stopped has its own error to report.
+        let _ = self.full.send(last);
+    }
+}
+
+/// Runs `produce` on a thread of its own (named `thread`, `what` in errors) and `consume` on
+/// this one, on every buffer the producer passes, in the order passed; at most `depth` buffers
+/// wait between them, so memory stays bounded whatever the capture's size. An error from
+/// `consume` stops the producer at its next hand-over and is returned; else the producer's
+/// result.
+fn handed_over<B: Send, T: Send>(
+    thread: &str,
+    what: &str,
+    depth: usize,
+    produce: impl FnOnce(Handoff<B>) -> anyhow::Result<T> + Send,
+    mut consume: impl FnMut(&mut B) -> anyhow::Result<()>,
+) -> anyhow::Result<T> {
+    use std::sync::mpsc;
+
+    let (full, full_rx) = mpsc::sync_channel::<B>(depth);
+    let (emptied_tx, emptied) = mpsc::channel::<B>();
+    std::thread::scope(|scope| {
+        let producer = std::thread::Builder::new()
+            .name(thread.into())
+            .spawn_scoped(scope, move || produce(Handoff { full, emptied }))
+            .with_context(|| format!("cannot start the {what} thread"))?;
+        let consumed = (|| {
+            for mut b in full_rx {
+                consume(&mut b)?;
+                let _ = emptied_tx.send(b);
             }
             anyhow::Ok(())
         })();
-        // On an error here the receiver is gone, so the context stage stops at its next batch.
-        let replayed = context
+        // On an error here the receiver is gone, so the producer stops at its next hand-over.
+        let produced = producer
             .join()
-            .map_err(|_| anyhow::anyhow!("the context thread panicked"))?;
-        scored?;
-        replayed
+            .map_err(|_| anyhow::anyhow!("the {what} thread panicked"))?;
+        consumed?;
+        produced
     })
 }
 
@@ -540,53 +582,33 @@ pub fn replay_pipelined(
     table_size: u32,
     mut on_record: impl FnMut(&FlowKey, &FlowState, Reason, Instant) -> anyhow::Result<()>,
 ) -> anyhow::Result<FileSummary> {
-    use std::sync::mpsc;
-
-    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<Record>>(CHUNKS_AHEAD);
-    // Emptied chunks go back, so that a capture's records reuse a few buffers.
-    let (empty_tx, empty_rx) = mpsc::channel::<Vec<Record>>();
-    std::thread::scope(|scope| {
-        let flow_logic = std::thread::Builder::new()
-            .name("replay-flows".into())
-            .spawn_scoped(scope, move || {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                let replayed = replay_file_in(path, cfg, table_size, |k, s, r| {
-                    chunk.push((*k, *s, r));
-                    if chunk.len() >= CHUNK {
-                        let next = empty_rx
-                            .try_recv()
-                            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-                        // Only fails when the caller stopped on an error of its own.
-                        full_tx
-                            .send(std::mem::replace(&mut chunk, next))
-                            .map_err(|_| anyhow::anyhow!("detection stopped"))?;
-                    }
-                    Ok(())
-                });
-                if !chunk.is_empty() {
-                    let _ = full_tx.send(chunk);
+    handed_over(
+        "replay-flows",
+        "flow-logic",
+        CHUNKS_AHEAD,
+        |h| {
+            let mut chunk: Vec<Record> = Vec::with_capacity(CHUNK);
+            let replayed = replay_file_in(path, cfg, table_size, |k, s, r| {
+                chunk.push((*k, *s, r));
+                if chunk.len() >= CHUNK {
+                    chunk = h.pass(std::mem::take(&mut chunk), || Vec::with_capacity(CHUNK))?;
                 }
-                replayed
-            })
-            .context("cannot start the flow-logic thread")?;
-        let consumed = (|| {
-            for mut chunk in full_rx {
-                let read_at = Instant::now();
-                for (k, s, r) in &chunk {
-                    on_record(k, s, *r, read_at)?;
-                }
-                chunk.clear();
-                let _ = empty_tx.send(chunk);
+                Ok(())
+            });
+            if !chunk.is_empty() {
+                h.finish(chunk);
             }
-            anyhow::Ok(())
-        })();
-        // On an error here the receiver is gone, so the flow logic stops at its next chunk.
-        let replayed = flow_logic
-            .join()
-            .map_err(|_| anyhow::anyhow!("the flow-logic thread panicked"))?;
-        consumed?;
-        replayed
-    })
+            replayed
+        },
+        |chunk| {
+            let read_at = Instant::now();
+            for (k, s, r) in chunk.iter() {
+                on_record(k, s, *r, read_at)?;
+            }
+            chunk.clear();
+            Ok(())
+        },
+    )
 }
 
 /// The model with this host's baseline, fitted as at the end of the agent's warm-up on the

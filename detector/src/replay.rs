@@ -429,29 +429,33 @@ pub fn detect_file_on(
     actions: &mut dyn crate::detect::Actions,
 ) -> anyhow::Result<FileSummary> {
     let thin_before = det.policy.thin_evidence;
-    let mut summary = match threads {
+    let replayed = match threads {
         0 | 1 => replay_file_in(file, flow, table_size, |k, s, r| {
             if det.push(k, s, r, None, Instant::now()) {
                 det.flush(actions)?;
             }
             Ok(())
-        })?,
+        }),
         2 => replay_pipelined(file, flow, table_size, |k, s, r, read_at| {
             if det.push(k, s, r, None, read_at) {
                 det.flush(actions)?;
             }
             Ok(())
-        })?,
+        }),
         _ => {
             // Records the detector already queued are scored first, in their order.
             det.flush(actions)?;
             let mut featurizer = det.take_featurizer();
             let staged = detect_staged(file, flow, table_size, &mut featurizer, det, actions);
             det.restore_featurizer(featurizer);
-            staged?
+            staged
         }
     };
-    det.flush(actions)?;
+    // The records read before a capture's damage are scored too (a packet the reader cannot
+    // take ends the file with an error): the last, partly filled batch is not lost.
+    let flushed = det.flush(actions);
+    let mut summary = replayed?;
+    flushed?;
     summary.thin_evidence = det.policy.thin_evidence - thin_before;
     Ok(summary)
 }

@@ -253,7 +253,8 @@ fn every_capture_of_the_ndpi_collection_replays_or_names_its_link_type() {
 /// `replay --detect` with the flow logic on a thread of its own (`--threads 2`), and with the
 /// context on a third (`--threads 3`), fails, warns and alerts as on one thread: the same
 /// alerts, exit code and last error line, for a whole, a cut, a foreign-link-type and a
-/// non-pcap file; `--threads 0` is refused by name.
+/// non-pcap file, and one whose packet part way cannot be read (the records before it alert
+/// on every thread count); `--threads 0` is refused by name.
 #[test]
 fn detect_on_two_or_three_threads_fails_warns_and_alerts_as_on_one() {
     let src = corpus_files("pcap/attack")
@@ -266,16 +267,38 @@ fn detect_on_two_or_three_threads_fails_warns_and_alerts_as_on_one() {
     });
     let foreign = damaged(&src, |b| b[20..24].copy_from_slice(&105u32.to_le_bytes()));
     let not_pcap = damaged(&src, |b| b[..4].copy_from_slice(b"GET "));
+    // A SYN flood whose 181st packet claims 4 GB: an error part way, after records that alert
+    // (each thread count must score the last, partly filled batch before the error).
+    let flood = corpus_files("pcap/attack")
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with("flood-syn--input.pcap"))
+        .unwrap();
+    let broken = damaged(&flood, |b| {
+        let mut at = 24;
+        for _ in 0..180 {
+            let incl = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap());
+            at += 16 + incl as usize;
+        }
+        b[at + 8..at + 12].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    });
     // The alert id names the run; everything else must match.
     let without_ids = |stdout: &[u8]| -> Vec<serde_json::Value> {
         let mut v = flows_in(stdout);
         v.iter_mut().for_each(|a| a["id"] = serde_json::Value::Null);
         v
     };
-    for f in [&src, &cut, &foreign, &not_pcap] {
+    for f in [&src, &cut, &foreign, &not_pcap, &broken] {
         let path = f.to_str().unwrap();
         let one = replay(&["--detect", "--threads", "1", path]);
         let e1 = String::from_utf8_lossy(&one.stderr);
+        if f == &broken {
+            assert_ne!(one.status.code(), Some(0), "{path}: {e1}");
+            assert!(e1.contains("captured length"), "{path}: {e1}");
+            assert!(
+                !flows_in(&one.stdout).is_empty(),
+                "{path}: alerts before the damage"
+            );
+        }
         let last = |e: &str| {
             e.lines()
                 .last()
@@ -302,7 +325,7 @@ fn detect_on_two_or_three_threads_fails_warns_and_alerts_as_on_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--threads"), "{stderr}");
-    for f in [cut, foreign, not_pcap] {
+    for f in [cut, foreign, not_pcap, broken] {
         let _ = std::fs::remove_file(f);
     }
 }
